@@ -1,0 +1,190 @@
+"""The TCP load balancer (SPEC §1 "TcpLB").
+
+Owns: one listener (``address``) served by an acceptor event-loop group, whose
+connections are relayed by worker loops to servers of an upstream; its options
+(buffer sizes, idle timeout, protocol, upstream, loop groups) which may all change
+while it runs, except the address. Removing (stopping) a tcp-lb stops accepting;
+sessions already running finish by themselves.
+
+Must not: parse commands; the control plane calls this API.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from vproxy.component.health_check import HealthCheckConfig
+from vproxy.component.proxy import Proxy
+from vproxy.component.server_group import Method, ServerGroup
+from vproxy.component.upstream import Upstream
+from vproxy.net.connection import Session
+from vproxy.net.event_loop import EventLoopGroup
+from vproxy.net.server_sock import ServerSock, bind_listener, format_address, parse_address
+
+__all__ = ["DEFAULT_BUFFER_SIZE", "DEFAULT_TIMEOUT_MS", "TcpLB", "TcpLBError", "start_tcp_lb"]
+
+_log = logging.getLogger("vproxy.app")
+
+DEFAULT_BUFFER_SIZE = 16384
+DEFAULT_TIMEOUT_MS = 900_000
+MIN_BUFFER_SIZE = 256
+MAX_BUFFER_SIZE = 16 * 1024 * 1024
+SUPPORTED_PROTOCOLS = frozenset({"tcp"})
+
+
+class TcpLBError(ValueError):
+    """A tcp-lb option was refused."""
+
+
+def _check_buffer(name: str, value: int) -> int:
+    if not isinstance(value, int) or not MIN_BUFFER_SIZE <= value <= MAX_BUFFER_SIZE:
+        raise TcpLBError(f"{name} must be {MIN_BUFFER_SIZE}..{MAX_BUFFER_SIZE}, got {value!r}")
+    return value
+
+
+class TcpLB:
+    """A listener that load-balances each connection over an upstream."""
+
+    def __init__(
+        self,
+        name: str,
+        address: tuple[str, int] | str,
+        upstream: Upstream,
+        *,
+        acceptor_elg: EventLoopGroup,
+        worker_elg: EventLoopGroup,
+        in_buffer_size: int = DEFAULT_BUFFER_SIZE,
+        out_buffer_size: int = DEFAULT_BUFFER_SIZE,
+        timeout: int = DEFAULT_TIMEOUT_MS,
+        protocol: str = "tcp",
+    ) -> None:
+        self.name = name
+        self.bind_address = parse_address(address) if isinstance(address, str) else address
+        self.upstream = upstream
+        self.acceptor_elg = acceptor_elg
+        self.worker_elg = worker_elg
+        self.in_buffer_size = _check_buffer("in-buffer-size", in_buffer_size)
+        self.out_buffer_size = _check_buffer("out-buffer-size", out_buffer_size)
+        self.timeout = self._check_timeout(timeout)
+        self.protocol = self._check_protocol(protocol)
+        self.proxy = Proxy(self)
+        self.server_sock: ServerSock | None = None
+
+    def __repr__(self) -> str:
+        return f"TcpLB({self.name!r}, {format_address(*self.address)})"
+
+    @staticmethod
+    def _check_timeout(timeout: int) -> int:
+        if not isinstance(timeout, int) or not 0 < timeout <= 86_400_000:
+            raise TcpLBError(f"timeout must be 1..86400000 ms, got {timeout!r}")
+        return timeout
+
+    @staticmethod
+    def _check_protocol(protocol: str) -> str:
+        if protocol not in SUPPORTED_PROTOCOLS:
+            raise TcpLBError(
+                f"protocol {protocol!r} is not supported; expected one of: "
+                + ", ".join(sorted(SUPPORTED_PROTOCOLS))
+            )
+        return protocol
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound address (with the real port once started on port 0)."""
+        if self.server_sock is not None:
+            return self.server_sock.address
+        return self.bind_address
+
+    @property
+    def sessions(self) -> set[Session]:
+        """The live sessions."""
+        return self.proxy.sessions
+
+    @property
+    def accepted(self) -> int:
+        """Connections accepted so far."""
+        return self.server_sock.accepted if self.server_sock is not None else 0
+
+    def start(self) -> TcpLB:
+        """Bind and start accepting. Raises OSError when the address is in use."""
+        if self.server_sock is not None:
+            raise TcpLBError(f"tcp-lb {self.name} is already started")
+        sock = bind_listener(*self.bind_address)
+        self.server_sock = ServerSock(self.name, sock, self.acceptor_elg, self.proxy.on_accept)
+        try:
+            self.server_sock.start()
+        except BaseException:
+            self.server_sock.close()
+            self.server_sock = None
+            raise
+        _log.info("tcp-lb %s listening on %s", self.name, format_address(*self.address))
+        return self
+
+    def update(
+        self,
+        *,
+        upstream: Upstream | None = None,
+        in_buffer_size: int | None = None,
+        out_buffer_size: int | None = None,
+        timeout: int | None = None,
+        worker_elg: EventLoopGroup | None = None,
+    ) -> None:
+        """Change options; new sessions use them (all-or-nothing)."""
+        ib = _check_buffer("in-buffer-size", in_buffer_size) if in_buffer_size else None
+        ob = _check_buffer("out-buffer-size", out_buffer_size) if out_buffer_size else None
+        to = self._check_timeout(timeout) if timeout is not None else None
+        if upstream is not None:
+            self.upstream = upstream
+        if ib is not None:
+            self.in_buffer_size = ib
+        if ob is not None:
+            self.out_buffer_size = ob
+        if to is not None:
+            self.timeout = to
+        if worker_elg is not None:
+            self.worker_elg = worker_elg
+
+    def stop(self, close_sessions: bool = False) -> None:
+        """Stop accepting; running sessions finish unless ``close_sessions``."""
+        if self.server_sock is not None:
+            self.server_sock.close()
+        if close_sessions:
+            self.proxy.close_sessions()
+
+
+def start_tcp_lb(
+    address: tuple[str, int] | str,
+    backends: Sequence[tuple[str, int] | str],
+    *,
+    name: str = "lb0",
+    method: Method | str = Method.WRR,
+    weights: Iterable[int] | None = None,
+    health_check: HealthCheckConfig | None = None,
+    acceptor_elg: EventLoopGroup | None = None,
+    worker_elg: EventLoopGroup | None = None,
+    **options: int,
+) -> TcpLB:
+    """Start a tcp-lb over ``backends`` in one call (the library entry point).
+
+    Creates what is not given: one acceptor loop, one worker loop, a server group
+    (health-checked on the worker group) and an upstream holding it.
+    """
+    aelg = acceptor_elg or EventLoopGroup("acceptor", loops=1)
+    welg = worker_elg or EventLoopGroup("worker", loops=1)
+    group = ServerGroup(
+        f"{name}-servers",
+        method=method,
+        health_check=health_check or HealthCheckConfig(timeout=1000, period=2000, up=1, down=2),
+        event_loop_group=welg,
+    )
+    ws = list(weights) if weights is not None else [10] * len(backends)
+    for i, (backend, w) in enumerate(zip(backends, ws, strict=True)):
+        addr = parse_address(backend) if isinstance(backend, str) else backend
+        group.add(f"backend{i}", addr, weight=w)
+    upstream = Upstream(f"{name}-upstream")
+    upstream.add(group, weight=10)
+    return TcpLB(
+        name, address, upstream, acceptor_elg=aelg, worker_elg=welg, **options
+    ).start()

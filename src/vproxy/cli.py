@@ -1,0 +1,270 @@
+"""Command-line entry point: ``vproxy`` and ``python -m vproxy`` (SPEC §3.4).
+
+Owns: reading the start-up words (``hello``, ``simple bind PORT backend H:P,...``),
+starting what they name, and waiting for a signal to stop. The words follow the
+original's style (``key value`` pairs, no dashes).
+
+Must not: hold global state at import time or reach into components' internals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from vproxy.app.tcp_lb import DEFAULT_BUFFER_SIZE, DEFAULT_TIMEOUT_MS, start_tcp_lb
+from vproxy.component.health_check import HealthCheckConfig
+from vproxy.net.event_loop import EventLoopGroup, loop_kind
+from vproxy.net.server_sock import format_address, parse_address
+
+__all__ = ["main"]
+
+_log = logging.getLogger("vproxy")
+
+
+class UsageError(Exception):
+    """The start-up words are wrong; the message says which and what was expected."""
+
+
+@dataclass(slots=True)
+class SimpleArgs:
+    """``vproxy simple`` settings."""
+
+    port: int = 0
+    host: str = "0.0.0.0"
+    backends: list[tuple[str, int]] = field(default_factory=list)
+    protocol: str = "tcp"
+    gen: bool = False
+    in_buffer_size: int = DEFAULT_BUFFER_SIZE
+    out_buffer_size: int = DEFAULT_BUFFER_SIZE
+    timeout: int = DEFAULT_TIMEOUT_MS
+
+
+def _int_word(words: list[str], i: int, key: str, low: int, high: int) -> int:
+    if i + 1 >= len(words):
+        raise UsageError(f"{key} needs a value")
+    v = words[i + 1]
+    if not v.isdigit() or not low <= int(v) <= high:
+        raise UsageError(f"{key} {v!r}: expected an integer {low}..{high}")
+    return int(v)
+
+
+def parse_simple(words: list[str]) -> SimpleArgs:
+    """Parse the words after ``simple``."""
+    args = SimpleArgs()
+    have_bind = False
+    i = 0
+    while i < len(words):
+        w = words[i]
+        if w == "bind":
+            args.port = _int_word(words, i, "bind", 0, 65535)
+            have_bind = True
+            i += 2
+        elif w in ("address", "addr"):
+            if i + 1 >= len(words):
+                raise UsageError("address needs a value (the ip to bind)")
+            args.host = words[i + 1]
+            i += 2
+        elif w == "backend":
+            if i + 1 >= len(words):
+                raise UsageError("backend needs a value: host:port[,host:port...]")
+            for item in words[i + 1].split(","):
+                try:
+                    args.backends.append(parse_address(item.strip()))
+                except ValueError as exc:
+                    raise UsageError(f"backend: {exc}") from None
+            i += 2
+        elif w == "protocol":
+            if i + 1 >= len(words):
+                raise UsageError("protocol needs a value")
+            args.protocol = words[i + 1]
+            i += 2
+        elif w in ("in-buffer-size", "out-buffer-size"):
+            v = _int_word(words, i, w, 256, 16 * 1024 * 1024)
+            if w == "in-buffer-size":
+                args.in_buffer_size = v
+            else:
+                args.out_buffer_size = v
+            i += 2
+        elif w == "timeout":
+            args.timeout = _int_word(words, i, w, 1, 86_400_000)
+            i += 2
+        elif w == "gen":
+            args.gen = True
+            i += 1
+        else:
+            raise UsageError(
+                f"unexpected word {w!r}: expected bind, backend, address, protocol, "
+                "in-buffer-size, out-buffer-size, timeout or gen"
+            )
+    if not have_bind:
+        raise UsageError("simple needs bind PORT")
+    if not args.backends:
+        raise UsageError("simple needs backend host:port[,host:port...]")
+    return args
+
+
+def simple_config(args: SimpleArgs) -> str:
+    """The command-language configuration equivalent to ``simple`` (for ``gen``)."""
+    lines = [
+        "add server-group backend timeout 1000 period 2000 up 1 down 2 method wrr",
+    ]
+    for i, (h, p) in enumerate(args.backends):
+        lines.append(
+            f"add server backend{i} to server-group backend address {format_address(h, p)} weight 10"
+        )
+    lines += [
+        "add upstream backend",
+        "add server-group backend to upstream backend weight 10",
+        f"add tcp-lb lb0 address {format_address(args.host, args.port)} upstream backend"
+        f" protocol {args.protocol} in-buffer-size {args.in_buffer_size}"
+        f" out-buffer-size {args.out_buffer_size} timeout {args.timeout}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _wait_for_signal() -> int:
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
+    while not stop.wait(3600):
+        pass
+    return 0
+
+
+def run_simple(args: SimpleArgs) -> int:
+    """Start the one-line load balancer and serve until a signal."""
+    if args.gen:
+        sys.stdout.write(simple_config(args))
+        return 0
+    try:
+        lb = start_tcp_lb(
+            (args.host, args.port),
+            args.backends,
+            protocol=args.protocol,
+            in_buffer_size=args.in_buffer_size,
+            out_buffer_size=args.out_buffer_size,
+            timeout=args.timeout,
+        )
+    except OSError as exc:
+        print(f"vproxy: cannot listen on {format_address(args.host, args.port)}: {exc.strerror}",
+              file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"vproxy: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"vproxy: tcp-lb lb0 listening on {format_address(*lb.address)} -> "
+        + ", ".join(format_address(h, p) for h, p in args.backends)
+        + f" ({loop_kind()})",
+        flush=True,
+    )
+    rc = _wait_for_signal()
+    lb.stop(close_sessions=True)
+    return rc
+
+
+def run_hello(once: bool) -> int:
+    """Start two demo backends, a tcp-lb over them and a client; show they work."""
+    from vproxy.app.demo import DemoBackends
+
+    elg = EventLoopGroup("hello", loops=1)
+    backends = DemoBackends(elg.next(), count=2)
+    print(f"vproxy hello: demo backends on {', '.join(backends.addresses_text)}")
+    lb = start_tcp_lb(
+        ("127.0.0.1", 0),
+        backends.addresses,
+        name="hello",
+        health_check=HealthCheckConfig(timeout=500, period=200, up=1, down=2),
+    )
+    lb_text = format_address(*lb.address)
+    print(f"vproxy hello: tcp-lb 'hello' listening on {lb_text} (wrr over both, {loop_kind()})")
+    group = lb.upstream.groups[0].group
+    deadline = time.monotonic() + 5
+    while len(group.healthy_servers) < len(backends.addresses) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    seen: dict[str, int] = {}
+    for _ in range(6):
+        try:
+            who = _hello_request(lb.address)
+        except OSError as exc:
+            who = f"(error: {exc})"
+        seen[who] = seen.get(who, 0) + 1
+        print(f"vproxy hello: client request -> answered by {who}")
+    ok = len(seen) == len(backends.addresses)
+    print(f"vproxy hello: {'OK' if ok else 'FAILED'}: {len(seen)} backends answered, {seen}")
+    if ok and not once:
+        print(f"vproxy hello: try `curl http://{lb_text}/`; Ctrl-C stops", flush=True)
+        _wait_for_signal()
+    lb.stop(close_sessions=True)
+    lb.acceptor_elg.close()
+    lb.worker_elg.close()
+    elg.close()
+    return 0 if ok else 1
+
+
+def _hello_request(address: tuple[str, int]) -> str:
+    with socket.create_connection(address, timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.0\r\nHost: hello\r\n\r\n")
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    body = data.partition(b"\r\n\r\n")[2].decode(errors="replace").strip()
+    return body.rsplit(" ", 1)[-1] if body else "(nothing)"
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vproxy",
+        description="vproxy for Python: a TCP load balancer and proxy toolkit.",
+        epilog=(
+            "commands:\n"
+            "  hello [once]                      demo: backends + tcp-lb + client\n"
+            "  simple bind PORT backend H:P[,H:P...] [address IP] [protocol P]\n"
+            "         [in-buffer-size N] [out-buffer-size N] [timeout MS] [gen]\n"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("words", nargs="*", help="start-up words (see commands)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run vproxy with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    parser = _build_parser()
+    ns = parser.parse_args(list(argv) if argv is not None else None)
+    logging.basicConfig(
+        level=logging.DEBUG if ns.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    words: list[str] = ns.words
+    try:
+        if not words:
+            parser.print_help()
+            return 2
+        if words[0] == "hello":
+            if words[1:] not in ([], ["once"]):
+                raise UsageError("hello takes only the word once")
+            return run_hello(once=bool(words[1:]))
+        if words[0] == "simple":
+            return run_simple(parse_simple(words[1:]))
+        raise UsageError(f"unknown command {words[0]!r}: expected hello or simple")
+    except UsageError as exc:
+        print(f"vproxy: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+

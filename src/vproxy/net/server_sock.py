@@ -1,0 +1,182 @@
+"""Listening sockets (SPEC §1 "Proxy" accept side, "server-sock" statistics).
+
+Owns: binding a TCP listener, accepting in batches on an acceptor event loop, counting
+accepted connections, backing off when the process runs out of descriptors or buffers
+(EMFILE/ENFILE/ENOBUFS/ENOMEM: stop accepting for a moment instead of spinning, as
+trio's ``_serve_one_listener`` does), and moving to another acceptor loop when its
+loop is removed.
+
+Must not: decide what happens to an accepted socket; it hands it to ``on_accept``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from vproxy.net.event_loop import EventLoop, EventLoopError, EventLoopGroup
+
+__all__ = ["ServerSock", "bind_listener", "format_address", "parse_address"]
+
+_log = logging.getLogger("vproxy.net")
+
+_BACKOFF_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_BATCH = 64
+BACKOFF_SECONDS = 0.1
+DEFAULT_BACKLOG = 4096
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """Parse ``ip:port`` or ``[ipv6]:port`` into ``(host, port)``.
+
+    Raises:
+        ValueError: with a message naming what is wrong.
+    """
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or not text[end + 1 :].startswith(":"):
+            raise ValueError(f"bad address {text!r}: expected [ipv6]:port")
+        host, port_s = text[1:end], text[end + 2 :]
+    else:
+        host, sep, port_s = text.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"bad address {text!r}: expected ip:port")
+        if ":" in host:
+            raise ValueError(f"bad address {text!r}: write IPv6 as [ipv6]:port")
+    if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+        raise ValueError(f"bad port in {text!r}: expected 0..65535")
+    return host, int(port_s)
+
+
+def format_address(host: str, port: int) -> str:
+    """The inverse of :func:`parse_address`."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def bind_listener(host: str, port: int, backlog: int = DEFAULT_BACKLOG) -> socket.socket:
+    """Bind and listen on ``host:port`` (port 0 picks a free one); non-blocking."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class ServerSock:
+    """A listening socket served by one loop of an acceptor event-loop group."""
+
+    def __init__(
+        self,
+        name: str,
+        sock: socket.socket,
+        acceptor_elg: EventLoopGroup,
+        on_accept: Callable[[socket.socket, Any], None],
+    ) -> None:
+        self.name = name
+        self.sock = sock
+        self.acceptor_elg = acceptor_elg
+        self.on_accept = on_accept
+        self.accepted = 0
+        self.backoffs = 0
+        self.el: EventLoop | None = None
+        self._closed = False
+        host, port = sock.getsockname()[:2]
+        self.address: tuple[str, int] = (host, port)
+
+    def __repr__(self) -> str:
+        return f"ServerSock({self.name!r}, {format_address(*self.address)})"
+
+    def start(self) -> None:
+        """Start accepting on the next loop of the acceptor group."""
+        el = self.acceptor_elg.next()
+        self.el = el
+        el.attach(self)
+        el.call(self._register)
+
+    def _register(self) -> None:
+        if not self._closed and self.el is not None:
+            self.el.loop.add_reader(self.sock.fileno(), self._accept_ready)
+
+    def _unregister(self) -> None:
+        if self.el is not None and not self.el.loop.is_closed():
+            try:
+                self.el.loop.remove_reader(self.sock.fileno())
+            except (ValueError, OSError):
+                pass
+
+    def _accept_ready(self) -> None:
+        accept = self.sock.accept
+        on_accept = self.on_accept
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, addr = accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in _BACKOFF_ERRNOS:
+                    self._backoff(exc)
+                    return
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue  # the client gave up before we accepted: next
+                _log.error("accept on %s failed: %s", self.name, exc)
+                return
+            self.accepted += 1
+            try:
+                on_accept(conn, addr)
+            except Exception:
+                _log.exception("accept handler of %s failed", self.name)
+                conn.close()
+
+    def _backoff(self, exc: OSError) -> None:
+        self.backoffs += 1
+        _log.warning(
+            "accept on %s: %s; pausing accepts for %.0f ms",
+            self.name,
+            exc.strerror,
+            BACKOFF_SECONDS * 1000,
+        )
+        el = self.el
+        if el is None:
+            return
+        el.loop.remove_reader(self.sock.fileno())
+        el.loop.call_later(BACKOFF_SECONDS, self._register)
+
+    def on_event_loop_removed(self, loop: EventLoop) -> None:
+        """Move accepting to another loop of the group."""
+        if self._closed or loop is not self.el:
+            return
+        try:
+            loop.call(self._unregister)
+        except Exception:
+            pass
+        try:
+            self.start()
+        except EventLoopError:
+            _log.error("server-sock %s has no acceptor event loop left: closing", self.name)
+            self.close()
+
+    def close(self) -> None:
+        """Stop accepting and close the listening socket."""
+        if self._closed:
+            return
+        self._closed = True
+        el = self.el
+        if el is not None:
+            el.detach(self)
+            if el._thread.is_alive() and not el.loop.is_closed():
+                try:
+                    el.call(self._unregister)
+                except Exception:
+                    pass
+        self.sock.close()
