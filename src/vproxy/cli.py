@@ -117,9 +117,8 @@ def simple_config(args: SimpleArgs) -> str:
         "add server-group backend timeout 1000 period 2000 up 1 down 2 method wrr",
     ]
     for i, (h, p) in enumerate(args.backends):
-        lines.append(
-            f"add server backend{i} to server-group backend address {format_address(h, p)} weight 10"
-        )
+        addr = format_address(h, p)
+        lines.append(f"add server backend{i} to server-group backend address {addr} weight 10")
     lines += [
         "add upstream backend",
         "add server-group backend to upstream backend weight 10",
@@ -158,8 +157,10 @@ def run_simple(args: SimpleArgs) -> int:
             timeout=args.timeout,
         )
     except OSError as exc:
-        print(f"vproxy: cannot listen on {format_address(args.host, args.port)}: {exc.strerror}",
-              file=sys.stderr)
+        print(
+            f"vproxy: cannot listen on {format_address(args.host, args.port)}: {exc.strerror}",
+            file=sys.stderr,
+        )
         return 1
     except ValueError as exc:
         print(f"vproxy: {exc}", file=sys.stderr)
@@ -267,4 +268,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-

@@ -21,7 +21,7 @@ class DemoBackends:
 
     def __init__(self, el: EventLoop, count: int = 2) -> None:
         self.el = el
-        self.servers: list[asyncio.AbstractServer] = []
+        self.servers: list[asyncio.Server] = []
         for i in range(count):
             self.servers.append(el.run_coroutine(self._start(i)).result(10))
 
@@ -39,7 +39,7 @@ class DemoBackends:
         """The addresses as ``ip:port`` text."""
         return [format_address(h, p) for h, p in self.addresses]
 
-    async def _start(self, i: int) -> asyncio.AbstractServer:
+    async def _start(self, i: int) -> asyncio.Server:
         body = f"hello from backend-{i}\n".encode()
         head = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n"
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from vproxy.component.health_check import HealthCheckConfig
 from vproxy.component.proxy import Proxy
@@ -164,7 +163,10 @@ def start_tcp_lb(
     health_check: HealthCheckConfig | None = None,
     acceptor_elg: EventLoopGroup | None = None,
     worker_elg: EventLoopGroup | None = None,
-    **options: int,
+    in_buffer_size: int = DEFAULT_BUFFER_SIZE,
+    out_buffer_size: int = DEFAULT_BUFFER_SIZE,
+    timeout: int = DEFAULT_TIMEOUT_MS,
+    protocol: str = "tcp",
 ) -> TcpLB:
     """Start a tcp-lb over ``backends`` in one call (the library entry point).
 
@@ -186,5 +188,13 @@ def start_tcp_lb(
     upstream = Upstream(f"{name}-upstream")
     upstream.add(group, weight=10)
     return TcpLB(
-        name, address, upstream, acceptor_elg=aelg, worker_elg=welg, **options
+        name,
+        address,
+        upstream,
+        acceptor_elg=aelg,
+        worker_elg=welg,
+        in_buffer_size=in_buffer_size,
+        out_buffer_size=out_buffer_size,
+        timeout=timeout,
+        protocol=protocol,
     ).start()

@@ -42,6 +42,7 @@ class Connection(asyncio.Protocol):
         "high_water",
         "lost",
         "peer",
+        "pending",
         "session",
         "transport",
     )
@@ -54,6 +55,7 @@ class Connection(asyncio.Protocol):
         self.bytes_in = 0
         self.eof = False
         self.lost = False
+        self.pending: list[bytes] = []
 
     # bytes written to this side are what the peer read
     @property
@@ -76,6 +78,12 @@ class Connection(asyncio.Protocol):
         peer = self.peer
         if peer is not None and peer.transport is not None:
             peer.transport.write(data)
+        else:
+            # Not linked yet: some loops start reading right after connection_made
+            # even when it paused. Keep the bytes for link() and stop reading.
+            self.pending.append(data)
+            if self.transport is not None:
+                self.transport.pause_reading()
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -163,6 +171,13 @@ class Session:
 
     def link(self) -> None:
         """Both transports exist: start relaying and the idle timer."""
+        for c in (self.back, self.front):
+            if c.pending and c.peer is not None and c.peer.transport is not None:
+                c.peer.transport.write(b"".join(c.pending))
+                c.pending.clear()
+        for c in (self.back, self.front):
+            if c.eof:  # a FIN that came before both ends existed
+                self._on_eof(c)
         if self.back.transport is not None and not self.back.lost:
             self.back.transport.resume_reading()
         if self.timeout > 0:
@@ -220,9 +235,10 @@ class Session:
     def _finish_if_unlinked(self) -> None:
         # A side that never got a transport will never report connection_lost.
         front, back = self.front, self.back
-        if (front.transport is None or front.lost) and (back.transport is None or back.lost):
-            if not self.closed:
-                self._finish()
+        front_done = front.transport is None or front.lost
+        back_done = back.transport is None or back.lost
+        if front_done and back_done and not self.closed:
+            self._finish()
 
     def _finish(self) -> None:
         self.closed = True

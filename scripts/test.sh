@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs everything the tests need, then runs lint, type checks and the test suite.
+# Usage: bash scripts/test.sh [extra pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Tools the tests drive as independent clients/servers (Debian packages).
+need=()
+command -v iperf3 >/dev/null || need+=(iperf3)
+command -v wrk >/dev/null || need+=(wrk)
+command -v curl >/dev/null || need+=(curl)
+if ((${#need[@]})); then
+  if [ "$(id -u)" = 0 ]; then
+    SUDO=""
+  else
+    SUDO="sudo"
+  fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+
+echo "== ruff"
+python3 -m ruff check src tests bench
+python3 -m ruff format --check src tests bench
+echo "== mypy --strict"
+python3 -m mypy
+echo "== pytest"
+set +e
+python3 -m pytest -p no:cacheprovider "$@"
+rc=$?
+set -e
+if [ "$rc" = 5 ]; then
+  echo "pytest collected no tests: failing" >&2
+  exit 1
+fi
+exit "$rc"

@@ -1,0 +1,43 @@
+"""Fixtures shared by every tier: loop kinds, test backends, event-loop groups."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from helpers import LoopThread
+from vproxy.net.event_loop import EventLoopGroup
+
+LOOP_KINDS = ["uvloop", "asyncio"]
+
+
+@pytest.fixture(params=LOOP_KINDS)
+def loop_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test once on uvloop and once on the standard asyncio loop."""
+    kind: str = request.param
+    monkeypatch.setenv("VPROXY_EVENT_LOOP", kind)
+    return kind
+
+
+@pytest.fixture
+def backend_loop() -> Iterator[LoopThread]:
+    """An asyncio loop thread for test backends (not vproxy code)."""
+    lt = LoopThread()
+    yield lt
+    lt.close()
+
+
+@pytest.fixture
+def elg_factory() -> Iterator[Callable[[str, int], EventLoopGroup]]:
+    """Create event-loop groups that are all closed at teardown."""
+    made: list[EventLoopGroup] = []
+
+    def make(name: str, loops: int = 1) -> EventLoopGroup:
+        g = EventLoopGroup(name, loops=loops)
+        made.append(g)
+        return g
+
+    yield make
+    for g in made:
+        g.close()

@@ -1,0 +1,251 @@
+"""Shared test helpers: loopback backends in their own threads, polling, processes.
+
+Backends here are deliberately NOT built on vproxy's own classes, so a bug in the
+data plane cannot hide itself in the test harness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_until(pred: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> None:
+    """Poll ``pred`` until it is truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if pred():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {pred}")
+        time.sleep(interval)
+
+
+class LoopThread:
+    """A plain asyncio loop in a daemon thread, for test servers."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.backends: list[Backend] = []
+
+    def run(self, coro: Any, timeout: float = 10.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        for b in self.backends:
+            if b.server is not None:
+                with contextlib.suppress(Exception):
+                    b.stop()
+
+        async def _shutdown() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            self.run(_shutdown())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]
+
+
+class Backend:
+    """A loopback TCP server running ``handler`` for each connection.
+
+    ``connections`` counts accepted connections; ``stop()`` closes the listener and
+    every open connection (the port can be reused by ``start()`` again).
+    """
+
+    def __init__(self, lt: LoopThread, handler: Handler, host: str = "127.0.0.1", port: int = 0):
+        self.lt = lt
+        self.handler = handler
+        self.host = host
+        self.port = port
+        self.connections = 0
+        self.server: asyncio.AbstractServer | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        lt.backends.append(self)
+        self.start()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    def start(self) -> None:
+        async def _start() -> asyncio.AbstractServer:
+            async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+                self.connections += 1
+                self._writers.add(w)
+                try:
+                    await self.handler(r, w)
+                except (OSError, asyncio.IncompleteReadError):
+                    pass
+                finally:
+                    self._writers.discard(w)
+                    w.close()
+
+            return await asyncio.start_server(
+                handle, self.host, self.port, reuse_address=True, limit=1 << 20
+            )
+
+        self.server = self.lt.run(_start())
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    def stop(self) -> None:
+        async def _stop() -> None:
+            assert self.server is not None
+            self.server.close()
+            for w in list(self._writers):
+                w.transport.abort()
+            await self.server.wait_closed()
+
+        self.lt.run(_stop())
+        self.server = None
+
+
+async def echo_handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    while data := await r.read(65536):
+        w.write(data)
+        await w.drain()
+
+
+def id_handler(ident: str) -> Handler:
+    """Say ``ident\\n`` on connect, then echo."""
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(ident.encode() + b"\n")
+        await w.drain()
+        await echo_handler(r, w)
+
+    return handler
+
+
+def http_handler(ident: str) -> Handler:
+    """A keep-alive HTTP/1.1 responder answering every request with ``ident``."""
+    body = ident.encode()
+    resp = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(body),
+        body,
+    )
+
+    close_resp = resp.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while True:
+            head = await r.readuntil(b"\r\n\r\n")
+            closing = b"connection: close" in head.lower()
+            w.write(close_resp if closing else resp)
+            if closing:
+                # Let the client close first (as it does after a complete response):
+                # closing first races the client's next read.
+                await w.drain()
+                await r.read()
+                return
+            await w.drain()
+
+    return handler
+
+
+def read_ident(addr: tuple[str, int], source: str | None = None, timeout: float = 5) -> str:
+    """Connect (optionally from ``source``), read one line, close."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        if source:
+            s.bind((source, 0))
+        s.connect(addr)
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(100)
+            if not chunk:
+                break
+            data += chunk
+        return data.decode().strip()
+    finally:
+        s.close()
+
+
+def fd_count(pid: int | None = None) -> int:
+    return len(os.listdir(f"/proc/{pid or os.getpid()}/fd"))
+
+
+def rss_kib(pid: int) -> int:
+    text = Path(f"/proc/{pid}/status").read_text()
+    m = re.search(r"VmRSS:\s+(\d+) kB", text)
+    assert m
+    return int(m.group(1))
+
+
+class VproxyProcess:
+    """``python -m vproxy ARGS`` in a subprocess; knows the port it printed."""
+
+    LISTEN_RE = re.compile(rb"listening on (\S+):(\d+)")
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        full_env = dict(os.environ)
+        full_env["PYTHONPATH"] = str(ROOT / "src")
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vproxy", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
+        )
+        self.port = 0
+        deadline = time.monotonic() + 15
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            m = self.LISTEN_RE.search(line)
+            if m:
+                self.port = int(m.group(2))
+                break
+        if not self.port:
+            self.stop()
+            raise AssertionError(f"vproxy did not start: {self.proc.stderr.read()!r}")  # type: ignore[union-attr]
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        for f in (self.proc.stdout, self.proc.stderr):
+            if f is not None:
+                f.close()
+
+
+@contextlib.contextmanager
+def vproxy_process(*args: str, env: dict[str, str] | None = None) -> Iterator[VproxyProcess]:
+    p = VproxyProcess(*args, env=env)
+    try:
+        yield p
+    finally:
+        p.stop()
