@@ -161,7 +161,7 @@ def test_health_down_up_edges_and_no_traffic_to_dead(
         before = bs[0].connections
         idents = [read_ident(lb.address) for _ in range(20)]
         assert set(idents) == {"b0"}
-        assert bs[0].connections - before == 20
+        assert bs[0].connections - before >= 20  # plus health checks
         time.sleep(0.5)
         assert [(n, up) for n, up, _ in events] == [("s1", False)]  # exactly one DOWN
         bs[1].start()

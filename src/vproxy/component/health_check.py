@@ -68,6 +68,11 @@ class HealthState:
         self.healthy = healthy
         self._run = 0  # consecutive results that disagree with the current state
 
+    def reconfigure(self, config: HealthCheckConfig) -> None:
+        """Use new settings; the count of disagreeing results starts again."""
+        self.config = config
+        self._run = 0
+
     def feed(self, ok: bool) -> bool | None:
         """Record one check result; return the new state on an edge, else None."""
         if ok == self.healthy:

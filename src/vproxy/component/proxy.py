@@ -140,11 +140,11 @@ class Proxy:
             tried.append(server)
             try:
                 async with asyncio.timeout(_connect_timeout_ms(server) / 1000):
-                    await loop.create_connection(lambda: session.back, server.host, server.port)
+                    back = session.reset_backend()
+                    await loop.create_connection(back.itself, server.host, server.port)
             except (OSError, TimeoutError) as exc:
                 server.connect_failed()
                 _log.debug("connect to %s failed: %r", server.address_text, exc)
-                session.back.transport = None
                 continue
             return server
         return None

@@ -35,9 +35,9 @@ __all__ = [
     "Server",
     "ServerGroup",
     "ServerGroupError",
+    "SmoothWrr",
     "pick_source",
     "pick_wlc",
-    "SmoothWrr",
 ]
 
 _log = logging.getLogger("vproxy.component")
@@ -67,8 +67,8 @@ class Server:
 
     __slots__ = (
         "__weakref__",
-        "_health_client",
         "_hash_key",
+        "_health_client",
         "_stats_lock",
         "closed_bytes_in",
         "closed_bytes_out",
@@ -83,10 +83,12 @@ class Server:
         "weight",
     )
 
-    def __init__(self, name: str, host: str, port: int, weight: int, group: ServerGroup | None) -> None:
+    def __init__(
+        self, name: str, host: str, port: int, weight: int, group: ServerGroup | None
+    ) -> None:
         _check_weight(weight)
-        if not 0 < port < 65536:
-            raise ServerGroupError(f"port must be 1..65535, got {port}")
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+            raise ServerGroupError(f"port must be an integer 1..65535, got {port!r}")
         try:
             self.host = str(ipaddress.ip_address(host))
         except ValueError:
@@ -144,6 +146,14 @@ class Server:
         """Count a failed connect (the passive failure seen by the proxy)."""
         with self._stats_lock:
             self.connect_failures += 1
+
+
+def _method(method: Method | str) -> Method:
+    try:
+        return Method(method)
+    except ValueError:
+        names = ", ".join(m.value for m in Method)
+        raise ServerGroupError(f"method must be one of {names}, got {method!r}") from None
 
 
 def _check_weight(weight: int) -> None:
@@ -206,8 +216,10 @@ def pick_wlc(servers: Sequence[Server], start: int = 0) -> Server | None:
 
 def _unit_hash(key: bytes) -> float:
     """Map bytes to a float in (0, 1), uniformly."""
-    h = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
-    return (h + 0.5) / 18446744073709551616.0
+    # 52 bits so that h + 0.5 is exact: with all 64 bits the top hashes rounded to
+    # 1.0 and log(1.0) == 0 made pick_source divide by zero.
+    h = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") >> 12
+    return (h + 0.5) / 4503599627370496.0  # 2**52
 
 
 def pick_source(servers: Iterable[Server], source: str) -> Server | None:
@@ -245,7 +257,7 @@ class ServerGroup:
         annotations: dict[str, str] | None = None,
     ) -> None:
         self.name = name
-        self.method = Method(method)
+        self.method = _method(method)
         self.health_config = health_check or HealthCheckConfig()
         self.event_loop_group = event_loop_group
         self.annotations: dict[str, str] = dict(annotations or {})
@@ -287,7 +299,8 @@ class ServerGroup:
         method = self.method
         if method is Method.WRR:
             with self._lock:
-                return self._wrr.next()  # type: ignore[no-any-return]
+                picked: Server | None = self._wrr.next()
+                return picked
         if method is Method.WLC:
             self._wlc_cursor += 1
             return pick_wlc(healthy, self._wlc_cursor)
@@ -344,13 +357,15 @@ class ServerGroup:
                 raise ServerGroupError(f"server-group {self.name} is closed")
             if name in self._servers:
                 raise ServerGroupError(f"server {name} already exists in server-group {self.name}")
+            # built first so the duplicate check compares normalised addresses
+            # (``::1`` and ``0:0::1`` are the same server)
+            server = Server(name, address[0], address[1], weight, self)
             for s in self._servers.values():
-                if s.address == (address[0], address[1]):
+                if s.address == server.address:
                     raise ServerGroupError(
                         f"server {s.name} in server-group {self.name} already has address "
                         f"{s.address_text}"
                     )
-            server = Server(name, address[0], address[1], weight, self)
             self._servers[name] = server
         self._start_check(server)
         return server
@@ -374,7 +389,7 @@ class ServerGroup:
 
     def set_method(self, method: Method | str) -> None:
         """Change how the next server is picked."""
-        m = Method(method)
+        m = _method(method)
         with self._lock:
             self.method = m
             self._rebuild()
@@ -384,7 +399,7 @@ class ServerGroup:
         with self._lock:
             self.health_config = config
             for s in self._servers.values():
-                s.health.config = config
+                s.health.reconfigure(config)
 
     def close(self) -> None:
         """Stop all health checks."""

@@ -67,6 +67,8 @@ class Upstream:
         self._lock = threading.Lock()
         self._handles: tuple[GroupHandle, ...] = ()
         self._wrr = SmoothWrr((), ())
+        # the usable handles self._wrr was built over; None forces a rebuild
+        self._wrr_over: tuple[GroupHandle, ...] | None = None
 
     def __repr__(self) -> str:
         return f"Upstream({self.name!r}, {[(h.group.name, h.weight) for h in self._handles]})"
@@ -109,8 +111,7 @@ class Upstream:
         raise KeyError(name)
 
     def _rebuild(self) -> None:
-        hs = self._handles
-        self._wrr = SmoothWrr(hs, [h.weight for h in hs])
+        self._wrr_over = None  # membership or a weight changed: start a new cycle
 
     def find_server(self, host: str, port: int) -> Server | None:
         """The server of any member group listening at ``host:port``."""
@@ -124,24 +125,27 @@ class Upstream:
         """The group a connection goes to: best hint match, else WRR.
 
         Only groups with a healthy server and a weight above 0 are chosen: a hint
-        that matches nothing usable falls back to WRR over all groups.
+        that matches nothing usable falls back to WRR over the usable groups.
         """
         if hint:
             best = self._match(normalize_host(hint))
             if best is not None:
                 return best
-        handles = self._handles
-        if not handles:
-            return None
         with self._lock:
-            wrr = self._wrr
-            for _ in range(len(handles)):
-                h: GroupHandle | None = wrr.next()
-                if h is None:
-                    return None
-                if h.group.healthy_servers:
-                    return h.group
-        return None
+            # WRR over the usable groups only: skipping unusable picks of a WRR over
+            # all groups could miss a usable light group behind a long run of a heavy
+            # unusable one. The WRR restarts whenever the usable set changes.
+            usable = tuple(h for h in self._handles if _usable(h))
+            over = self._wrr_over
+            if (
+                over is None
+                or len(over) != len(usable)
+                or any(a is not b for a, b in zip(over, usable, strict=True))
+            ):
+                self._wrr = SmoothWrr(usable, [h.weight for h in usable])
+                self._wrr_over = usable
+            h: GroupHandle | None = self._wrr.next()
+        return None if h is None else h.group
 
     def _match(self, hint: str) -> ServerGroup | None:
         best: ServerGroup | None = None
@@ -149,7 +153,7 @@ class Upstream:
         best_len = -1
         for h in self._handles:
             g = h.group
-            if h.weight <= 0 or not g.healthy_servers:
+            if not _usable(h):
                 continue
             for cand in (g.annotations.get("host"), g.name):
                 if not cand:
@@ -166,6 +170,11 @@ class Upstream:
         if group is None:
             return None
         return group.next(source)
+
+
+def _usable(h: GroupHandle) -> bool:
+    """A group can take a connection: weight above 0 and a healthy server that can be picked."""
+    return h.weight > 0 and any(s.weight > 0 for s in h.group.healthy_servers)
 
 
 def _check_weight(weight: int) -> None:

@@ -34,7 +34,13 @@ _session_ids = itertools.count(1)
 
 
 class Connection(asyncio.Protocol):
-    """One side of a session: reads from its transport, writes into the peer's."""
+    """One side of a session: reads from its transport, writes into the peer's.
+
+    ``writable`` is True while bytes may be written to this side: from
+    :meth:`Session.link` until this side is half-closed, closed or lost. Bytes read
+    before the session is linked wait in ``pending``; bytes for a side that is no
+    longer writable (it closed under us) are dropped, as the kernel would.
+    """
 
     __slots__ = (
         "bytes_in",
@@ -45,6 +51,7 @@ class Connection(asyncio.Protocol):
         "pending",
         "session",
         "transport",
+        "writable",
     )
 
     def __init__(self, session: Session, high_water: int) -> None:
@@ -55,9 +62,13 @@ class Connection(asyncio.Protocol):
         self.bytes_in = 0
         self.eof = False
         self.lost = False
+        self.writable = False
         self.pending: list[bytes] = []
 
-    # bytes written to this side are what the peer read
+    def itself(self) -> Connection:
+        """A protocol factory that returns this connection (for create_connection)."""
+        return self
+
     @property
     def bytes_out(self) -> int:
         """Bytes written toward this side's socket (what the peer read)."""
@@ -68,19 +79,17 @@ class Connection(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
         transport.set_write_buffer_limits(high=self.high_water, low=self.high_water // 2)
-        if self.peer is None or self.peer.transport is None:
-            # Not linked yet (the backend connected before the frontend was wrapped):
-            # read nothing until both ends exist.
-            transport.pause_reading()
+        if not self.session.linked:
+            transport.pause_reading()  # read nothing until both ends exist
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
         peer = self.peer
-        if peer is not None and peer.transport is not None:
-            peer.transport.write(data)
-        else:
-            # Not linked yet: some loops start reading right after connection_made
-            # even when it paused. Keep the bytes for link() and stop reading.
+        if peer is not None and peer.writable:
+            peer.transport.write(data)  # type: ignore[union-attr]
+        elif not self.session.linked:
+            # Some loops start reading right after connection_made even when it
+            # paused: keep the bytes for link() and stop reading.
             self.pending.append(data)
             if self.transport is not None:
                 self.transport.pause_reading()
@@ -103,16 +112,33 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self.writable = False
         self.session._on_lost(self, exc)
+
+    def _shut_write(self) -> None:
+        """Pass a FIN on (after what is buffered); no more writes to this side."""
+        t = self.transport
+        self.writable = False
+        if t is not None and not self.lost:
+            t.write_eof()
+
+    def _close(self, abort: bool) -> None:
+        t = self.transport
+        self.writable = False
+        if t is not None and not self.lost:
+            if abort:
+                t.abort()
+            else:
+                t.close()
 
 
 class Session:
     """A frontend and a backend connection relaying to each other.
 
-    Create it, connect the backend with ``protocol_factory=session.backend`` style
-    (pass :attr:`back` as the protocol), wrap the accepted socket with :attr:`front`,
-    then call :meth:`link`. ``on_close(session)`` runs once, in the loop thread, when
-    both transports are gone.
+    Create it, connect the backend with :attr:`back` as its protocol, wrap the
+    accepted socket with :attr:`front` as its protocol, then call :meth:`link`.
+    ``on_close(session)`` runs once, in the loop thread, when both transports are
+    gone.
     """
 
     __slots__ = (
@@ -126,6 +152,7 @@ class Session:
         "el",
         "front",
         "id",
+        "linked",
         "on_close",
         "server",
         "timeout",
@@ -153,6 +180,7 @@ class Session:
         self.timeout = timeout_ms
         self.on_close = on_close
         self.closed = False
+        self.linked = False
         self._idle_handle: asyncio.TimerHandle | None = None
         self._idle_mark = -1
 
@@ -169,17 +197,31 @@ class Session:
         """Bytes read from the backend."""
         return self.back.bytes_in
 
+    def reset_backend(self) -> Connection:
+        """A fresh backend side (before a connect attempt; the last one failed)."""
+        self.back = Connection(self, self.back.high_water)
+        self.back.peer = self.front
+        self.front.peer = self.back
+        return self.back
+
     def link(self) -> None:
         """Both transports exist: start relaying and the idle timer."""
-        for c in (self.back, self.front):
-            if c.pending and c.peer is not None and c.peer.transport is not None:
-                c.peer.transport.write(b"".join(c.pending))
+        front, back = self.front, self.back
+        self.linked = True
+        for c in (front, back):
+            c.writable = c.transport is not None and not c.lost
+        for c in (back, front):
+            peer = c.peer
+            assert peer is not None
+            if c.pending:
+                if peer.writable:
+                    peer.transport.write(b"".join(c.pending))  # type: ignore[union-attr]
                 c.pending.clear()
-        for c in (self.back, self.front):
             if c.eof:  # a FIN that came before both ends existed
                 self._on_eof(c)
-        if self.back.transport is not None and not self.back.lost:
-            self.back.transport.resume_reading()
+        for c in (front, back):
+            if c.transport is not None and not c.lost:
+                c.transport.resume_reading()
         if self.timeout > 0:
             self._idle_handle = self._loop.call_later(self.timeout / 1000, self._check_idle)
 
@@ -193,54 +235,50 @@ class Session:
         self._idle_handle = self._loop.call_later(self.timeout / 1000, self._check_idle)
 
     def _on_eof(self, conn: Connection) -> None:
+        if not self.linked:
+            return  # link() passes it on
         peer = conn.peer
         assert peer is not None
         if conn.eof and peer.eof:
             self.close()
-            return
-        t = peer.transport
-        if t is not None and not peer.lost:
-            if t.can_write_eof():
-                t.write_eof()  # sent after what is buffered: FIN passed on
-            else:
-                self.close()
+        elif peer.transport is not None and peer.transport.can_write_eof():
+            peer._shut_write()
+        else:
+            self.close()
 
     def _on_lost(self, conn: Connection, exc: Exception | None) -> None:
         peer = conn.peer
         assert peer is not None
-        if peer.transport is not None and not peer.lost:
-            if exc is None:
-                peer.transport.close()  # flushes what is buffered first
-            else:
-                peer.transport.abort()  # the other side broke: pass the reset on
-        if (peer.lost or peer.transport is None) and not self.closed:
+        # A clean close flushes what is buffered toward the peer; a broken side
+        # passes the reset on.
+        peer._close(abort=exc is not None)
+        if peer.lost or peer.transport is None:
             self._finish()
 
     def close(self) -> None:
         """Close both sides after flushing what is buffered."""
-        for c in (self.front, self.back):
-            if c.transport is not None and not c.lost:
-                c.transport.close()
-        if self.front.transport is None or self.back.transport is None:
-            self._finish_if_unlinked()
+        self.front._close(abort=False)
+        self.back._close(abort=False)
+        self._finish_if_unlinked()
 
     def abort(self) -> None:
         """Close both sides now, dropping buffered data."""
-        for c in (self.front, self.back):
-            if c.transport is not None and not c.lost:
-                c.transport.abort()
-        if self.front.transport is None or self.back.transport is None:
-            self._finish_if_unlinked()
+        self.front._close(abort=True)
+        self.back._close(abort=True)
+        self._finish_if_unlinked()
 
     def _finish_if_unlinked(self) -> None:
         # A side that never got a transport will never report connection_lost.
         front, back = self.front, self.back
-        front_done = front.transport is None or front.lost
-        back_done = back.transport is None or back.lost
-        if front_done and back_done and not self.closed:
-            self._finish()
+        if front.transport is None or back.transport is None:
+            front_done = front.transport is None or front.lost
+            back_done = back.transport is None or back.lost
+            if front_done and back_done:
+                self._finish()
 
     def _finish(self) -> None:
+        if self.closed:
+            return
         self.closed = True
         if self._idle_handle is not None:
             self._idle_handle.cancel()

@@ -85,6 +85,7 @@ class EventLoop:
 
     __slots__ = (
         "_closing",
+        "_finished",
         "_resources",
         "_sessions",
         "_started",
@@ -101,6 +102,7 @@ class EventLoop:
         self._thread = threading.Thread(target=self._run, name=f"vproxy-el-{name}", daemon=True)
         self._started = threading.Event()
         self._closing = False
+        self._finished = False
         self._resources: list[LoopResource] = []
         # Sessions (or any short-lived unit of work) running here; a retired loop
         # stops when this drops to zero. Only touched from the loop's own thread.
@@ -123,9 +125,13 @@ class EventLoop:
         try:
             self.loop.run_forever()
         finally:
+            self._closing = True
+            self._finished = True  # late stop() calls must not cut the clean-up short
             try:
                 _cancel_all(self.loop)
                 self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            except RuntimeError:
+                _log.debug("event-loop %s: clean-up interrupted", self.name)
             finally:
                 self.loop.close()
 
@@ -135,6 +141,11 @@ class EventLoop:
         return self._thread.is_alive() and not self._closing
 
     @property
+    def alive(self) -> bool:
+        """True while the loop's thread runs (also while retiring)."""
+        return self._thread.is_alive() and not self._finished
+
+    @property
     def in_loop_thread(self) -> bool:
         """True when called from this loop's own thread."""
         return threading.current_thread() is self._thread
@@ -142,8 +153,11 @@ class EventLoop:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the loop now: pending tasks are cancelled, transports closed."""
         self._closing = True
-        if self._thread.is_alive():
-            self.loop.call_soon_threadsafe(self.loop.stop)
+        if self._thread.is_alive() and not self._finished:
+            try:
+                self.loop.call_soon_threadsafe(self.loop.stop)
+            except RuntimeError:
+                pass  # closed meanwhile
             if not self.in_loop_thread:
                 self._thread.join(timeout)
 
@@ -163,7 +177,7 @@ class EventLoop:
             self.loop.call_soon_threadsafe(self._stop_when_idle, force_close_sessions)
 
     def _stop_when_idle(self, force: bool) -> None:
-        if force or self._sessions <= 0:
+        if (force or self._sessions <= 0) and not self._finished:
             self.loop.stop()
         # else: session_done() stops the loop when the last session ends.
 
@@ -191,7 +205,7 @@ class EventLoop:
     def session_done(self) -> None:
         """Uncount a session; a retired loop stops after its last one."""
         self._sessions -= 1
-        if self._closing and self._sessions <= 0:
+        if self._closing and self._sessions <= 0 and not self._finished:
             self.loop.stop()
 
     @property

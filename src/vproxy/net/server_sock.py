@@ -174,7 +174,7 @@ class ServerSock:
         el = self.el
         if el is not None:
             el.detach(self)
-            if el._thread.is_alive() and not el.loop.is_closed():
+            if el.alive:
                 try:
                     el.call(self._unregister)
                 except Exception:

@@ -1,0 +1,961 @@
+#!/usr/bin/env python3
+"""Side-by-side L4 benchmark: vproxy tcp-lb vs haproxy (tcp mode) vs nginx stream.
+
+Every target fronts the same two backends on loopback: an nginx serving a tiny
+static HTTP response (measured with wrk) and an ``iperf3 -s`` server (measured
+with iperf3). Runs are interleaved (for each run, every target does every test)
+so that machine noise spreads evenly; the median over runs is reported.
+
+Traffic goes to 127.0.0.1 only. Every process started here is stopped by pid in
+a ``finally`` block (also on SIGINT/SIGTERM) and the temp dirs are removed.
+
+Stdlib only. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import re
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO / "bench" / "results"
+HOST = "127.0.0.1"
+ALL_TARGETS = ("direct", "haproxy", "nginx-stream", "vproxy")
+PROXIES = ("haproxy", "nginx-stream", "vproxy")
+TESTS = ("wrk-keepalive", "wrk-close", "iperf3")
+TEST_TITLES = {
+    "wrk-keepalive": "HTTP keep-alive, wrk -t1 -c64 (req/s)",
+    "wrk-close": "HTTP Connection: close, wrk -t1 -c64 (req/s)",
+    "iperf3": "iperf3 single stream (Gbit/s)",
+}
+STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
+APT_PACKAGES = ["haproxy", "nginx-light", "libnginx-mod-stream", "wrk", "iperf3"]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+MICRO = "\u00b5"  # micro sign, for "µs"
+
+
+class BenchError(Exception):
+    """A target or a measurement failed; the message says why."""
+
+
+class Interrupted(Exception):
+    """SIGTERM received."""
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+def _read_stat(pid: int) -> tuple[int, int] | None:
+    """(ppid, utime+stime in ticks) of one process, or None if it is gone."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    rest = data.rsplit(")", 1)[1].split()
+    # rest[0] is field 3 (state): ppid is field 4, utime 14, stime 15.
+    return int(rest[1]), int(rest[11]) + int(rest[12])
+
+
+def process_tree(root: int) -> list[int]:
+    """root and all its live descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        st = _read_stat(int(entry))
+        if st is not None:
+            children.setdefault(st[0], []).append(int(entry))
+    out: list[int] = []
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        if pid in out or not Path(f"/proc/{pid}").exists():
+            continue
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def tree_cpu_seconds(root: int) -> float:
+    total = 0
+    for pid in process_tree(root):
+        st = _read_stat(pid)
+        if st is not None:
+            total += st[1]
+    return total / CLK_TCK
+
+
+def tree_peak_rss_kib(root: int) -> int:
+    """Sum of VmHWM (peak resident set) over the process tree, in KiB."""
+    total = 0
+    for pid in process_tree(root):
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+# --------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, n: int = 15) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join("    | " + line for line in lines[-n:]) or "    | (empty log)"
+
+
+class ProcessManager:
+    """Starts processes in their own session; stops exactly those pids (and their children)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[Proc] = []
+
+    def start(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+        keep_stdin_open: bool = False,
+    ) -> Proc:
+        log_path = self.tmp / f"{name}.log"
+        with open(log_path, "wb") as logf:
+            popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE if keep_stdin_open else subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,  # a terminal ^C reaches us only; we stop them in order
+            )
+        proc = Proc(name, popen, log_path)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: Proc, timeout: float = 5.0) -> None:
+        if proc not in self.procs:
+            return
+        self.procs.remove(proc)
+        tree = process_tree(proc.pid) if proc.alive() else []
+        if proc.alive():
+            with contextlib.suppress(ProcessLookupError):
+                proc.popen.send_signal(signal.SIGTERM)
+            try:
+                proc.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.popen.kill()
+                proc.popen.wait(timeout)
+        # Workers that outlived their master (should not happen): kill them by pid.
+        deadline = time.monotonic() + timeout
+        for pid in tree[1:]:
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if Path(f"/proc/{pid}").exists():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        if proc.popen.stdin:
+            proc.popen.stdin.close()
+
+    def stop_all(self) -> None:
+        for proc in reversed(list(self.procs)):
+            try:
+                self.stop(proc)
+            except Exception as exc:  # keep stopping the others
+                log(f"!! could not stop {proc.name} (pid {proc.pid}): {exc}")
+
+
+# ---------------------------------------------------------------------- readiness
+
+
+def port_accepts(port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def http_probe(port: int, timeout: float = 2.0) -> bool:
+    """One full HTTP request through the port: True if the backend's answer comes back."""
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            data = b""
+            while len(data) < 65536:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return False
+    return data.startswith(b"HTTP/1.1 200") and b"hello" in data
+
+
+def wait_until(
+    check: Callable[[], bool], timeout: float, what: str, proc: Proc | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if proc is not None and not proc.alive():
+            raise BenchError(
+                f"{proc.name} exited with code {proc.popen.returncode} before {what}\n"
+                + proc.log_tail()
+            )
+        time.sleep(0.1)
+    tail = ("\n" + proc.log_tail()) if proc is not None else ""
+    raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}{tail}")
+
+
+# ------------------------------------------------------------------------ configs
+
+
+def nginx_needs_stream_module() -> bool:
+    out = subprocess.run(["nginx", "-V"], capture_output=True, text=True).stderr
+    return "--with-stream=dynamic" in out or "--with-stream" not in out
+
+
+def nofile_limit() -> int:
+    """Raise our soft fd limit to the hard one (children inherit it) and return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft
+
+
+def maxconn() -> int:
+    # Two fds per proxied connection plus slack; far above the 64 connections used.
+    return max(256, min(20000, (nofile_limit() - 200) // 2))
+
+
+def nginx_common(tmp: Path) -> str:
+    return f"""daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile {nofile_limit()};
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections {maxconn()}; multi_accept on; }}
+"""
+
+
+def nginx_backend_conf(tmp: Path, http_port: int) -> str:
+    return (
+        nginx_common(tmp)
+        + f"""http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    keepalive_requests 10000000;
+    keepalive_timeout 60s;
+    server {{
+        listen {HOST}:{http_port} reuseport backlog=4096;
+        location / {{
+            default_type text/plain;
+            return 200 "hello\\n";
+        }}
+    }}
+}}
+"""
+    )
+
+
+def nginx_stream_conf(tmp: Path, listen: list[tuple[int, int]]) -> str:
+    head = f"load_module {STREAM_MODULE};\n" if nginx_needs_stream_module() else ""
+    servers = "".join(
+        f"""    server {{
+        listen {HOST}:{port} backlog=4096;
+        proxy_pass {HOST}:{backend};
+    }}
+"""
+        for port, backend in listen
+    )
+    return (
+        head
+        + nginx_common(tmp)
+        + f"""stream {{
+    proxy_connect_timeout 5s;
+    proxy_timeout 120s;
+{servers}}}
+"""
+    )
+
+
+def haproxy_conf(listen: list[tuple[int, int]]) -> str:
+    blocks = "".join(
+        f"""
+listen l{port}
+    bind {HOST}:{port}
+    server s1 {HOST}:{backend}
+"""
+        for port, backend in listen
+    )
+    return f"""global
+    nbthread 1
+    maxconn {maxconn()}
+
+defaults
+    mode tcp
+    maxconn {maxconn()}
+    timeout connect 5s
+    timeout client 120s
+    timeout server 120s
+{blocks}"""
+
+
+# ------------------------------------------------------------------------ targets
+
+
+@dataclass
+class Target:
+    name: str
+    http_port: int
+    iperf_port: int
+    http_proc: Proc | None = None  # the process (tree) that carries the wrk traffic
+    iperf_proc: Proc | None = None  # the process (tree) that carries the iperf3 traffic
+    procs: list[Proc] = field(default_factory=list)
+    failed: str | None = None
+
+    def check_alive(self) -> None:
+        for p in self.procs:
+            if not p.alive():
+                raise BenchError(
+                    f"{p.name} (pid {p.pid}) exited with code {p.popen.returncode}\n" + p.log_tail()
+                )
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="vproxy-bench-"))
+        self.pm = ProcessManager(self.tmp)
+        self.backend_http = 0
+        self.backend_iperf = 0
+        self.backend_nginx: Proc | None = None
+        self.targets: dict[str, Target] = {}
+        self.failures: list[str] = []
+        self.raw: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        self.rss_kib: dict[str, dict[str, int]] = {}
+        self.vproxy_loop: str | None = None  # event loop vproxy reports it runs on
+
+    # -- setup -------------------------------------------------------------------
+
+    def start_backends(self) -> None:
+        d = self.tmp / "backend"
+        d.mkdir()
+        self.backend_http = free_port()
+        conf = d / "nginx.conf"
+        conf.write_text(nginx_backend_conf(d, self.backend_http))
+        self.backend_nginx = self.pm.start(
+            "backend-nginx", ["nginx", "-p", str(d), "-e", str(d / "error.log"), "-c", str(conf)]
+        )
+        wait_until(
+            lambda: http_probe(self.backend_http), 10, "the nginx backend", self.backend_nginx
+        )
+        self.backend_iperf = free_port()
+        iperf = self.pm.start(
+            "backend-iperf3", ["iperf3", "-s", "-B", HOST, "-p", str(self.backend_iperf)]
+        )
+        wait_until(lambda: port_accepts(self.backend_iperf), 10, "the iperf3 server", iperf)
+        log(f"backends: nginx http {HOST}:{self.backend_http}, iperf3 {HOST}:{self.backend_iperf}")
+
+    def start_target(self, name: str) -> Target:
+        if name == "direct":
+            return Target(name, self.backend_http, self.backend_iperf)
+        t = Target(name, free_port(), free_port())
+        self.targets[name] = t  # registered first so a failure is still reported per target
+        listen = [(t.http_port, self.backend_http), (t.iperf_port, self.backend_iperf)]
+        if name == "haproxy":
+            cfg = self.tmp / "haproxy.cfg"
+            cfg.write_text(haproxy_conf(listen))
+            p = self.pm.start("haproxy", ["haproxy", "-db", "-f", str(cfg)])
+            t.procs = [p]
+            t.http_proc = t.iperf_proc = p
+            timeout = 10.0
+        elif name == "nginx-stream":
+            d = self.tmp / "nginx-stream"
+            d.mkdir()
+            conf = d / "nginx.conf"
+            conf.write_text(nginx_stream_conf(d, listen))
+            p = self.pm.start(
+                "nginx-stream",
+                ["nginx", "-p", str(d), "-e", str(d / "error.log"), "-c", str(conf)],
+            )
+            t.procs = [p]
+            t.http_proc = t.iperf_proc = p
+            timeout = 10.0
+        elif name == "vproxy":
+            env = dict(os.environ)
+            env["PYTHONPATH"] = str(REPO / "src") + (
+                os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
+            )
+            # Keep vproxy's auto-saved state (~/.vproxy) out of the real home directory.
+            home = self.tmp / "vproxy-home"
+            home.mkdir()
+            env["HOME"] = str(home)
+            extra = shlex.split(self.args.vproxy_args)
+            procs = []
+            for kind, port, backend in (
+                ("http", t.http_port, self.backend_http),
+                ("iperf", t.iperf_port, self.backend_iperf),
+            ):
+                argv = [self.args.python, "-m", "vproxy", "simple", "bind", str(port)]
+                argv += ["backend", f"{HOST}:{backend}", "address", HOST, *extra]
+                procs.append(
+                    self.pm.start(f"vproxy-{kind}", argv, cwd=REPO, env=env, keep_stdin_open=True)
+                )
+            t.procs = procs
+            t.http_proc, t.iperf_proc = procs
+            timeout = 30.0  # servers start DOWN until the first health check passes
+        else:
+            raise BenchError(f"unknown target {name}")
+        assert t.http_proc is not None
+        assert t.iperf_proc is not None
+        wait_until(lambda: http_probe(t.http_port), timeout, f"{name} to proxy HTTP", t.http_proc)
+        wait_until(lambda: port_accepts(t.iperf_port), timeout, f"{name} iperf3 port", t.iperf_proc)
+        if name == "vproxy":
+            m = re.search(r"listening on \S+ -> \S+ \((\w+)\)", t.http_proc.log_path.read_text())
+            self.vproxy_loop = m.group(1) if m else "?"
+        log(
+            f"{name}: http {HOST}:{t.http_port}, iperf3 {HOST}:{t.iperf_port}, pids "
+            + ",".join(str(p.pid) for p in t.procs)
+        )
+        return t
+
+    # -- measurements ------------------------------------------------------------
+
+    def _cpu(self, t: Target, which: str) -> float | None:
+        p = t.http_proc if which == "http" else t.iperf_proc
+        return tree_cpu_seconds(p.pid) if p is not None else None
+
+    def _backend_cpu(self) -> float:
+        assert self.backend_nginx is not None
+        return tree_cpu_seconds(self.backend_nginx.pid)
+
+    def run_wrk(self, t: Target, close: bool, duration: int) -> dict[str, Any]:
+        wait_until(lambda: http_probe(t.http_port), 10, f"{t.name} HTTP port")
+        argv = ["wrk", "-t1", "-c64", f"-d{duration}s", "--latency"]
+        if close:
+            argv += ["-H", "Connection: close"]
+        argv.append(f"http://{HOST}:{t.http_port}/")
+        cpu0, bcpu0 = self._cpu(t, "http"), self._backend_cpu()
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30)
+        cpu1, bcpu1 = self._cpu(t, "http"), self._backend_cpu()
+        if res.returncode != 0:
+            raise BenchError(f"wrk failed ({res.returncode}): {res.stderr.strip()[-500:]}")
+        out = parse_wrk(res.stdout)
+        out["backend_cpu_s"] = round(bcpu1 - bcpu0, 4)
+        if cpu0 is not None and cpu1 is not None:
+            out["proxy_cpu_s"] = round(cpu1 - cpu0, 4)
+            if out["requests"]:
+                out["cpu_us_per_req"] = (cpu1 - cpu0) * 1e6 / out["requests"]
+        out["value"] = out["rps"]
+        return out
+
+    def run_iperf(self, t: Target, duration: int) -> dict[str, Any]:
+        last = ""
+        for attempt in range(3):
+            wait_until(lambda: port_accepts(t.iperf_port), 10, f"{t.name} iperf3 port")
+            argv = ["iperf3", "-c", HOST, "-p", str(t.iperf_port), "-t", str(duration), "-J"]
+            cpu0 = self._cpu(t, "iperf")
+            try:
+                res = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30)
+            except subprocess.TimeoutExpired:
+                last = "iperf3 client timed out"
+                continue
+            cpu1 = self._cpu(t, "iperf")
+            try:
+                data = json.loads(res.stdout)
+            except json.JSONDecodeError:
+                data = {}
+            if res.returncode == 0 and "error" not in data:
+                bps = float(data["end"]["sum_received"]["bits_per_second"])
+                secs = float(data["end"]["sum_received"].get("seconds") or duration)
+                out: dict[str, Any] = {"value": bps / 1e9, "bits_per_second": bps}
+                out["retransmits"] = data["end"].get("sum_sent", {}).get("retransmits")
+                if cpu0 is not None and cpu1 is not None:
+                    out["proxy_cpu_s"] = round(cpu1 - cpu0, 4)
+                    out["proxy_cpu_pct"] = (cpu1 - cpu0) * 100 / secs
+                return out
+            last = data.get("error") or res.stderr.strip()[-300:] or f"exit {res.returncode}"
+            log(f"   iperf3 attempt {attempt + 1} failed: {last}; retrying")
+            time.sleep(1.0)
+        raise BenchError(f"iperf3 failed: {last}")
+
+    def measure(self, t: Target, test: str, duration: int) -> dict[str, Any]:
+        t.check_alive()
+        if test == "wrk-keepalive":
+            r = self.run_wrk(t, False, duration)
+        elif test == "wrk-close":
+            r = self.run_wrk(t, True, duration)
+        else:
+            r = self.run_iperf(t, duration)
+        t.check_alive()
+        for kind, p in (("http", t.http_proc), ("iperf", t.iperf_proc)):
+            if p is not None:
+                rss = self.rss_kib.setdefault(t.name, {})
+                rss[kind] = max(rss.get(kind, 0), tree_peak_rss_kib(p.pid))
+        return r
+
+    # -- main loop ---------------------------------------------------------------
+
+    def run(self) -> None:
+        a = self.args
+        self.start_backends()
+        order: list[Target] = []
+        for name in a.only:
+            try:
+                t = self.start_target(name)
+            except (BenchError, OSError) as exc:
+                msg = f"{name}: FAILED to start: {exc}"
+                log(f"!! {msg}")
+                self.failures.append(msg)
+                if name in self.targets:
+                    for p in self.targets[name].procs:
+                        self.pm.stop(p)
+                    self.targets[name].procs = []
+                    self.targets[name].failed = str(exc).splitlines()[0]
+                continue
+            self.targets[name] = t
+            order.append(t)
+        if not order:
+            raise BenchError("no target could be started")
+        # Warm-up (not measured): first-use costs, page faults, connection pools.
+        for t in order:
+            try:
+                self.run_wrk(t, False, 1)
+            except (BenchError, subprocess.TimeoutExpired) as exc:
+                log(f"!! {t.name}: warm-up failed: {exc}")
+        for run in range(a.runs):
+            # Rotate the order each run so no target always goes first or last.
+            k = run % len(order)
+            for t in order[k:] + order[:k]:
+                if t.failed:
+                    continue
+                for test in TESTS:
+                    try:
+                        r = self.measure(t, test, a.duration)
+                    except (BenchError, subprocess.TimeoutExpired, KeyError, ValueError) as exc:
+                        msg = f"{t.name} {test} run {run + 1}: FAILED: {exc}"
+                        log(f"!! {msg}")
+                        self.failures.append(msg)
+                        if any(not p.alive() for p in t.procs):
+                            t.failed = str(exc).splitlines()[0]
+                            log(f"!! {t.name}: process died, skipping its remaining tests")
+                            break
+                        continue
+                    r["run"] = run + 1
+                    self.raw.setdefault(t.name, {}).setdefault(test, []).append(r)
+                    log(f"[run {run + 1}/{a.runs}] {t.name:13s} {test:14s} {describe(test, r)}")
+
+    def cleanup(self) -> None:
+        self.pm.stop_all()
+        if self.args.keep_tmp:
+            log(f"temp dir kept: {self.tmp}")
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------ parsing
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
+    if not m:
+        raise ValueError(f"bad wrk time {text!r}")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_wrk(out: str) -> dict[str, Any]:
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not m or not rps:
+        raise BenchError(f"cannot parse wrk output:\n{out[-800:]}")
+    r: dict[str, Any] = {"requests": int(m.group(1)), "rps": float(rps.group(1))}
+    errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    r["socket_errors"] = sum(int(x) for x in errs.groups()) if errs else 0
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    r["non_2xx"] = int(non2xx.group(1)) if non2xx else 0
+    lat = re.search(r"Latency\s+([\d.]+\w+)", out)
+    if lat:
+        r["latency_avg_ms"] = _ms(lat.group(1))
+    for pct in ("50", "99"):
+        p = re.search(rf"^\s+{pct}(?:\.0+)?%\s+([\d.]+\w+)", out, re.M)
+        if p:
+            r[f"latency_p{pct}_ms"] = _ms(p.group(1))
+    return r
+
+
+def describe(test: str, r: dict[str, Any]) -> str:
+    if test == "iperf3":
+        s = f"{r['value']:8.2f} Gbit/s"
+        if "proxy_cpu_pct" in r:
+            s += f"   proxy cpu {r['proxy_cpu_pct']:5.1f}%"
+        return s
+    s = f"{r['value']:10,.0f} req/s"
+    if "cpu_us_per_req" in r:
+        s += f"   proxy cpu {r['cpu_us_per_req']:6.1f} {MICRO}s/req"
+    if r.get("socket_errors") or r.get("non_2xx"):
+        s += f"   (socket errors {r['socket_errors']}, non-2xx {r['non_2xx']})"
+    return s
+
+
+# ------------------------------------------------------------------------ reports
+
+
+def median_of(rows: list[dict[str, Any]], key: str) -> float | None:
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def spread_pct(rows: list[dict[str, Any]], key: str) -> float | None:
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    if len(vals) < 2 or not statistics.median(vals):
+        return None
+    return (max(vals) - min(vals)) / 2 / statistics.median(vals) * 100
+
+
+def fmt(test: str, v: float | None) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.2f}" if test == "iperf3" else f"{v:,.0f}"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}" if a is not None and b else "—"
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def machine_info(python: str) -> dict[str, Any]:
+    uv = subprocess.run(
+        [python, "-c", "import uvloop; print(uvloop.__version__)"],
+        capture_output=True,
+        text=True,
+    )
+    pyver = subprocess.run(
+        [python, "-c", "import platform; print(platform.python_version())"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+    def version(argv: list[str], pat: str) -> str:
+        try:
+            res = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return "?"
+        m = re.search(pat, res.stdout + res.stderr)
+        return m.group(1) if m else "?"
+
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": pyver,
+        "python_executable": python,
+        "uvloop": uv.stdout.strip() if uv.returncode == 0 else None,
+        "haproxy": version(["haproxy", "-v"], r"version (\S+)"),
+        "nginx": version(["nginx", "-v"], r"nginx/(\S+)"),
+        "wrk": version(["wrk", "-v"], r"wrk (\S+)"),
+        "iperf3": version(["iperf3", "-v"], r"iperf (\S+)"),
+    }
+
+
+def build_report(b: Bench, machine: dict[str, Any], started: str, cmdline: str) -> str:
+    a = b.args
+    targets = list(a.only)
+    lines = [
+        "# L4 benchmark: vproxy vs haproxy vs nginx stream",
+        "",
+        f"- date: {started}",
+        f"- command: `{cmdline}`",
+        f"- machine: {machine['nproc']} CPUs ({machine['cpu']}), kernel {machine['kernel']}, "
+        f"python {machine['python']}, uvloop "
+        f"{'present (' + machine['uvloop'] + ')' if machine['uvloop'] else 'absent'}"
+        + (f"; vproxy runs on {b.vproxy_loop}" if b.vproxy_loop else ""),
+        f"- tools: haproxy {machine['haproxy']}, nginx {machine['nginx']}, wrk {machine['wrk']}, "
+        f"iperf3 {machine['iperf3']}",
+        f"- load average (1/5/15 min): before the run {'/'.join(machine['loadavg_start'])} "
+        "(well above 0 means something else was busy: expect noise), after "
+        f"{'/'.join(machine['loadavg_end'])} (includes this run)",
+        f"- {a.runs} interleaved runs of {a.duration}s per test; medians shown; "
+        "± is half the min-max range over runs, in % of the median",
+        "- everything on loopback; proxies: 1 worker/thread each; backend: nginx (1 worker) "
+        '`return 200 "hello\\n"` and `iperf3 -s`',
+        "",
+        "## Throughput (higher is better)",
+        "",
+    ]
+    header = ["test", *targets, "vproxy/haproxy", "vproxy/direct"]
+    rows = []
+    for test in TESTS:
+        row = [TEST_TITLES[test]]
+        meds: dict[str, float | None] = {}
+        for name in targets:
+            rs = b.raw.get(name, {}).get(test, [])
+            meds[name] = median_of(rs, "value")
+            sp = spread_pct(rs, "value")
+            cell = fmt(test, meds[name])
+            if sp is not None:
+                cell += f" ±{sp:.0f}%"
+            row.append(cell)
+        row.append(ratio(meds.get("vproxy"), meds.get("haproxy")))
+        row.append(ratio(meds.get("vproxy"), meds.get("direct")))
+        rows.append(row)
+    lines += [md_table(header, rows), ""]
+
+    proxies = [t for t in targets if t in PROXIES]
+    if proxies:
+        lines += [
+            "## Proxy CPU cost (lower is better)",
+            "",
+            f"CPU time (user+sys, summed over the proxy's process tree) per request, in {MICRO}s; "
+            "for iperf3, % of one core during the transfer. The backend's own cost is not "
+            "included.",
+            "",
+        ]
+        header = ["test", *proxies, "vproxy/haproxy"]
+        rows = []
+        for test, key, unit in (
+            ("wrk-keepalive", "cpu_us_per_req", f"{MICRO}s/req"),
+            ("wrk-close", "cpu_us_per_req", f"{MICRO}s/req"),
+            ("iperf3", "proxy_cpu_pct", "% CPU"),
+        ):
+            meds = {p: median_of(b.raw.get(p, {}).get(test, []), key) for p in proxies}
+            row = [f"{test} ({unit})"]
+            row += [f"{meds[p]:.1f}" if meds[p] is not None else "—" for p in proxies]
+            row.append(ratio(meds.get("vproxy"), meds.get("haproxy")))
+            rows.append(row)
+        lines += [md_table(header, rows), ""]
+
+        lines += [
+            "## Peak memory (lower is better)",
+            "",
+            "Peak RSS (VmHWM summed over the process tree) of the instance carrying the wrk "
+            "traffic (64 connections) and of the one carrying iperf3, in MiB. haproxy and "
+            "nginx serve both from one instance (same number twice); vproxy runs one "
+            "`simple` instance per backend.",
+            "",
+        ]
+        header = ["", *proxies, "vproxy/haproxy"]
+        rows = []
+        for kind, title in (("http", "wrk instance"), ("iperf", "iperf3 instance")):
+            vals = {p: b.rss_kib.get(p, {}).get(kind) for p in proxies}
+            row = [title]
+            row += [f"{vals[p] / 1024:.1f}" if vals[p] else "—" for p in proxies]
+            row.append(ratio(vals.get("vproxy"), vals.get("haproxy")))
+            rows.append(row)
+        lines += [md_table(header, rows), ""]
+
+    warn = []
+    for name in targets:
+        for test in ("wrk-keepalive", "wrk-close"):
+            for r in b.raw.get(name, {}).get(test, []):
+                if r.get("socket_errors") or r.get("non_2xx"):
+                    warn.append(
+                        f"- {name} {test} run {r['run']}: {r['socket_errors']} socket errors, "
+                        f"{r['non_2xx']} non-2xx responses"
+                    )
+    if b.failures or warn:
+        lines += ["## Failures and warnings", ""]
+        for f in b.failures:
+            first, *rest = f.splitlines()
+            detail = [ln.strip(" |") for ln in rest if ln.strip(" |") not in ("", "(empty log)")]
+            lines.append(f"- {first}" + (f" (last log line: `{detail[-1]}`)" if detail else ""))
+        lines += [*warn, ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def ensure_tools() -> None:
+    missing = [b for b in ("haproxy", "nginx", "wrk", "iperf3") if not shutil.which(b)]
+    if not STREAM_MODULE.exists() and shutil.which("nginx") and nginx_needs_stream_module():
+        missing.append(str(STREAM_MODULE))
+    if not missing:
+        return
+    log(f"missing: {', '.join(missing)}; installing {' '.join(APT_PACKAGES)}")
+    if os.geteuid() != 0:
+        raise BenchError("not root: install them with apt-get install -y " + " ".join(APT_PACKAGES))
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    cmd = ["apt-get", "install", "-y", *APT_PACKAGES]
+    if subprocess.run(cmd, env=env).returncode != 0:
+        subprocess.run(["apt-get", "update"], env=env, check=True)
+        subprocess.run(cmd, env=env, check=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Side-by-side L4 benchmark: vproxy tcp-lb vs haproxy vs nginx stream "
+        "(loopback only).",
+    )
+    p.add_argument("--quick", action="store_true", help="short runs (2s each): under ~2 minutes")
+    p.add_argument("--duration", type=int, help="seconds per measurement (default 10, quick 2)")
+    p.add_argument("--runs", type=int, default=3, help="interleaved runs; median is reported")
+    p.add_argument(
+        "--only",
+        default=",".join(ALL_TARGETS),
+        help=f"comma-separated targets among {','.join(ALL_TARGETS)} (default: all)",
+    )
+    p.add_argument("--python", default=sys.executable, help="interpreter for vproxy")
+    p.add_argument("--vproxy-args", default="", help="extra arguments for `vproxy simple`")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR, help="where latest.{md,json} go")
+    p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
+    a = p.parse_args(argv)
+    a.only = [t.strip() for t in a.only.split(",") if t.strip()]
+    bad = [t for t in a.only if t not in ALL_TARGETS]
+    if bad or not a.only:
+        p.error(f"unknown target(s) {bad}; choose among {','.join(ALL_TARGETS)}")
+    if a.duration is None:
+        a.duration = 2 if a.quick else 10
+    if a.duration < 1 or a.runs < 1:
+        p.error("--duration and --runs must be >= 1")
+    return a
+
+
+@contextlib.contextmanager
+def sigterm_as_exception() -> Iterator[None]:
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, handler)
+    # ^C must interrupt us even when started with SIGINT ignored (e.g. a background job).
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGINT, old_int)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    cmdline = " ".join(shlex.quote(x) for x in ["python3", "bench/run.py", *(argv or sys.argv[1:])])
+    est = len(args.only) * len(TESTS) * args.runs * (args.duration + 0.6) + 5 * len(args.only)
+    log(
+        f"targets {','.join(args.only)}; {args.runs} runs x {args.duration}s; "
+        f"estimated {est / 60:.1f} min"
+    )
+    ensure_tools()
+    machine = machine_info(args.python)
+    machine["loadavg_start"] = Path("/proc/loadavg").read_text().split()[:3]
+    bench = Bench(args)
+    rc = 0
+    with sigterm_as_exception():
+        try:
+            bench.run()
+        except (KeyboardInterrupt, Interrupted):
+            log("!! interrupted: stopping everything, writing partial results")
+            bench.failures.append("interrupted")
+            rc = 130
+        except BenchError as exc:
+            log(f"!! {exc}")
+            bench.failures.append(str(exc))
+            rc = 1
+        finally:
+            bench.cleanup()
+
+    machine["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    report = build_report(bench, machine, started, cmdline)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "latest.md").write_text(report)
+    raw = {
+        "date": started,
+        "command": cmdline,
+        "machine": machine,
+        "vproxy_loop": bench.vproxy_loop,
+        "config": {"duration_s": args.duration, "runs": args.runs, "targets": args.only},
+        "failures": bench.failures,
+        "medians": {
+            test: {
+                name: median_of(bench.raw.get(name, {}).get(test, []), "value")
+                for name in args.only
+            }
+            for test in TESTS
+        },
+        "peak_rss_kib": bench.rss_kib,
+        "raw": bench.raw,
+    }
+    (args.out / "latest.json").write_text(json.dumps(raw, indent=2) + "\n")
+    print()
+    print(report)
+    log(f"written: {args.out / 'latest.md'}, {args.out / 'latest.json'}")
+    if rc == 0 and bench.failures:
+        rc = 2
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
