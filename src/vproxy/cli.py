@@ -11,16 +11,23 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from vproxy.app.tcp_lb import DEFAULT_BUFFER_SIZE, DEFAULT_TIMEOUT_MS, start_tcp_lb
 from vproxy.component.health_check import HealthCheckConfig
+from vproxy.control.application import Application
+from vproxy.control.command import CommandError
+from vproxy.control.executor import Executor, Origin
 from vproxy.net.event_loop import EventLoopGroup, loop_kind
 from vproxy.net.server_sock import format_address, parse_address
 
@@ -129,14 +136,17 @@ def simple_config(args: SimpleArgs) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _wait_for_signal() -> int:
-    stop = threading.Event()
-
+def _install_signals(on_signal: Callable[[int], None]) -> None:
     def handler(signum: int, frame: object) -> None:
-        stop.set()
+        on_signal(signum)
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, handler)
+
+
+def _wait_for_signal() -> int:
+    stop = threading.Event()
+    _install_signals(lambda signum: stop.set())
     while not stop.wait(3600):
         pass
     return 0
@@ -144,27 +154,19 @@ def _wait_for_signal() -> int:
 
 def run_simple(args: SimpleArgs) -> int:
     """Start the one-line load balancer and serve until a signal."""
+    config = simple_config(args)
     if args.gen:
-        sys.stdout.write(simple_config(args))
+        sys.stdout.write(config)
         return 0
+    app = Application.create_default()
+    executor = Executor(app)
     try:
-        lb = start_tcp_lb(
-            (args.host, args.port),
-            args.backends,
-            protocol=args.protocol,
-            in_buffer_size=args.in_buffer_size,
-            out_buffer_size=args.out_buffer_size,
-            timeout=args.timeout,
-        )
-    except OSError as exc:
-        print(
-            f"vproxy: cannot listen on {format_address(args.host, args.port)}: {exc.strerror}",
-            file=sys.stderr,
-        )
+        executor.load_lines(enumerate(config.splitlines(), 1), "simple")
+    except CommandError as exc:
+        print(f"vproxy: {exc.message}", file=sys.stderr)
+        app.close()
         return 1
-    except ValueError as exc:
-        print(f"vproxy: {exc}", file=sys.stderr)
-        return 1
+    lb = app.tcp_lbs["lb0"]
     print(
         f"vproxy: tcp-lb lb0 listening on {format_address(*lb.address)} -> "
         + ", ".join(format_address(h, p) for h, p in args.backends)
@@ -172,8 +174,173 @@ def run_simple(args: SimpleArgs) -> int:
         flush=True,
     )
     rc = _wait_for_signal()
-    lb.stop(close_sessions=True)
+    app.close()
     return rc
+
+
+@dataclass(slots=True)
+class MainArgs:
+    """Start-up words of a full vproxy process (SPEC §3.4)."""
+
+    load: list[str] = field(default_factory=list)
+    resp_controller: tuple[tuple[str, int], str] | None = None
+    http_controller: tuple[str, int] | None = None
+    no_load_last: bool = False
+    no_save: bool = False
+    no_stdio: bool = False
+    allow_system: bool = False
+
+
+_FLAG_WORDS = {
+    "noLoadLast": "no_load_last",
+    "noSave": "no_save",
+    "noStdIOController": "no_stdio",
+    "allowSystemCommandInNonStdIOController": "allow_system",
+}
+
+
+def parse_main(words: list[str]) -> MainArgs:
+    """Parse the start-up words of a full process."""
+    args = MainArgs()
+    i = 0
+
+    def value(what: str) -> str:
+        if i + 1 >= len(words):
+            raise UsageError(f"{words[i]} needs {what}")
+        return words[i + 1]
+
+    def address(text: str) -> tuple[str, int]:
+        try:
+            return parse_address(text)
+        except ValueError as exc:
+            raise UsageError(f"{words[i]}: {exc}") from None
+
+    while i < len(words):
+        w = words[i]
+        if w == "load":
+            args.load.append(value("a file"))
+            i += 2
+        elif w == "resp-controller":
+            addr = address(value("ADDRESS PASSWORD"))
+            if i + 2 >= len(words):
+                raise UsageError("resp-controller needs ADDRESS PASSWORD")
+            args.resp_controller = (addr, words[i + 2])
+            i += 3
+        elif w == "http-controller":
+            args.http_controller = address(value("ADDRESS"))
+            i += 2
+        elif w in _FLAG_WORDS:
+            setattr(args, _FLAG_WORDS[w], True)
+            i += 1
+        else:
+            raise UsageError(
+                f"unexpected word {w!r}: expected load, resp-controller, http-controller, "
+                + ", ".join(_FLAG_WORDS)
+                + ", simple or hello"
+            )
+    return args
+
+
+def run_main(args: MainArgs) -> int:
+    """Run a full vproxy process until shutdown or a signal."""
+    from vproxy.control.persist import ConfigFileError, default_last_path, read_config
+
+    app = Application.create_default()
+    executor = Executor(app, allow_system_in_non_stdio=args.allow_system)
+    last = default_last_path()
+    try:
+        files = [Path(f) for f in args.load]
+        if not files and not args.no_load_last and last.exists():
+            files = [last]
+        for f in files:
+            lines = read_config(f)
+            executor.load_lines(((ln.number, ln.text) for ln in lines), str(f))
+            print(f"vproxy: loaded {f} ({len(lines)} commands)", flush=True)
+        if args.resp_controller is not None:
+            addr, password = args.resp_controller
+            _start_controller(executor, "resp-controller", addr, password)
+        if args.http_controller is not None:
+            _start_controller(executor, "http-controller", args.http_controller, None)
+    except (CommandError, ConfigFileError) as exc:
+        msg = exc.message if isinstance(exc, CommandError) else str(exc)
+        print(f"vproxy: {msg}", file=sys.stderr)
+        if files and files[0] == last:
+            print("vproxy: start with noLoadLast to ignore the saved state", file=sys.stderr)
+        app.close()
+        return 1
+
+    def save(reason: str) -> None:
+        if args.no_save:
+            return
+        try:
+            executor.save(last)
+            _log.info("saved the configuration to %s (%s)", last, reason)
+        except CommandError as exc:
+            _log.error("autosave failed: %s", exc.message)
+
+    hup = threading.Event()
+
+    def on_signal(signum: int) -> None:
+        if signum == signal.SIGHUP:
+            hup.set()
+        else:
+            app.shutdown_requested.set()
+
+    _install_signals(on_signal)
+    stdio = None
+    if not args.no_stdio and _stdin_is_console():
+        from vproxy.control.stdio import StdIOController
+
+        stdio = StdIOController(executor, sys.stdin, sys.stdout)
+        stdio.start()
+    for kind, table in (("resp", app.resp_controllers), ("http", app.http_controllers)):
+        for c in table.values():
+            print(
+                f"vproxy: {kind}-controller listening on {format_address(*c.address)}", flush=True
+            )
+    next_save = time.monotonic() + AUTOSAVE_SECONDS
+    while not app.shutdown_requested.wait(0.5):
+        if hup.is_set():
+            hup.clear()
+            save("SIGHUP")
+        if time.monotonic() >= next_save:
+            save("hourly")
+            next_save = time.monotonic() + AUTOSAVE_SECONDS
+    save("shutdown")
+    if stdio is not None:
+        stdio.stop()
+    app.close()
+    return 0
+
+
+AUTOSAVE_SECONDS = 3600
+
+
+def _stdin_is_console() -> bool:
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError, AttributeError):
+        return False
+    return sys.stdin.isatty() or stat.S_ISFIFO(mode) or stat.S_ISREG(mode)
+
+
+def _start_controller(
+    executor: Executor, kind: str, addr: tuple[str, int], secret: str | None
+) -> None:
+    from vproxy.control.command import Action, ControllerType, SystemCommand, SystemOp
+    from vproxy.control.command.values import Address
+
+    params: dict[str, Any] = {"address": Address(addr[0], addr[1])}
+    if secret is not None:
+        params["password"] = secret
+    cmd = SystemCommand(
+        SystemOp.CONTROLLER,
+        controller=ControllerType(kind),
+        action=Action.ADD,
+        name=kind,
+        params=params,
+    )
+    executor.run_or_raise(cmd, Origin.STDIO)
 
 
 def run_hello(once: bool) -> int:
@@ -232,6 +399,9 @@ def _build_parser() -> argparse.ArgumentParser:
         description="vproxy for Python: a TCP load balancer and proxy toolkit.",
         epilog=(
             "commands:\n"
+            "  [load FILE]... [resp-controller ADDR PASSWORD] [http-controller ADDR]\n"
+            "         [noLoadLast] [noSave] [noStdIOController]\n"
+            "         [allowSystemCommandInNonStdIOController]   run vproxy\n"
             "  hello [once]                      demo: backends + tcp-lb + client\n"
             "  simple bind PORT backend H:P[,H:P...] [address IP] [protocol P]\n"
             "         [in-buffer-size N] [out-buffer-size N] [timeout MS] [gen]\n"
@@ -253,16 +423,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     words: list[str] = ns.words
     try:
-        if not words:
-            parser.print_help()
-            return 2
         if words[0] == "hello":
             if words[1:] not in ([], ["once"]):
                 raise UsageError("hello takes only the word once")
             return run_hello(once=bool(words[1:]))
         if words[0] == "simple":
             return run_simple(parse_simple(words[1:]))
-        raise UsageError(f"unknown command {words[0]!r}: expected hello or simple")
+        return run_main(parse_main(words))
     except UsageError as exc:
         print(f"vproxy: {exc}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ Must not: parse commands; the control plane calls this API.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable, Sequence
 
 from vproxy.component.health_check import HealthCheckConfig
@@ -69,7 +70,29 @@ class TcpLB:
         self.timeout = self._check_timeout(timeout)
         self.protocol = self._check_protocol(protocol)
         self.proxy = Proxy(self)
+        self.proxy.on_session_closed = self._count_closed
         self.server_sock: ServerSock | None = None
+        # Bytes of ended sessions; live ones are summed at read time (no hot-path cost).
+        self._stats_lock = threading.Lock()
+        self.closed_bytes_from_client = 0
+        self.closed_bytes_from_server = 0
+
+    def _count_closed(self, session: Session) -> None:
+        with self._stats_lock:
+            self.closed_bytes_from_client += session.front.bytes_in
+            self.closed_bytes_from_server += session.back.bytes_in
+
+    @property
+    def bytes_from_clients(self) -> int:
+        """Bytes read from clients, ended and live sessions."""
+        live = sum(s.front.bytes_in for s in list(self.proxy.sessions))
+        return self.closed_bytes_from_client + live
+
+    @property
+    def bytes_from_servers(self) -> int:
+        """Bytes read from backends, ended and live sessions."""
+        live = sum(s.back.bytes_in for s in list(self.proxy.sessions))
+        return self.closed_bytes_from_server + live
 
     def __repr__(self) -> str:
         return f"TcpLB({self.name!r}, {format_address(*self.address)})"
@@ -129,11 +152,25 @@ class TcpLB:
         out_buffer_size: int | None = None,
         timeout: int | None = None,
         worker_elg: EventLoopGroup | None = None,
+        acceptor_elg: EventLoopGroup | None = None,
+        protocol: str | None = None,
     ) -> None:
         """Change options; new sessions use them (all-or-nothing)."""
         ib = _check_buffer("in-buffer-size", in_buffer_size) if in_buffer_size else None
         ob = _check_buffer("out-buffer-size", out_buffer_size) if out_buffer_size else None
         to = self._check_timeout(timeout) if timeout is not None else None
+        if protocol is not None:
+            self._check_protocol(protocol)
+        if acceptor_elg is not None and acceptor_elg is not self.acceptor_elg:
+            acceptor_elg.next()  # raises when the group has no loop: nothing changed yet
+            self.acceptor_elg = acceptor_elg
+            ss = self.server_sock
+            if ss is not None and ss.el is not None:
+                # Same path as when its loop is removed: re-register on the new group.
+                old = ss.el
+                ss.acceptor_elg = acceptor_elg
+                ss.on_event_loop_removed(old)
+                old.detach(ss)
         if upstream is not None:
             self.upstream = upstream
         if ib is not None:

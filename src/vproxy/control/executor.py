@@ -1,0 +1,1081 @@
+"""Applies parsed commands to the application (SPEC §3.1); the only code that changes state.
+
+Owns: what each (resource type, action) does, the checks that come before any change
+(every reference exists, nothing in use is removed, values fit), the typed replies,
+the current configuration as a replayable command list (``list config``), the
+``System:`` commands and who may run them.
+
+All-or-nothing: a handler checks everything it needs first and changes state only
+afterwards, so an error reply means nothing changed. Commands run one at a time
+under ``Application.lock``, whichever controller sends them.
+
+Must not: do socket I/O itself (components do), or know how a controller speaks.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import re
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from vproxy.app.tcp_lb import (
+    DEFAULT_BUFFER_SIZE,
+    DEFAULT_TIMEOUT_MS,
+    SUPPORTED_PROTOCOLS,
+    TcpLB,
+    TcpLBError,
+)
+from vproxy.component.health_check import HealthCheckConfig
+from vproxy.component.server_group import Method, Server, ServerGroup, ServerGroupError
+from vproxy.component.upstream import Upstream
+from vproxy.control.application import (
+    ACCEPTOR_ELG,
+    CONTROL_ELG,
+    DEFAULT_ELGS,
+    WORKER_ELG,
+    Application,
+)
+from vproxy.control.command import (
+    Action,
+    Command,
+    CommandError,
+    ConflictError,
+    InUseError,
+    NotFoundError,
+    ResourceType,
+    SystemCommand,
+    SystemOp,
+    format_command,
+    man,
+    parse,
+    parse_words,
+)
+from vproxy.control.command.values import Address, NamePattern
+from vproxy.control.persist import ConfigFileError, read_config, save_atomic
+from vproxy.control.reply import OK, Array, ErrorReply, Integer, Reply, String
+from vproxy.net.connection import Connection, Session
+from vproxy.net.event_loop import EventLoop, EventLoopError, EventLoopGroup
+from vproxy.net.server_sock import format_address
+
+__all__ = ["Executor", "Origin", "UnsupportedError"]
+
+_log = logging.getLogger("vproxy.control")
+
+Detail = dict[str, Any]
+
+
+class Origin(enum.Enum):
+    """Where a command came from; decides which System commands it may run."""
+
+    STDIO = "stdio"
+    RESP = "resp"
+    HTTP = "http"
+    FILE = "file"
+
+
+class UnsupportedError(CommandError):
+    """The command is valid but this build does not provide that resource yet."""
+
+    http_status = 501
+
+
+class ForbiddenError(CommandError):
+    """The command may not be run from where it came."""
+
+    http_status = 403
+
+
+def _addr(a: tuple[str, int] | Address) -> str:
+    if isinstance(a, Address):
+        return format_address(a.host, a.port)
+    return format_address(a[0], a[1])
+
+
+def _conn_name(c: Connection, fallback_peer: Any = None) -> str:
+    """``remote/local`` as in the original, e.g. ``127.0.0.1:40000/127.0.0.1:18080``."""
+    t = c.transport
+    peer = sock = None
+    if t is not None:
+        try:
+            peer = t.get_extra_info("peername")
+            sock = t.get_extra_info("sockname")
+        except Exception:
+            peer = sock = None
+    peer = peer or fallback_peer
+    p = format_address(peer[0], peer[1]) if peer else "?"
+    s = format_address(sock[0], sock[1]) if sock else "?"
+    return f"{p}/{s}"
+
+
+class Executor:
+    """Runs commands against an :class:`Application` and returns typed replies."""
+
+    def __init__(
+        self,
+        app: Application,
+        *,
+        allow_system_in_non_stdio: bool = False,
+        controller_factory: ControllerFactory | None = None,
+    ) -> None:
+        self.app = app
+        self.allow_system_in_non_stdio = allow_system_in_non_stdio
+        self.controller_factory = controller_factory or default_controller_factory
+
+    # -- entry points -----------------------------------------------------------------
+    def execute_line(self, line: str, origin: Origin) -> Reply:
+        """Parse and run one command line."""
+        try:
+            cmd = parse(line)
+        except CommandError as exc:
+            return _error(exc)
+        return self.execute(cmd, origin)
+
+    def execute_words(self, words: Sequence[str], origin: Origin) -> Reply:
+        """Parse and run one command given as words (RESP arguments)."""
+        try:
+            cmd = parse_words(list(words))
+        except CommandError as exc:
+            return _error(exc)
+        return self.execute(cmd, origin)
+
+    def execute(self, cmd: Command | SystemCommand, origin: Origin) -> Reply:
+        """Run a parsed command; command errors come back as :class:`ErrorReply`."""
+        try:
+            with self.app.lock:
+                if isinstance(cmd, SystemCommand):
+                    return self._system(cmd, origin)
+                return self._run(cmd)
+        except CommandError as exc:
+            return _error(exc)
+        except Exception as exc:  # a bug: answer, log, keep serving
+            _log.exception("command failed: %s", _safe_line(cmd))
+            return ErrorReply(f"internal error: {type(exc).__name__}: {exc}", http_status=500)
+
+    def detail(self, cmd: Command) -> list[Detail]:
+        """Structured ``list-detail`` (JSON-able dicts) for the HTTP controller.
+
+        Raises:
+            CommandError: as :meth:`execute` would report it.
+        """
+        with self.app.lock:
+            items = self._select(cmd)
+            return [self._describe(cmd.type, obj) for obj in items]
+
+    def run_or_raise(self, cmd: Command | SystemCommand, origin: Origin) -> Reply:
+        """Like :meth:`execute` but raises :class:`CommandError` on failure."""
+        with self.app.lock:
+            if isinstance(cmd, SystemCommand):
+                return self._system(cmd, origin)
+            return self._run(cmd)
+
+    # -- dispatch ---------------------------------------------------------------------
+    def _run(self, cmd: Command) -> Reply:
+        t, a = cmd.type, cmd.action
+        if t in _UNSUPPORTED:
+            raise UnsupportedError(
+                f"{t.value} is not available in this build of vproxy ({_UNSUPPORTED[t]})"
+            )
+        if a in (Action.LIST, Action.LIST_DETAIL):
+            return self._list(cmd)
+        handler = _HANDLERS.get((t, a))
+        if handler is None:
+            raise UnsupportedError(f"{a.value} {t.value} is not supported")
+        return handler(self, cmd)
+
+    # -- lookups ----------------------------------------------------------------------
+    def _elg(self, name: str) -> EventLoopGroup:
+        g = self.app.event_loop_groups.get(name)
+        if g is None:
+            raise NotFoundError(f"event-loop-group {name} not found")
+        return g
+
+    def _el(self, name: str, group: str) -> EventLoop:
+        g = self._elg(group)
+        try:
+            return g.get(name)
+        except KeyError:
+            raise NotFoundError(
+                f"event-loop {name} not found in event-loop-group {group}"
+            ) from None
+
+    def _ups(self, name: str) -> Upstream:
+        u = self.app.upstreams.get(name)
+        if u is None:
+            raise NotFoundError(f"upstream {name} not found")
+        return u
+
+    def _sg(self, name: str) -> ServerGroup:
+        g = self.app.server_groups.get(name)
+        if g is None:
+            raise NotFoundError(f"server-group {name} not found")
+        return g
+
+    def _svr(self, name: str, group: str) -> Server:
+        g = self._sg(group)
+        try:
+            return g.get(name)
+        except KeyError:
+            raise NotFoundError(f"server {name} not found in server-group {group}") from None
+
+    def _lb(self, name: str) -> TcpLB:
+        lb = self.app.tcp_lbs.get(name)
+        if lb is None:
+            raise NotFoundError(f"tcp-lb {name} not found")
+        return lb
+
+    @staticmethod
+    def _name(cmd: Command) -> str:
+        if not isinstance(cmd.name, str):
+            raise CommandError(f"{cmd.action.value} {cmd.type.value} needs a name")
+        return cmd.name
+
+    @staticmethod
+    def _parent(cmd: Command, index: int = 0) -> str:
+        return cmd.parents[index].name
+
+    # -- event-loop-group / event-loop ------------------------------------------------
+    def _add_elg(self, cmd: Command) -> Reply:
+        name = self._name(cmd)
+        if name in self.app.event_loop_groups:
+            raise ConflictError(f"event-loop-group {name} already exists")
+        self.app.event_loop_groups[name] = EventLoopGroup(name)
+        return OK
+
+    def _remove_elg(self, cmd: Command) -> Reply:
+        name = self._name(cmd)
+        g = self._elg(name)
+        if name in DEFAULT_ELGS:
+            raise InUseError(f"event-loop-group {name} is a default group and cannot be removed")
+        users = self.app.users_of_elg(name)
+        if users:
+            raise InUseError(f"event-loop-group {name} is used by {', '.join(users)}")
+        del self.app.event_loop_groups[name]
+        g.close()
+        return OK
+
+    def _add_el(self, cmd: Command) -> Reply:
+        name, group = self._name(cmd), self._parent(cmd)
+        g = self._elg(group)
+        for other in self.app.event_loop_groups.values():
+            if any(el.name == name for el in other.loops):
+                raise ConflictError(
+                    f"event-loop {name} already exists (in event-loop-group {other.name})"
+                )
+        try:
+            g.add(name)
+        except EventLoopError as exc:
+            raise ConflictError(str(exc)) from exc
+        return OK
+
+    def _remove_el(self, cmd: Command) -> Reply:
+        name, group = self._name(cmd), self._parent(cmd)
+        g = self._elg(group)
+        self._el(name, group)
+        if len(g.loops) == 1 and self.app.users_of_elg(group):
+            raise InUseError(
+                f"event-loop {name} is the last loop of event-loop-group {group}, which is used "
+                f"by {', '.join(self.app.users_of_elg(group))}"
+            )
+        g.remove(name, force_close_sessions=cmd.action is Action.FORCE_REMOVE)
+        return OK
+
+    # -- upstream -------------------------------------------------------------------------
+    def _add_ups(self, cmd: Command) -> Reply:
+        name = self._name(cmd)
+        if name in self.app.upstreams:
+            raise ConflictError(f"upstream {name} already exists")
+        self.app.upstreams[name] = Upstream(name)
+        return OK
+
+    def _remove_ups(self, cmd: Command) -> Reply:
+        name = self._name(cmd)
+        u = self._ups(name)
+        users = [lb.name for lb in self.app.tcp_lbs.values() if lb.upstream is u]
+        if users:
+            raise InUseError(f"upstream {name} is used by tcp-lb {', '.join(users)}")
+        del self.app.upstreams[name]
+        return OK
+
+    # -- server-group ---------------------------------------------------------------------
+    def _add_sg(self, cmd: Command) -> Reply:
+        name = self._name(cmd)
+        if cmd.parents:  # add server-group G to upstream U weight W
+            u = self._ups(self._parent(cmd))
+            g = self._sg(name)
+            if any(h.group is g for h in u.groups):
+                raise ConflictError(f"server-group {name} is already in upstream {u.name}")
+            u.add(g, _int(cmd, "weight", 10))
+            return OK
+        if name in self.app.server_groups:
+            raise ConflictError(f"server-group {name} already exists")
+        hc = _health(cmd, None)
+        elg = self._elg(_str(cmd, "event-loop-group", CONTROL_ELG))
+        method = Method(_str(cmd, "method", "wrr"))
+        g = ServerGroup(
+            name,
+            method=method,
+            health_check=hc,
+            event_loop_group=elg,
+            annotations=_annotations(cmd),
+        )
+        self.app.server_groups[name] = g
+        return OK
+
+    def _update_sg(self, cmd: Command) -> Reply:
+        name = self._name(cmd)
+        g = self._sg(name)
+        if cmd.parents:
+            u = self._ups(self._parent(cmd))
+            if not any(h.group is g for h in u.groups):
+                raise NotFoundError(f"server-group {name} is not in upstream {u.name}")
+            if "weight" in cmd.params:
+                u.update(name, weight=_int(cmd, "weight", 10))
+            return OK
+        hc = _health(cmd, g.health_config)
+        method = Method(_str(cmd, "method", g.method.value))
+        annotations = _annotations(cmd) if "annotations" in cmd.params else None
+        if hc != g.health_config:
+            g.set_health_config(hc)
+        if method is not g.method:
+            g.set_method(method)
+        if annotations is not None:
+            g.annotations = annotations
+        return OK
+
+    def _remove_sg(self, cmd: Command) -> Reply:
+        name = self._name(cmd)
+        g = self._sg(name)
+        if cmd.parents:  # remove server-group G from upstream U
+            u = self._ups(self._parent(cmd))
+            if not any(h.group is g for h in u.groups):
+                raise NotFoundError(f"server-group {name} is not in upstream {u.name}")
+            u.remove(name)
+            return OK
+        holders = self.app.upstreams_of_group(name)
+        if holders and cmd.action is not Action.FORCE_REMOVE:
+            raise InUseError(
+                f"server-group {name} is used by upstream {', '.join(u.name for u in holders)}"
+            )
+        for u in holders:
+            u.remove(name)
+        del self.app.server_groups[name]
+        g.close()
+        return OK
+
+    # -- server -------------------------------------------------------------------------
+    def _add_svr(self, cmd: Command) -> Reply:
+        name, group = self._name(cmd), self._parent(cmd)
+        g = self._sg(group)
+        addr = cmd.params["address"]
+        assert isinstance(addr, Address)
+        if name in {s.name for s in g.servers}:
+            raise ConflictError(f"server {name} already exists in server-group {group}")
+        try:
+            g.add(name, (addr.host, addr.port), weight=_int(cmd, "weight", 10))
+        except ServerGroupError as exc:
+            raise CommandError(str(exc)) from exc
+        return OK
+
+    def _update_svr(self, cmd: Command) -> Reply:
+        name, group = self._name(cmd), self._parent(cmd)
+        s = self._svr(name, group)
+        if "weight" in cmd.params:
+            s_group = s.group
+            assert s_group is not None
+            s_group.update_server(name, weight=_int(cmd, "weight", s.weight))
+        return OK
+
+    def _remove_svr(self, cmd: Command) -> Reply:
+        name, group = self._name(cmd), self._parent(cmd)
+        s = self._svr(name, group)
+        self._sg(group).remove(name)
+        if cmd.action is Action.FORCE_REMOVE:
+            for sess in list(s.sessions):
+                _abort(sess)
+        return OK
+
+    # -- tcp-lb -------------------------------------------------------------------------
+    def _lb_refs(
+        self, cmd: Command, lb: TcpLB | None
+    ) -> tuple[Upstream | None, EventLoopGroup | None, EventLoopGroup | None]:
+        for p in ("security-group", "cert-key"):
+            if p in cmd.params:
+                raise UnsupportedError(
+                    f"tcp-lb parameter {p} is not available in this build of vproxy"
+                )
+        proto = cmd.params.get("protocol")
+        if proto is not None and proto not in SUPPORTED_PROTOCOLS:
+            raise UnsupportedError(
+                f"protocol {proto} is not available in this build; expected one of: "
+                + ", ".join(sorted(SUPPORTED_PROTOCOLS))
+            )
+        ups = self._ups(_str(cmd, "upstream", "")) if "upstream" in cmd.params else None
+        aelg = (
+            self._elg(_str(cmd, "acceptor-elg", ""))
+            if "acceptor-elg" in cmd.params
+            else (None if lb else self._elg(ACCEPTOR_ELG))
+        )
+        welg = (
+            self._elg(_str(cmd, "event-loop-group", ""))
+            if "event-loop-group" in cmd.params
+            else (None if lb else self._elg(WORKER_ELG))
+        )
+        for g in (aelg, welg):
+            if g is not None and not g.loops:
+                raise CommandError(f"event-loop-group {g.name} has no event-loop")
+        return ups, aelg, welg
+
+    def _add_lb(self, cmd: Command) -> Reply:
+        name = self._name(cmd)
+        if name in self.app.tcp_lbs:
+            raise ConflictError(f"tcp-lb {name} already exists")
+        ups, aelg, welg = self._lb_refs(cmd, None)
+        if ups is None or aelg is None or welg is None:
+            raise CommandError("add tcp-lb needs upstream")
+        addr = cmd.params["address"]
+        assert isinstance(addr, Address)
+        try:
+            lb = TcpLB(
+                name,
+                (addr.host, addr.port),
+                ups,
+                acceptor_elg=aelg,
+                worker_elg=welg,
+                in_buffer_size=_int(cmd, "in-buffer-size", DEFAULT_BUFFER_SIZE),
+                out_buffer_size=_int(cmd, "out-buffer-size", DEFAULT_BUFFER_SIZE),
+                timeout=_int(cmd, "timeout", DEFAULT_TIMEOUT_MS),
+                protocol=_str(cmd, "protocol", "tcp"),
+            )
+        except TcpLBError as exc:
+            raise CommandError(str(exc)) from exc
+        try:
+            lb.start()
+        except OSError as exc:
+            raise ConflictError(f"cannot listen on {_addr(addr)}: {exc.strerror or exc}") from exc
+        self.app.tcp_lbs[name] = lb
+        return OK
+
+    def _update_lb(self, cmd: Command) -> Reply:
+        lb = self._lb(self._name(cmd))
+        ups, aelg, welg = self._lb_refs(cmd, lb)
+        try:
+            lb.update(
+                upstream=ups,
+                acceptor_elg=aelg,
+                worker_elg=welg,
+                in_buffer_size=_opt_int(cmd, "in-buffer-size"),
+                out_buffer_size=_opt_int(cmd, "out-buffer-size"),
+                timeout=_opt_int(cmd, "timeout"),
+                protocol=_opt_str(cmd, "protocol"),
+            )
+        except (TcpLBError, EventLoopError) as exc:
+            raise CommandError(str(exc)) from exc
+        return OK
+
+    def _remove_lb(self, cmd: Command) -> Reply:
+        name = self._name(cmd)
+        lb = self._lb(name)
+        del self.app.tcp_lbs[name]
+        lb.stop(close_sessions=cmd.action is Action.FORCE_REMOVE)
+        return OK
+
+    # -- observables --------------------------------------------------------------------
+    def _sessions_of(self, cmd: Command) -> list[Session]:
+        """Sessions under the parent chain of an observable command."""
+        ps = cmd.parents
+        if not ps:
+            raise CommandError(f"{cmd.type.value} needs a parent (in tcp-lb NAME, ...)")
+        head = ps[0]
+        if head.type is ResourceType.SERVER_SOCK:
+            ps = ps[1:]
+            head = ps[0]
+        if head.type is ResourceType.TCP_LB:
+            return list(self._lb(head.name).sessions)
+        if head.type is ResourceType.EVENT_LOOP:
+            el = self._el(head.name, ps[1].name)
+            return [s for lb in self.app.tcp_lbs.values() for s in list(lb.sessions) if s.el is el]
+        if head.type is ResourceType.SERVER:
+            srv = self._svr(head.name, ps[1].name)
+            return [s for s in list(srv.sessions) if isinstance(s, Session)]
+        raise UnsupportedError(f"{cmd.type.value} in {head.type.value} is not available")
+
+    def _connections_of(self, cmd: Command) -> list[tuple[str, Connection, Session]]:
+        out = []
+        by_server = bool(cmd.parents) and cmd.parents[0].type is ResourceType.SERVER
+        for s in self._sessions_of(cmd):
+            if not by_server:
+                out.append((_conn_name(s.front, s.client), s.front, s))
+            out.append((_conn_name(s.back), s.back, s))
+        return out
+
+    def _server_socks_of(self, cmd: Command) -> list[TcpLB]:
+        head = cmd.parents[0]
+        if head.type is ResourceType.TCP_LB:
+            return [self._lb(head.name)]
+        if head.type is ResourceType.EVENT_LOOP:
+            el = self._el(head.name, cmd.parents[1].name)
+            return [
+                lb
+                for lb in self.app.tcp_lbs.values()
+                if lb.server_sock is not None and lb.server_sock.el is el
+            ]
+        raise UnsupportedError(f"server-sock in {head.type.value} is not available")
+
+    def _counter(self, cmd: Command) -> Reply:
+        """bytes-in, bytes-out and accepted-conn-count."""
+        head = cmd.parents[0]
+        incoming = cmd.type is ResourceType.BYTES_IN
+        if head.type is ResourceType.SERVER_SOCK:
+            lbs = [
+                lb
+                for lb in self._server_socks_of(_strip_first(cmd))
+                if format_address(*lb.address) == head.name
+            ]
+            if not lbs:
+                raise NotFoundError(f"server-sock {head.name} not found")
+            if cmd.type is ResourceType.ACCEPTED_CONN_COUNT:
+                return Integer(sum(lb.accepted for lb in lbs))
+            if incoming:
+                return Integer(sum(lb.bytes_from_clients for lb in lbs))
+            return Integer(sum(lb.bytes_from_servers for lb in lbs))
+        if head.type is ResourceType.SERVER:
+            srv = self._svr(head.name, cmd.parents[1].name)
+            live = [s for s in list(srv.sessions) if isinstance(s, Session)]
+            if incoming:  # bytes read from the server
+                return Integer(srv.closed_bytes_in + sum(s.back.bytes_in for s in live))
+            return Integer(srv.closed_bytes_out + sum(s.front.bytes_in for s in live))
+        if head.type is ResourceType.CONNECTION:
+            sub = _strip_first(cmd)
+            for name, conn, _ in self._connections_of(sub):
+                if name == head.name:
+                    return Integer(conn.bytes_in if incoming else conn.bytes_out)
+            raise NotFoundError(f"connection {head.name} not found")
+        raise UnsupportedError(f"{cmd.type.value} in {head.type.value} is not available")
+
+    def _force_remove_conn(self, cmd: Command) -> Reply:
+        pattern = cmd.name
+        hit = False
+        for name, _, sess in self._connections_of(cmd):
+            if _matches(pattern, name):
+                _abort(sess)
+                hit = True
+        if not hit and isinstance(pattern, str):
+            raise NotFoundError(f"connection {pattern} not found")
+        return OK
+
+    def _force_remove_sess(self, cmd: Command) -> Reply:
+        pattern = cmd.name
+        hit = False
+        for sess in self._sessions_of(cmd):
+            if _matches(pattern, _session_name(sess)):
+                _abort(sess)
+                hit = True
+        if not hit and isinstance(pattern, str):
+            raise NotFoundError(f"session {pattern} not found")
+        return OK
+
+    def _force_remove_dns(self, cmd: Command) -> Reply:
+        return OK  # no names are resolved, so the cache is always empty
+
+    # -- list / list-detail --------------------------------------------------------------
+    def _select(self, cmd: Command) -> list[Any]:
+        """The objects a list / list-detail command is about, in a stable order."""
+        t = cmd.type
+        name = cmd.name if isinstance(cmd.name, str) else None
+        objs: list[Any]
+        if t is ResourceType.EVENT_LOOP_GROUP:
+            objs = list(self.app.event_loop_groups.values())
+        elif t is ResourceType.EVENT_LOOP:
+            objs = list(self._elg(self._parent(cmd)).loops)
+        elif t is ResourceType.UPSTREAM:
+            objs = list(self.app.upstreams.values())
+        elif t is ResourceType.SERVER_GROUP:
+            if cmd.parents:
+                objs = list(self._ups(self._parent(cmd)).groups)
+            else:
+                objs = list(self.app.server_groups.values())
+        elif t is ResourceType.SERVER:
+            objs = list(self._sg(self._parent(cmd)).servers)
+        elif t is ResourceType.TCP_LB:
+            objs = list(self.app.tcp_lbs.values())
+        elif t is ResourceType.SERVER_SOCK:
+            objs = [lb.server_sock for lb in self._server_socks_of(cmd) if lb.server_sock]
+        elif t is ResourceType.CONNECTION:
+            objs = self._connections_of(cmd)
+        elif t is ResourceType.SESSION:
+            objs = self._sessions_of(cmd)
+        elif t is ResourceType.DNS_CACHE:
+            objs = []
+        else:
+            raise UnsupportedError(f"list {t.value} is not supported")
+        if name is not None:
+            objs = [o for o in objs if _obj_name(t, o) == name]
+            if not objs:
+                raise NotFoundError(f"{t.value} {name} not found")
+        return objs
+
+    def _list(self, cmd: Command) -> Reply:
+        t = cmd.type
+        if t in (ResourceType.BYTES_IN, ResourceType.BYTES_OUT, ResourceType.ACCEPTED_CONN_COUNT):
+            return self._counter(cmd)
+        objs = self._select(cmd)
+        if cmd.action is Action.LIST:
+            return Array(tuple(String(_obj_name(t, o)) for o in objs))
+        return Array(tuple(String(_detail_line(self._describe(t, o))) for o in objs))
+
+    def _describe(self, t: ResourceType, o: Any) -> Detail:
+        """A JSON-able description of one object (list-detail, HTTP)."""
+        if t is ResourceType.EVENT_LOOP_GROUP:
+            assert isinstance(o, EventLoopGroup)
+            return {"name": o.name, "event-loops": [el.name for el in o.loops]}
+        if t is ResourceType.EVENT_LOOP:
+            assert isinstance(o, EventLoop)
+            return {"name": o.name, "sessions": o.session_count}
+        if t is ResourceType.UPSTREAM:
+            assert isinstance(o, Upstream)
+            return {
+                "name": o.name,
+                "server-groups": [{"name": h.group.name, "weight": h.weight} for h in o.groups],
+            }
+        if t is ResourceType.SERVER_GROUP:
+            weight = None
+            if not isinstance(o, ServerGroup):  # a GroupHandle inside an upstream
+                weight, o = o.weight, o.group
+            hc = o.health_config
+            d: Detail = {
+                "name": o.name,
+                "timeout": hc.timeout,
+                "period": hc.period,
+                "up": hc.up,
+                "down": hc.down,
+                "method": o.method.value,
+                "event-loop-group": o.event_loop_group.name if o.event_loop_group else None,
+                "annotations": dict(o.annotations),
+                "servers": [s.name for s in o.servers],
+            }
+            if weight is not None:
+                d["weight"] = weight
+            return d
+        if t is ResourceType.SERVER:
+            assert isinstance(o, Server)
+            return {
+                "name": o.name,
+                "address": o.address_text,
+                "weight": o.weight,
+                "currently-up": o.healthy,
+                "active-sessions": o.active,
+                "connect-failures": o.connect_failures,
+            }
+        if t is ResourceType.TCP_LB:
+            assert isinstance(o, TcpLB)
+            return {
+                "name": o.name,
+                "address": format_address(*o.address),
+                "upstream": o.upstream.name,
+                "acceptor-elg": o.acceptor_elg.name,
+                "event-loop-group": o.worker_elg.name,
+                "in-buffer-size": o.in_buffer_size,
+                "out-buffer-size": o.out_buffer_size,
+                "timeout": o.timeout,
+                "protocol": o.protocol,
+                "sessions": len(o.sessions),
+                "accepted": o.accepted,
+            }
+        if t is ResourceType.SERVER_SOCK:
+            return {
+                "name": format_address(*o.address),
+                "accepted": o.accepted,
+                "event-loop": o.el.name if o.el else None,
+            }
+        if t is ResourceType.CONNECTION:
+            name, conn, _ = o
+            return {"name": name, "bytes-in": conn.bytes_in, "bytes-out": conn.bytes_out}
+        if t is ResourceType.SESSION:
+            assert isinstance(o, Session)
+            return {
+                "name": _session_name(o),
+                "front": _conn_name(o.front, o.client),
+                "back": _conn_name(o.back),
+                "server": o.server.name if o.server is not None else None,
+            }
+        raise UnsupportedError(f"list-detail {t.value} is not supported")
+
+    # -- configuration as commands ---------------------------------------------------------
+    def config_lines(self) -> list[str]:
+        """The current state as commands that rebuild it in a fresh process."""
+        app = self.app
+        out: list[Command] = []
+        for gname, g in app.event_loop_groups.items():
+            default_loop = Application.default_loop_name(gname)
+            if gname not in DEFAULT_ELGS:
+                out.append(Command(Action.ADD, ResourceType.EVENT_LOOP_GROUP, gname))
+            names = [el.name for el in g.loops]
+            for el_name in names:
+                if el_name != default_loop:
+                    out.append(_child(Action.ADD, ResourceType.EVENT_LOOP, el_name, g))
+            if default_loop is not None and default_loop not in names:
+                out.append(_child(Action.REMOVE, ResourceType.EVENT_LOOP, default_loop, g))
+        for sg in app.server_groups.values():
+            hc = sg.health_config
+            params: dict[str, Any] = {
+                "timeout": hc.timeout,
+                "period": hc.period,
+                "up": hc.up,
+                "down": hc.down,
+                "method": sg.method.value,
+            }
+            if sg.event_loop_group is not None:
+                params["event-loop-group"] = sg.event_loop_group.name
+            if sg.annotations:
+                params["annotations"] = dict(sg.annotations)
+            out.append(Command(Action.ADD, ResourceType.SERVER_GROUP, sg.name, params=params))
+            for s in sg.servers:
+                out.append(
+                    _child(
+                        Action.ADD,
+                        ResourceType.SERVER,
+                        s.name,
+                        sg,
+                        params={"address": Address(s.host, s.port), "weight": s.weight},
+                    )
+                )
+        for u in app.upstreams.values():
+            out.append(Command(Action.ADD, ResourceType.UPSTREAM, u.name))
+            for h in u.groups:
+                out.append(
+                    _child(
+                        Action.ADD,
+                        ResourceType.SERVER_GROUP,
+                        h.group.name,
+                        u,
+                        params={"weight": h.weight},
+                    )
+                )
+        for lb in app.tcp_lbs.values():
+            host, port = lb.address
+            params = {
+                "address": Address(host, port),
+                "upstream": lb.upstream.name,
+                "acceptor-elg": lb.acceptor_elg.name,
+                "event-loop-group": lb.worker_elg.name,
+                "in-buffer-size": lb.in_buffer_size,
+                "out-buffer-size": lb.out_buffer_size,
+                "timeout": lb.timeout,
+                "protocol": lb.protocol,
+            }
+            out.append(Command(Action.ADD, ResourceType.TCP_LB, lb.name, params=params))
+        return [format_command(c) for c in out]
+
+    def load_lines(self, lines: Iterable[tuple[int, str]], source: str) -> None:
+        """Run config lines in order; stop at the first failure.
+
+        Every line is parsed before anything runs, so a syntax error applies nothing.
+
+        Raises:
+            CommandError: naming the file and line that failed.
+        """
+        parsed: list[tuple[int, Command]] = []
+        for number, text in lines:
+            try:
+                cmd = parse(text)
+            except CommandError as exc:
+                raise CommandError(f"{source}:{number}: {exc.message}") from exc
+            if isinstance(cmd, SystemCommand):
+                raise CommandError(f"{source}:{number}: System commands are not allowed in a file")
+            parsed.append((number, cmd))
+        with self.app.lock:
+            for number, cmd in parsed:
+                try:
+                    self._run(cmd)
+                except CommandError as exc:
+                    raise type(exc)(
+                        f"{source}:{number}: {exc.message} (lines before it were applied)"
+                    ) from exc
+
+    # -- System: ----------------------------------------------------------------------
+    def _system(self, cmd: SystemCommand, origin: Origin) -> Reply:
+        op = cmd.op
+        if op is SystemOp.MAN:
+            return String(man(cmd.topic, cmd.topic_action))
+        remote = origin in (Origin.RESP, Origin.HTTP)
+        if origin is Origin.FILE:
+            raise ForbiddenError("System commands are not allowed in a config file")
+        if remote and (cmd.privileged or not self.allow_system_in_non_stdio):
+            why = (
+                "it touches files or the process: use the console"
+                if cmd.privileged
+                else "start vproxy with allowSystemCommandInNonStdIOController to allow it"
+            )
+            raise ForbiddenError(f"System command refused over {origin.value}: {why}")
+        if op is SystemOp.LIST_CONFIG:
+            return Array(tuple(String(line) for line in self.config_lines()))
+        if op is SystemOp.SAVE:
+            assert cmd.path is not None
+            self.save(Path(cmd.path))
+            return OK
+        if op is SystemOp.LOAD:
+            assert cmd.path is not None
+            try:
+                lines = read_config(Path(cmd.path))
+            except ConfigFileError as exc:
+                raise CommandError(str(exc)) from exc
+            self.load_lines(((ln.number, ln.text) for ln in lines), cmd.path)
+            return OK
+        if op is SystemOp.SHUTDOWN:
+            self.app.shutdown_requested.set()
+            return OK
+        if op is SystemOp.CONTROLLER:
+            return self._controller(cmd)
+        raise UnsupportedError(f"System command {op.value} is not supported")
+
+    def save(self, path: Path) -> None:
+        """Write ``list config`` to ``path`` atomically."""
+        text = "".join(line + "\n" for line in self.config_lines())
+        try:
+            save_atomic(path, text)
+        except OSError as exc:
+            raise CommandError(f"cannot save to {path}: {exc.strerror or exc}") from exc
+
+    def _controller(self, cmd: SystemCommand) -> Reply:
+        kind = cmd.controller
+        assert kind is not None
+        table = (
+            self.app.resp_controllers
+            if kind.value == "resp-controller"
+            else self.app.http_controllers
+        )
+        a = cmd.action
+        if a is Action.LIST:
+            return Array(tuple(String(n) for n in table))
+        if a is Action.LIST_DETAIL:
+            return Array(
+                tuple(
+                    String(f"{n} -> {kind.value} {format_address(*c.address)}")
+                    for n, c in table.items()
+                )
+            )
+        name = cmd.name
+        if name is None:
+            raise CommandError(f"{a.value if a else '?'} {kind.value} needs a name")
+        if a is Action.REMOVE or a is Action.FORCE_REMOVE:
+            c = table.pop(name, None)
+            if c is None:
+                raise NotFoundError(f"{kind.value} {name} not found")
+            c.stop()
+            return OK
+        if a is Action.ADD:
+            if name in table:
+                raise ConflictError(f"{kind.value} {name} already exists")
+            addr = cmd.params.get("address")
+            assert isinstance(addr, Address)
+            secret = cmd.params.get("password", cmd.params.get("token"))
+            try:
+                c = self.controller_factory(
+                    kind.value,
+                    name,
+                    (addr.host, addr.port),
+                    str(secret) if secret is not None else None,
+                    self,
+                )
+            except OSError as exc:
+                raise ConflictError(
+                    f"cannot listen on {_addr(addr)}: {exc.strerror or exc}"
+                ) from exc
+            table[name] = c
+            return OK
+        raise UnsupportedError(f"{a} {kind.value} is not supported")
+
+
+# -- helpers ----------------------------------------------------------------------------
+ControllerFactory = Callable[[str, str, tuple[str, int], "str | None", Executor], Any]
+
+
+def default_controller_factory(
+    kind: str, name: str, address: tuple[str, int], secret: str | None, executor: Executor
+) -> Any:
+    """Create and start a RESP or HTTP controller on the control loop."""
+    el = executor.app.control_el
+    if kind == "resp-controller":
+        from vproxy.control.resp import RespController
+
+        c: Any = RespController(name, address, secret, executor, el)
+    else:
+        from vproxy.control.http import HttpController
+
+        c = HttpController(name, address, executor, el, token=secret)
+    c.start()
+    return c
+
+
+_UNSUPPORTED: dict[ResourceType, str] = {
+    ResourceType.SOCKS5_SERVER: "the socks5 server is not built yet",
+    ResourceType.SECURITY_GROUP: "security groups are not built yet",
+    ResourceType.SECURITY_GROUP_RULE: "security groups are not built yet",
+    ResourceType.CERT_KEY: "TLS termination is not built yet",
+    ResourceType.SMART_GROUP_DELEGATE: "service discovery is not built yet",
+    ResourceType.SMART_NODE_DELEGATE: "service discovery is not built yet",
+}
+
+
+def _error(exc: CommandError) -> ErrorReply:
+    return ErrorReply(exc.message, http_status=exc.http_status)
+
+
+def _safe_line(cmd: Command | SystemCommand) -> str:
+    try:
+        line = format_command(cmd)
+    except Exception:
+        return repr(cmd.__class__.__name__)
+    # never log secrets
+    return re.sub(r"(password|token)\s+\S+", r"\1 ***", line)
+
+
+def _int(cmd: Command, key: str, default: int) -> int:
+    v = cmd.params.get(key, default)
+    assert isinstance(v, int)
+    return v
+
+
+def _opt_int(cmd: Command, key: str) -> int | None:
+    v = cmd.params.get(key)
+    return v if isinstance(v, int) else None
+
+
+def _str(cmd: Command, key: str, default: str) -> str:
+    v = cmd.params.get(key, default)
+    return str(v.value if isinstance(v, enum.Enum) else v)
+
+
+def _opt_str(cmd: Command, key: str) -> str | None:
+    return _str(cmd, key, "") if key in cmd.params else None
+
+
+def _annotations(cmd: Command) -> dict[str, str]:
+    v = cmd.params.get("annotations")
+    if v is None:
+        return {}
+    if isinstance(v, str):
+        v = json.loads(v)
+    assert isinstance(v, dict)
+    return {str(k): str(x) for k, x in v.items()}
+
+
+def _health(cmd: Command, base: HealthCheckConfig | None) -> HealthCheckConfig:
+    b = base or HealthCheckConfig()
+    try:
+        return HealthCheckConfig(
+            timeout=_int(cmd, "timeout", b.timeout),
+            period=_int(cmd, "period", b.period),
+            up=_int(cmd, "up", b.up),
+            down=_int(cmd, "down", b.down),
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def _child(
+    action: Action,
+    t: ResourceType,
+    name: str,
+    parent: Any,
+    params: dict[str, Any] | None = None,
+) -> Command:
+    from vproxy.control.command import Ref
+
+    ptype = {
+        EventLoopGroup: ResourceType.EVENT_LOOP_GROUP,
+        ServerGroup: ResourceType.SERVER_GROUP,
+        Upstream: ResourceType.UPSTREAM,
+    }[type(parent)]
+    return Command(action, t, name, parents=(Ref(ptype, parent.name),), params=params or {})
+
+
+def _strip_first(cmd: Command) -> Command:
+    return Command(cmd.action, cmd.type, cmd.name, parents=cmd.parents[1:])
+
+
+def _matches(pattern: str | NamePattern | None, name: str) -> bool:
+    if isinstance(pattern, NamePattern):
+        return pattern.matches(name)
+    return pattern == name
+
+
+def _session_name(s: Session) -> str:
+    return f"{_conn_name(s.front, s.client)}->{_conn_name(s.back)}"
+
+
+def _obj_name(t: ResourceType, o: Any) -> str:
+    if t is ResourceType.CONNECTION:
+        return str(o[0])
+    if t is ResourceType.SESSION:
+        return _session_name(o)
+    if t is ResourceType.SERVER_SOCK:
+        return format_address(*o.address)
+    if t is ResourceType.SERVER_GROUP and not isinstance(o, ServerGroup):
+        return str(o.group.name)
+    return str(o.name)
+
+
+def _detail_line(d: Detail) -> str:
+    parts = [str(d["name"]), "->"]
+    for k, v in d.items():
+        if k == "name":
+            continue
+        if isinstance(v, list):
+            v = (
+                ",".join(
+                    str(x if not isinstance(x, dict) else f"{x['name']}:{x['weight']}") for x in v
+                )
+                or "(none)"
+            )
+        elif isinstance(v, dict):
+            v = json.dumps(v, separators=(",", ":"))
+        elif isinstance(v, bool):
+            v = "true" if v else "false"
+        parts.append(f"{k} {v}")
+    return " ".join(parts)
+
+
+def _abort(sess: Any) -> None:
+    loop = sess._loop
+    if not loop.is_closed():
+        loop.call_soon_threadsafe(sess.abort)
+
+
+def _handlers() -> dict[tuple[ResourceType, Action], Callable[[Executor, Command], Reply]]:
+    R, A = ResourceType, Action
+    E = Executor
+    h: dict[tuple[ResourceType, Action], Callable[[Executor, Command], Reply]] = {
+        (R.EVENT_LOOP_GROUP, A.ADD): E._add_elg,
+        (R.EVENT_LOOP_GROUP, A.REMOVE): E._remove_elg,
+        (R.EVENT_LOOP_GROUP, A.FORCE_REMOVE): E._remove_elg,
+        (R.EVENT_LOOP, A.ADD): E._add_el,
+        (R.EVENT_LOOP, A.REMOVE): E._remove_el,
+        (R.EVENT_LOOP, A.FORCE_REMOVE): E._remove_el,
+        (R.UPSTREAM, A.ADD): E._add_ups,
+        (R.UPSTREAM, A.REMOVE): E._remove_ups,
+        (R.UPSTREAM, A.FORCE_REMOVE): E._remove_ups,
+        (R.SERVER_GROUP, A.ADD): E._add_sg,
+        (R.SERVER_GROUP, A.UPDATE): E._update_sg,
+        (R.SERVER_GROUP, A.REMOVE): E._remove_sg,
+        (R.SERVER_GROUP, A.FORCE_REMOVE): E._remove_sg,
+        (R.SERVER, A.ADD): E._add_svr,
+        (R.SERVER, A.UPDATE): E._update_svr,
+        (R.SERVER, A.REMOVE): E._remove_svr,
+        (R.SERVER, A.FORCE_REMOVE): E._remove_svr,
+        (R.TCP_LB, A.ADD): E._add_lb,
+        (R.TCP_LB, A.UPDATE): E._update_lb,
+        (R.TCP_LB, A.REMOVE): E._remove_lb,
+        (R.TCP_LB, A.FORCE_REMOVE): E._remove_lb,
+        (R.CONNECTION, A.FORCE_REMOVE): E._force_remove_conn,
+        (R.SESSION, A.FORCE_REMOVE): E._force_remove_sess,
+        (R.DNS_CACHE, A.FORCE_REMOVE): E._force_remove_dns,
+    }
+    return h
+
+
+_HANDLERS = _handlers()
