@@ -4,11 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Tools the tests drive as independent clients/servers (Debian packages).
+# Tools the tests drive as independent clients/servers (Debian packages):
+# iperf3 and wrk through the tcp-lb, redis-cli against the RESP controller.
 need=()
 command -v iperf3 >/dev/null || need+=(iperf3)
 command -v wrk >/dev/null || need+=(wrk)
 command -v curl >/dev/null || need+=(curl)
+command -v redis-cli >/dev/null || need+=(redis-tools)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     SUDO=""

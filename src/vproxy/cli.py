@@ -136,6 +136,18 @@ def simple_config(args: SimpleArgs) -> str:
     return "\n".join(lines) + "\n"
 
 
+def build_simple(args: SimpleArgs) -> tuple[Application, Executor]:
+    """An application running what ``simple`` describes (closed again on error)."""
+    app = Application.create_default()
+    executor = Executor(app)
+    try:
+        executor.load_lines(enumerate(simple_config(args).splitlines(), 1), "simple")
+    except BaseException:
+        app.close()
+        raise
+    return app, executor
+
+
 def _install_signals(on_signal: Callable[[int], None]) -> None:
     def handler(signum: int, frame: object) -> None:
         on_signal(signum)
@@ -154,17 +166,13 @@ def _wait_for_signal() -> int:
 
 def run_simple(args: SimpleArgs) -> int:
     """Start the one-line load balancer and serve until a signal."""
-    config = simple_config(args)
     if args.gen:
-        sys.stdout.write(config)
+        sys.stdout.write(simple_config(args))
         return 0
-    app = Application.create_default()
-    executor = Executor(app)
     try:
-        executor.load_lines(enumerate(config.splitlines(), 1), "simple")
+        app, _ = build_simple(args)
     except CommandError as exc:
         print(f"vproxy: {exc.message}", file=sys.stderr)
-        app.close()
         return 1
     lb = app.tcp_lbs["lb0"]
     print(
