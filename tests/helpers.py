@@ -199,7 +199,12 @@ class VproxyProcess:
 
     LISTEN_RE = re.compile(rb"listening on (\S+):(\d+)")
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        preexec: Callable[[], None] | None = None,
+    ) -> None:
         full_env = dict(os.environ)
         full_env["PYTHONPATH"] = str(ROOT / "src")
         full_env.update(env or {})
@@ -209,8 +214,10 @@ class VproxyProcess:
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
             env=full_env,
+            preexec_fn=preexec,
         )
         self.port = 0
+        self.stderr_text = ""
         deadline = time.monotonic() + 15
         assert self.proc.stdout is not None
         while time.monotonic() < deadline:
@@ -237,14 +244,20 @@ class VproxyProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        if self.proc.stderr is not None and not self.proc.stderr.closed:
+            self.stderr_text = self.proc.stderr.read().decode(errors="replace")
         for f in (self.proc.stdout, self.proc.stderr):
             if f is not None:
                 f.close()
 
 
 @contextlib.contextmanager
-def vproxy_process(*args: str, env: dict[str, str] | None = None) -> Iterator[VproxyProcess]:
-    p = VproxyProcess(*args, env=env)
+def vproxy_process(
+    *args: str,
+    env: dict[str, str] | None = None,
+    preexec: Callable[[], None] | None = None,
+) -> Iterator[VproxyProcess]:
+    p = VproxyProcess(*args, env=env, preexec=preexec)
     try:
         yield p
     finally:
