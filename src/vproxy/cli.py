@@ -10,6 +10,7 @@ Must not: hold global state at import time or reach into components' internals.
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import signal
@@ -299,7 +300,9 @@ def run_main(args: MainArgs) -> int:
     if not args.no_stdio and _stdin_is_console():
         from vproxy.control.stdio import StdIOController
 
-        stdio = StdIOController(executor, sys.stdin, sys.stdout)
+        # A bad byte must not make the text layer drop a whole buffer of lines.
+        stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
+        stdio = StdIOController(executor, stdin, sys.stdout, on_eof=None)
         stdio.start()
     for kind, table in (("resp", app.resp_controllers), ("http", app.http_controllers)):
         for c in table.values():

@@ -328,9 +328,9 @@ def configurations(draw: st.DrawFn) -> list[str]:
         )
         for s in draw(st.lists(names, max_size=3, unique=True)):
             w = draw(st.integers(0, 1000))
+            host = f"127.0.0.{draw(st.integers(1, 9))}"
             lines.append(
-                f"add server s-{s} to server-group sg-{sg} address 127.0.0.{draw(st.integers(1, 9))}"
-                f":{next(ports)} weight {w}"
+                f"add server s-{s} to server-group sg-{sg} address {host}:{next(ports)} weight {w}"
             )
     ups = draw(st.lists(names, min_size=1, max_size=2, unique=True))
     for u in ups:
