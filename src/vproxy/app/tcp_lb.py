@@ -12,11 +12,14 @@ Must not: parse commands; the control plane calls this API.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Iterable, Sequence
+from typing import Any, cast
 
 from vproxy.component.health_check import HealthCheckConfig
 from vproxy.component.proxy import Proxy
+from vproxy.component.security_group import SecurityGroup
 from vproxy.component.server_group import Method, ServerGroup
 from vproxy.component.upstream import Upstream
 from vproxy.net.connection import Session
@@ -59,6 +62,7 @@ class TcpLB:
         out_buffer_size: int = DEFAULT_BUFFER_SIZE,
         timeout: int = DEFAULT_TIMEOUT_MS,
         protocol: str = "tcp",
+        security_group: SecurityGroup | None = None,
     ) -> None:
         self.name = name
         self.bind_address = parse_address(address) if isinstance(address, str) else address
@@ -69,6 +73,8 @@ class TcpLB:
         self.out_buffer_size = _check_buffer("out-buffer-size", out_buffer_size)
         self.timeout = self._check_timeout(timeout)
         self.protocol = self._check_protocol(protocol)
+        self.security_group: SecurityGroup | None = security_group
+        self.denied = 0
         self.proxy = Proxy(self)
         self.proxy.on_session_closed = self._count_closed
         self.server_sock: ServerSock | None = None
@@ -76,6 +82,14 @@ class TcpLB:
         self._stats_lock = threading.Lock()
         self.closed_bytes_from_client = 0
         self.closed_bytes_from_server = 0
+
+    def _on_accept(self, sock: socket.socket, addr: Any) -> None:
+        secg = self.security_group
+        if secg is not None and not secg.allowed(addr[0], "TCP", self.address[1]):
+            self.denied += 1
+            sock.close()  # before reading a single byte, and no backend connection
+            return
+        self.proxy.on_accept(sock, addr)
 
     def _count_closed(self, session: Session) -> None:
         with self._stats_lock:
@@ -134,7 +148,7 @@ class TcpLB:
         if self.server_sock is not None:
             raise TcpLBError(f"tcp-lb {self.name} is already started")
         sock = bind_listener(*self.bind_address)
-        self.server_sock = ServerSock(self.name, sock, self.acceptor_elg, self.proxy.on_accept)
+        self.server_sock = ServerSock(self.name, sock, self.acceptor_elg, self._on_accept)
         try:
             self.server_sock.start()
         except BaseException:
@@ -154,8 +168,12 @@ class TcpLB:
         worker_elg: EventLoopGroup | None = None,
         acceptor_elg: EventLoopGroup | None = None,
         protocol: str | None = None,
+        security_group: SecurityGroup | bool | None = False,
     ) -> None:
-        """Change options; new sessions use them (all-or-nothing)."""
+        """Change options; new sessions use them (all-or-nothing).
+
+        ``security_group=None`` removes the group; the default ``False`` keeps it.
+        """
         ib = _check_buffer("in-buffer-size", in_buffer_size) if in_buffer_size else None
         ob = _check_buffer("out-buffer-size", out_buffer_size) if out_buffer_size else None
         to = self._check_timeout(timeout) if timeout is not None else None
@@ -181,6 +199,8 @@ class TcpLB:
             self.timeout = to
         if worker_elg is not None:
             self.worker_elg = worker_elg
+        if security_group is not False:
+            self.security_group = cast(SecurityGroup | None, security_group)
 
     def stop(self, close_sessions: bool = False) -> None:
         """Stop accepting; running sessions finish unless ``close_sessions``."""

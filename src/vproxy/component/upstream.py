@@ -147,6 +147,10 @@ class Upstream:
             h: GroupHandle | None = self._wrr.next()
         return None if h is None else h.group
 
+    def match_group(self, hint: str) -> ServerGroup | None:
+        """The group that best matches ``hint`` (no WRR fallback), or None."""
+        return self._match(normalize_host(hint)) if hint else None
+
     def _match(self, hint: str) -> ServerGroup | None:
         best: ServerGroup | None = None
         best_level = 0

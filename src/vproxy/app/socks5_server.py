@@ -1,0 +1,385 @@
+"""The socks5 server (SPEC §1 "Socks5Server").
+
+Owns: a listener like the tcp-lb's whose clients first speak socks5 (RFC 1928 CONNECT,
+optional RFC 1929 username/password): the handshake is parsed by the sans-IO
+:mod:`vproxy.processor.socks5`, the target is checked against the policy
+(``deny-non-backend``: only servers of the upstream, matched by address or by the
+hint rule for domain names; ``allow-non-backend``: anything), connected, and then the
+connection becomes the same bounded relay as a tcp-lb session.
+
+The security group is applied when a connection is accepted, before any byte is read.
+The handshake has a deadline: a client that stays silent or sends half a request is
+closed when it passes, with no reply.
+
+Must not: parse commands or decide about names beyond the upstream's hint rule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hmac
+import logging
+import socket
+import threading
+from typing import Any, cast
+
+from vproxy.component.security_group import SecurityGroup
+from vproxy.component.server_group import Server
+from vproxy.component.upstream import Upstream
+from vproxy.net.connection import Session
+from vproxy.net.event_loop import EventLoop, EventLoopError, EventLoopGroup
+from vproxy.net.server_sock import ServerSock, bind_listener, format_address, parse_address
+from vproxy.processor.socks5 import (
+    AuthFailed,
+    ConnectRequest,
+    Payload,
+    ProtocolError,
+    ReplyCode,
+    Socks5Error,
+    Socks5ServerConnection,
+)
+
+__all__ = ["DEFAULT_HANDSHAKE_TIMEOUT_MS", "Socks5Server", "Socks5ServerError"]
+
+_log = logging.getLogger("vproxy.app")
+
+DEFAULT_BUFFER_SIZE = 16384
+DEFAULT_TIMEOUT_MS = 900_000
+DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000
+DEFAULT_CONNECT_TIMEOUT_MS = 3_000
+
+
+class Socks5ServerError(ValueError):
+    """A socks5-server option was refused."""
+
+
+def _check_buffer(name: str, value: int) -> int:
+    if not isinstance(value, int) or not 256 <= value <= 16 * 1024 * 1024:
+        raise Socks5ServerError(f"{name} must be 256..16777216, got {value!r}")
+    return value
+
+
+class Socks5Server:
+    """A socks5 listener relaying CONNECTs to servers of an upstream (or anywhere)."""
+
+    def __init__(
+        self,
+        name: str,
+        address: tuple[str, int] | str,
+        upstream: Upstream,
+        *,
+        acceptor_elg: EventLoopGroup,
+        worker_elg: EventLoopGroup,
+        in_buffer_size: int = DEFAULT_BUFFER_SIZE,
+        out_buffer_size: int = DEFAULT_BUFFER_SIZE,
+        timeout: int = DEFAULT_TIMEOUT_MS,
+        security_group: SecurityGroup | None = None,
+        allow_non_backend: bool = False,
+        users: dict[str, str] | None = None,
+        handshake_timeout: int = DEFAULT_HANDSHAKE_TIMEOUT_MS,
+    ) -> None:
+        self.name = name
+        self.bind_address = parse_address(address) if isinstance(address, str) else address
+        self.upstream = upstream
+        self.acceptor_elg = acceptor_elg
+        self.worker_elg = worker_elg
+        self.in_buffer_size = _check_buffer("in-buffer-size", in_buffer_size)
+        self.out_buffer_size = _check_buffer("out-buffer-size", out_buffer_size)
+        if not isinstance(timeout, int) or not 0 < timeout <= 86_400_000:
+            raise Socks5ServerError(f"timeout must be 1..86400000 ms, got {timeout!r}")
+        self.timeout = timeout
+        self.security_group = security_group
+        self.allow_non_backend = allow_non_backend
+        self.users = dict(users) if users else None
+        self.handshake_timeout = handshake_timeout
+        self.server_sock: ServerSock | None = None
+        self.sessions: set[Session] = set()
+        self.denied = 0
+        self.failed = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stats_lock = threading.Lock()
+        self.closed_bytes_from_client = 0
+        self.closed_bytes_from_server = 0
+
+    def __repr__(self) -> str:
+        return f"Socks5Server({self.name!r}, {format_address(*self.address)})"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound address (with the real port once started on port 0)."""
+        return self.server_sock.address if self.server_sock is not None else self.bind_address
+
+    @property
+    def accepted(self) -> int:
+        """Connections accepted so far (including those the security group closed)."""
+        return self.server_sock.accepted if self.server_sock is not None else 0
+
+    @property
+    def bytes_from_clients(self) -> int:
+        """Relayed bytes read from clients, ended and live sessions."""
+        live = sum(s.front.bytes_in for s in list(self.sessions))
+        return self.closed_bytes_from_client + live
+
+    @property
+    def bytes_from_servers(self) -> int:
+        """Relayed bytes read from targets, ended and live sessions."""
+        live = sum(s.back.bytes_in for s in list(self.sessions))
+        return self.closed_bytes_from_server + live
+
+    def start(self) -> Socks5Server:
+        """Bind and start accepting. Raises OSError when the address is in use."""
+        if self.server_sock is not None:
+            raise Socks5ServerError(f"socks5-server {self.name} is already started")
+        sock = bind_listener(*self.bind_address)
+        self.server_sock = ServerSock(self.name, sock, self.acceptor_elg, self._on_accept)
+        try:
+            self.server_sock.start()
+        except BaseException:
+            self.server_sock.close()
+            self.server_sock = None
+            raise
+        _log.info("socks5-server %s listening on %s", self.name, format_address(*self.address))
+        return self
+
+    def update(
+        self,
+        *,
+        upstream: Upstream | None = None,
+        in_buffer_size: int | None = None,
+        out_buffer_size: int | None = None,
+        timeout: int | None = None,
+        worker_elg: EventLoopGroup | None = None,
+        security_group: SecurityGroup | bool | None = False,
+        allow_non_backend: bool | None = None,
+    ) -> None:
+        """Change options for new connections (all-or-nothing).
+
+        ``security_group=None`` removes the group; the default ``False`` keeps it.
+        """
+        ib = _check_buffer("in-buffer-size", in_buffer_size) if in_buffer_size else None
+        ob = _check_buffer("out-buffer-size", out_buffer_size) if out_buffer_size else None
+        if timeout is not None and not 0 < timeout <= 86_400_000:
+            raise Socks5ServerError(f"timeout must be 1..86400000 ms, got {timeout!r}")
+        if upstream is not None:
+            self.upstream = upstream
+        if ib is not None:
+            self.in_buffer_size = ib
+        if ob is not None:
+            self.out_buffer_size = ob
+        if timeout is not None:
+            self.timeout = timeout
+        if worker_elg is not None:
+            self.worker_elg = worker_elg
+        if security_group is not False:
+            self.security_group = cast(SecurityGroup | None, security_group)
+        if allow_non_backend is not None:
+            self.allow_non_backend = allow_non_backend
+
+    def stop(self, close_sessions: bool = False) -> None:
+        """Stop accepting; running sessions finish unless ``close_sessions``."""
+        if self.server_sock is not None:
+            self.server_sock.close()
+        if close_sessions:
+            for s in list(self.sessions):
+                loop = s._loop
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(s.abort)
+
+    # -- accept (acceptor thread) -------------------------------------------------------
+    def _on_accept(self, sock: socket.socket, addr: Any) -> None:
+        secg = self.security_group
+        if secg is not None and not secg.allowed(addr[0], "TCP", self.address[1]):
+            self.denied += 1
+            sock.close()  # before reading a single byte
+            return
+        try:
+            el = self.worker_elg.next()
+        except EventLoopError:
+            sock.close()
+            return
+        el.call_soon(self._start, el, sock, addr)
+
+    # -- per connection (worker thread) ----------------------------------------------------
+    def _start(self, el: EventLoop, sock: socket.socket, addr: Any) -> None:
+        task = el.loop.create_task(self._serve(el, sock, addr))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, el: EventLoop, sock: socket.socket, addr: Any) -> None:
+        session = Session(
+            el, addr, self.in_buffer_size, self.out_buffer_size, self.timeout, self._closed
+        )
+        el.session_started()
+        self.sessions.add(session)
+        hs = _Handshake(self, session)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await el.loop.connect_accepted_socket(lambda: hs, sock)
+        except Exception:
+            sock.close()
+            self._closed(session)
+
+    def _closed(self, session: Session) -> None:
+        if session not in self.sessions:
+            return
+        self.sessions.discard(session)
+        with self._stats_lock:
+            self.closed_bytes_from_client += session.front.bytes_in
+            self.closed_bytes_from_server += session.back.bytes_in
+        server = session.server
+        if isinstance(server, Server):
+            server.session_closed(session, session.back.bytes_in, session.front.bytes_in)
+        session.el.session_done()
+
+    def check_user(self, user: bytes, password: bytes) -> bool:
+        """RFC 1929 check, in constant time for the password."""
+        users = self.users or {}
+        want = users.get(user.decode(errors="replace"))
+        ok = hmac.compare_digest(password, (want or "\x00").encode())
+        return want is not None and ok
+
+    def choose_target(self, req: ConnectRequest, source: str) -> tuple[str, int, Server | None]:
+        """Where to connect for ``req``, or raise :class:`PermissionError`.
+
+        A backend of the upstream matched by address, or by the hint rule for a
+        domain name, is used as such (so it is counted and balanced); anything else
+        is allowed only with ``allow-non-backend``.
+        """
+        server = self.upstream.find_server(req.host, req.port)
+        if server is None and not _is_ip(req.host):
+            group = self.upstream.match_group(req.host)
+            server = group.next(source) if group is not None else None
+        if server is not None:
+            return server.host, server.port, server
+        if self.allow_non_backend:
+            return req.host, req.port, None
+        raise PermissionError(f"{req.host}:{req.port} is not a backend of {self.upstream.name}")
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    except OSError:
+        return False
+    return True
+
+
+def _reply_for(exc: BaseException) -> ReplyCode:
+    if isinstance(exc, PermissionError):
+        return ReplyCode.NOT_ALLOWED
+    if isinstance(exc, ConnectionRefusedError):
+        return ReplyCode.CONNECTION_REFUSED
+    if isinstance(exc, TimeoutError):
+        return ReplyCode.HOST_UNREACHABLE
+    if isinstance(exc, OSError) and exc.errno == errno.ENETUNREACH:
+        return ReplyCode.NETWORK_UNREACHABLE
+    if isinstance(exc, OSError):  # name resolution failures, EHOSTUNREACH...
+        return ReplyCode.HOST_UNREACHABLE
+    return ReplyCode.GENERAL_FAILURE
+
+
+class _Handshake(asyncio.Protocol):
+    """The client side before the relay: feeds the socks5 processor, then hands over."""
+
+    def __init__(self, server: Socks5Server, session: Session) -> None:
+        self.server = server
+        self.session = session
+        self.proc = Socks5ServerConnection(auth=server.check_user if server.users else None)
+        self.transport: asyncio.Transport | None = None
+        self.deadline: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.done = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        loop = self.session._loop
+        self.deadline = loop.call_later(self.server.handshake_timeout / 1000, self._expired)
+
+    def _expired(self) -> None:
+        if not self.done and self.transport is not None:
+            _log.debug("socks5 handshake from %s timed out", self.session.client)
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.proc.receive_data(data)
+        except Socks5Error:
+            self._fail()
+            return
+        out = self.proc.data_to_send()
+        if out and self.transport is not None:
+            self.transport.write(out)
+        for ev in events:
+            if isinstance(ev, ConnectRequest):
+                assert self.transport is not None
+                self.transport.pause_reading()
+                loop = self.session._loop
+                self.task = loop.create_task(self._connect(ev))
+                self.server._tasks.add(self.task)
+                self.task.add_done_callback(self.server._tasks.discard)
+            elif isinstance(ev, Payload):
+                self.session.front.pending.append(ev.data)
+            elif isinstance(ev, AuthFailed | ProtocolError):
+                self._fail()
+                return
+
+    def _fail(self) -> None:
+        out = self.proc.data_to_send()
+        if self.transport is not None:
+            if out:
+                self.transport.write(out)
+            self.transport.close()
+
+    async def _connect(self, req: ConnectRequest) -> None:
+        session, server = self.session, self.server
+        backend: Server | None = None
+        try:
+            host, port, backend = server.choose_target(req, str(session.client[0]))
+            back = session.reset_backend()
+            async with asyncio.timeout(_connect_timeout(backend)):
+                await session._loop.create_connection(back.itself, host, port)
+        except Exception as exc:
+            if isinstance(exc, PermissionError):
+                server.denied += 1
+            else:
+                server.failed += 1
+                if backend is not None:
+                    backend.connect_failed()  # the passive failure, visible in stats
+            self.proc.reject(_reply_for(exc))
+            self._fail()
+            return
+        if self.transport is None or self.transport.is_closing():
+            session.abort()
+            return
+        session.server = backend
+        if backend is not None:
+            backend.session_opened(session)
+        bound = back.transport.get_extra_info("sockname") if back.transport else None
+        self.proc.accept(*(bound[:2] if bound else ("0.0.0.0", 0)))
+        self.transport.write(self.proc.data_to_send())
+        self.done = True
+        if self.deadline is not None:
+            self.deadline.cancel()
+        # From here on the relay owns the client transport.
+        self.transport.set_protocol(session.front)
+        session.front.connection_made(self.transport)
+        session.link()
+
+    def eof_received(self) -> bool:
+        return False  # the client gave up during the handshake: close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+        if not self.done:
+            self.done = True
+            if self.task is not None:
+                self.task.cancel()
+            self.session.abort()
+
+
+def _connect_timeout(server: Server | None) -> float:
+    group = server.group if server is not None else None
+    ms = group.health_config.timeout if group is not None else DEFAULT_CONNECT_TIMEOUT_MS
+    return ms / 1000
