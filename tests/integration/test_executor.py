@@ -120,7 +120,10 @@ BASE_STATE = [
     "add server-group sg2 timeout 500 period 60000 up 1 down 2 method source",
     "add upstream u1",
     "add server-group sg1 to upstream u1 weight 5",
-    "add tcp-lb lb1 address 127.0.0.1:0 upstream u1",
+    "add security-group secg1 default allow",
+    "add security-group-rule r1 to security-group secg1 network 10.0.0.0/8 "
+    "port-range 22,22 default deny",
+    "add tcp-lb lb1 address 127.0.0.1:0 upstream u1 security-group secg1",
 ]
 
 BAD_COMMANDS = [
@@ -213,9 +216,26 @@ BAD_COMMANDS = [
     "force-remove conn 127.0.0.1:1/127.0.0.1:2 from tcp-lb lb1",
     "frobnicate tcp-lb lb1",
     "add frobnicator f1",
-    "add security-group sg default allow",
-    "add socks5-server s5 address 127.0.0.1:0 upstream u1",
+    "add security-group sgz default maybe",
+    "add security-group secg1 default allow",  # duplicate
+    "remove security-group secg1",  # used by lb1
+    "add security-group-rule r1 to security-group secg1 network 10.0.0.0/8 "
+    "port-range 1,2 default deny",  # duplicate rule
+    "add security-group-rule r2 to security-group nope network 10.0.0.0/8 "
+    "port-range 1,2 default deny",
+    "add security-group-rule r2 to security-group secg1 network 10.0.0.1/8 "
+    "port-range 1,2 default deny",
+    "add security-group-rule r2 to security-group secg1 network 10.0.0.0/8 "
+    "port-range 5,2 default deny",
+    "add security-group-rule r2 to security-group secg1 network 10.0.0.0/8 port-range 1,2",
+    "remove security-group-rule nope from security-group secg1",
+    "add socks5-server s5 address 127.0.0.1:0 upstream nope",
+    "add socks5-server s5 address 127.0.0.1:0 upstream u1 security-group nope",
+    "add socks5-server s5 address 127.0.0.1:0 upstream u1 allow-non-backend deny-non-backend",
+    "update socks5-server nope timeout 5",
     "add cert-key ck cert /nonexistent key /nonexistent",
+    "add cert-key ck cert /etc/hostname key /etc/hostname",
+    "add tcp-lb lb2 address 127.0.0.1:0 upstream u1 cert-key nope",
     "System: frobnicate",
     "System: load /nonexistent/file",
     "System: save",
@@ -339,15 +359,53 @@ def configurations(draw: st.DrawFn) -> list[str]:
             lines.append(
                 f"add server-group sg-{sg} to upstream u-{u} weight {draw(st.integers(0, 100))}"
             )
+    secgs = draw(st.lists(names, max_size=2, unique=True))
+    for g in secgs:
+        lines.append(
+            f"add security-group sg-{g} default {draw(st.sampled_from(['allow', 'deny']))}"
+        )
+        for r in draw(st.lists(names, max_size=3, unique=True)):
+            net = draw(st.sampled_from(["10.0.0.0/8", "127.0.0.1/32", "::1/128", "0.0.0.0/0"]))
+            lo = draw(st.integers(1, 65535))
+            hi = draw(st.integers(lo, 65535))
+            proto = draw(st.sampled_from(["TCP", "UDP"]))
+            action = draw(st.sampled_from(["allow", "deny"]))
+            lines.append(
+                f"add security-group-rule r-{r} to security-group sg-{g} network {net} "
+                f"protocol {proto} port-range {lo},{hi} default {action}"
+            )
+    if CERTS and draw(st.booleans()):
+        lines.append(f"add cert-key ck1 cert {CERTS[0]} key {CERTS[1]}")
     for i in range(draw(st.integers(0, 2))):
         u = draw(st.sampled_from(ups))
         welg = draw(st.sampled_from([*(f"g-{g}" for g in elgs), "(worker-elg)"]))
         buf = draw(st.integers(256, 65536))
+        secg = draw(st.sampled_from(["", *(f" security-group sg-{g}" for g in secgs)]))
         lines.append(
             f"add tcp-lb lb{i} address 127.0.0.1:0 upstream u-{u} event-loop-group {welg} "
             f"in-buffer-size {buf} out-buffer-size {buf * 2} timeout {draw(st.integers(1, 10**6))}"
+            + secg
         )
+    for i in range(draw(st.integers(0, 1))):
+        u = draw(st.sampled_from(ups))
+        flag = draw(st.sampled_from(["", " allow-non-backend", " deny-non-backend"]))
+        secg = draw(st.sampled_from(["", *(f" security-group sg-{g}" for g in secgs)]))
+        lines.append(f"add socks5-server s5-{i} address 127.0.0.1:0 upstream u-{u}{flag}{secg}")
     return lines
+
+
+CERTS: list[str] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _certs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    from tls_certs import CertAuthority
+
+    ca = CertAuthority(tmp_path_factory.mktemp("certs"))
+    leaf = ca.issue("a", ["a.test"])
+    CERTS[:] = [f"{leaf.cert},{ca.intermediate_path}", str(leaf.key)]
+    yield
+    CERTS.clear()
 
 
 @settings(

@@ -13,7 +13,10 @@ import logging
 import threading
 from typing import Any, Protocol
 
+from vproxy.app.socks5_server import Socks5Server
 from vproxy.app.tcp_lb import TcpLB
+from vproxy.component.cert_key import CertKey
+from vproxy.component.security_group import SecurityGroup
 from vproxy.component.server_group import ServerGroup
 from vproxy.component.upstream import Upstream
 from vproxy.net.event_loop import EventLoop, EventLoopGroup
@@ -64,6 +67,9 @@ class Application:
         self.upstreams: dict[str, Upstream] = {}
         self.server_groups: dict[str, ServerGroup] = {}
         self.tcp_lbs: dict[str, TcpLB] = {}
+        self.socks5_servers: dict[str, Socks5Server] = {}
+        self.security_groups: dict[str, SecurityGroup] = {}
+        self.cert_keys: dict[str, CertKey] = {}
         self.resp_controllers: dict[str, Controller] = {}
         self.http_controllers: dict[str, Controller] = {}
         self.shutdown_requested = threading.Event()
@@ -96,12 +102,19 @@ class Application:
         for lb in self.tcp_lbs.values():
             if lb.acceptor_elg is g or lb.worker_elg is g:
                 out.append(f"tcp-lb {lb.name}")
+        for s5 in self.socks5_servers.values():
+            if s5.acceptor_elg is g or s5.worker_elg is g:
+                out.append(f"socks5-server {s5.name}")
         for sg in self.server_groups.values():
             if sg.event_loop_group is g:
                 out.append(f"server-group {sg.name}")
         if name == CONTROL_ELG and (self.resp_controllers or self.http_controllers):
             out.append("the controllers")
         return out
+
+    def listeners(self) -> list[TcpLB | Socks5Server]:
+        """Every tcp-lb and socks5-server."""
+        return [*self.tcp_lbs.values(), *self.socks5_servers.values()]
 
     def upstreams_of_group(self, name: str) -> list[Upstream]:
         """The upstreams that hold the server group ``name``."""
@@ -120,6 +133,8 @@ class Application:
                 _log.exception("stopping controller %s", c.name)
         for lb in self.tcp_lbs.values():
             lb.stop(close_sessions=True)
+        for s5 in self.socks5_servers.values():
+            s5.stop(close_sessions=True)
         for sg in self.server_groups.values():
             sg.close()
         for g in self.event_loop_groups.values():

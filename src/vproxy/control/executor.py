@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from vproxy.app.socks5_server import Socks5Server, Socks5ServerError
 from vproxy.app.tcp_lb import (
     DEFAULT_BUFFER_SIZE,
     DEFAULT_TIMEOUT_MS,
@@ -29,7 +30,13 @@ from vproxy.app.tcp_lb import (
     TcpLB,
     TcpLBError,
 )
+from vproxy.component.cert_key import CertKey, CertKeyError
 from vproxy.component.health_check import HealthCheckConfig
+from vproxy.component.security_group import (
+    SecurityGroup,
+    SecurityGroupError,
+    SecurityGroupRule,
+)
 from vproxy.component.server_group import Method, Server, ServerGroup, ServerGroupError
 from vproxy.component.upstream import Upstream
 from vproxy.control.application import (
@@ -46,6 +53,7 @@ from vproxy.control.command import (
     ConflictError,
     InUseError,
     NotFoundError,
+    Ref,
     ResourceType,
     SystemCommand,
     SystemOp,
@@ -54,7 +62,7 @@ from vproxy.control.command import (
     parse,
     parse_words,
 )
-from vproxy.control.command.values import Address, NamePattern
+from vproxy.control.command.values import Address, NamePattern, PortRange
 from vproxy.control.persist import ConfigFileError, read_config, save_atomic
 from vproxy.control.reply import OK, Array, ErrorReply, Integer, Reply, String
 from vproxy.net.connection import Connection, Session
@@ -227,6 +235,29 @@ class Executor:
             raise NotFoundError(f"tcp-lb {name} not found")
         return lb
 
+    def _s5(self, name: str) -> Socks5Server:
+        s5 = self.app.socks5_servers.get(name)
+        if s5 is None:
+            raise NotFoundError(f"socks5-server {name} not found")
+        return s5
+
+    def _secg(self, name: str) -> SecurityGroup:
+        g = self.app.security_groups.get(name)
+        if g is None:
+            raise NotFoundError(f"security-group {name} not found")
+        return g
+
+    def _ck(self, name: str) -> CertKey:
+        ck = self.app.cert_keys.get(name)
+        if ck is None:
+            raise NotFoundError(f"cert-key {name} not found")
+        return ck
+
+    def _listener(self, t: ResourceType, name: str) -> TcpLB | Socks5Server:
+        if t is ResourceType.SOCKS5_SERVER:
+            return self._s5(name)
+        return self._lb(name)
+
     @staticmethod
     def _name(cmd: Command) -> str:
         if not isinstance(cmd.name, str):
@@ -294,9 +325,9 @@ class Executor:
     def _remove_ups(self, cmd: Command) -> Reply:
         name = self._name(cmd)
         u = self._ups(name)
-        users = [lb.name for lb in self.app.tcp_lbs.values() if lb.upstream is u]
+        users = [_kind(x) for x in self.app.listeners() if x.upstream is u]
         if users:
-            raise InUseError(f"upstream {name} is used by tcp-lb {', '.join(users)}")
+            raise InUseError(f"upstream {name} is used by {', '.join(users)}")
         del self.app.upstreams[name]
         return OK
 
@@ -402,11 +433,10 @@ class Executor:
     def _lb_refs(
         self, cmd: Command, lb: TcpLB | None
     ) -> tuple[Upstream | None, EventLoopGroup | None, EventLoopGroup | None]:
-        for p in ("security-group", "cert-key"):
-            if p in cmd.params:
-                raise UnsupportedError(
-                    f"tcp-lb parameter {p} is not available in this build of vproxy"
-                )
+        if "cert-key" in cmd.params:
+            raise UnsupportedError(
+                "tcp-lb parameter cert-key (TLS termination) is not available in this build"
+            )
         proto = cmd.params.get("protocol")
         if proto is not None and proto not in SUPPORTED_PROTOCOLS:
             raise UnsupportedError(
@@ -429,6 +459,12 @@ class Executor:
                 raise CommandError(f"event-loop-group {g.name} has no event-loop")
         return ups, aelg, welg
 
+    def _secg_param(self, cmd: Command) -> SecurityGroup | bool:
+        """The security-group parameter: a group, or False when not given."""
+        if "security-group" not in cmd.params:
+            return False
+        return self._secg(_str(cmd, "security-group", ""))
+
     def _add_lb(self, cmd: Command) -> Reply:
         name = self._name(cmd)
         if name in self.app.tcp_lbs:
@@ -436,6 +472,7 @@ class Executor:
         ups, aelg, welg = self._lb_refs(cmd, None)
         if ups is None or aelg is None or welg is None:
             raise CommandError("add tcp-lb needs upstream")
+        secg = self._secg_param(cmd)
         addr = cmd.params["address"]
         assert isinstance(addr, Address)
         try:
@@ -449,6 +486,7 @@ class Executor:
                 out_buffer_size=_int(cmd, "out-buffer-size", DEFAULT_BUFFER_SIZE),
                 timeout=_int(cmd, "timeout", DEFAULT_TIMEOUT_MS),
                 protocol=_str(cmd, "protocol", "tcp"),
+                security_group=secg if isinstance(secg, SecurityGroup) else None,
             )
         except TcpLBError as exc:
             raise CommandError(str(exc)) from exc
@@ -462,8 +500,10 @@ class Executor:
     def _update_lb(self, cmd: Command) -> Reply:
         lb = self._lb(self._name(cmd))
         ups, aelg, welg = self._lb_refs(cmd, lb)
+        secg = self._secg_param(cmd)
         try:
             lb.update(
+                security_group=secg,
                 upstream=ups,
                 acceptor_elg=aelg,
                 worker_elg=welg,
@@ -483,6 +523,146 @@ class Executor:
         lb.stop(close_sessions=cmd.action is Action.FORCE_REMOVE)
         return OK
 
+    # -- socks5-server -------------------------------------------------------------------
+    def _add_s5(self, cmd: Command) -> Reply:
+        name = self._name(cmd)
+        if name in self.app.socks5_servers:
+            raise ConflictError(f"socks5-server {name} already exists")
+        ups, aelg, welg = self._lb_refs(cmd, None)
+        if ups is None or aelg is None or welg is None:
+            raise CommandError("add socks5-server needs upstream")
+        secg = self._secg_param(cmd)
+        addr = cmd.params["address"]
+        assert isinstance(addr, Address)
+        try:
+            s5 = Socks5Server(
+                name,
+                (addr.host, addr.port),
+                ups,
+                acceptor_elg=aelg,
+                worker_elg=welg,
+                in_buffer_size=_int(cmd, "in-buffer-size", DEFAULT_BUFFER_SIZE),
+                out_buffer_size=_int(cmd, "out-buffer-size", DEFAULT_BUFFER_SIZE),
+                timeout=_int(cmd, "timeout", DEFAULT_TIMEOUT_MS),
+                security_group=secg if isinstance(secg, SecurityGroup) else None,
+                allow_non_backend="allow-non-backend" in cmd.flags,
+            )
+        except Socks5ServerError as exc:
+            raise CommandError(str(exc)) from exc
+        try:
+            s5.start()
+        except OSError as exc:
+            raise ConflictError(f"cannot listen on {_addr(addr)}: {exc.strerror or exc}") from exc
+        self.app.socks5_servers[name] = s5
+        return OK
+
+    def _update_s5(self, cmd: Command) -> Reply:
+        s5 = self._s5(self._name(cmd))
+        ups, aelg, welg = self._lb_refs(cmd, s5)  # type: ignore[arg-type]
+        if aelg is not None and aelg is not s5.acceptor_elg:
+            raise UnsupportedError("the acceptor-elg of a socks5-server cannot change")
+        secg = self._secg_param(cmd)
+        allow: bool | None = None
+        if "allow-non-backend" in cmd.flags:
+            allow = True
+        elif "deny-non-backend" in cmd.flags:
+            allow = False
+        try:
+            s5.update(
+                upstream=ups,
+                worker_elg=welg,
+                in_buffer_size=_opt_int(cmd, "in-buffer-size"),
+                out_buffer_size=_opt_int(cmd, "out-buffer-size"),
+                timeout=_opt_int(cmd, "timeout"),
+                security_group=secg,
+                allow_non_backend=allow,
+            )
+        except Socks5ServerError as exc:
+            raise CommandError(str(exc)) from exc
+        return OK
+
+    def _remove_s5(self, cmd: Command) -> Reply:
+        name = self._name(cmd)
+        s5 = self._s5(name)
+        del self.app.socks5_servers[name]
+        s5.stop(close_sessions=cmd.action is Action.FORCE_REMOVE)
+        return OK
+
+    # -- security-group / security-group-rule -------------------------------------------
+    def _add_secg(self, cmd: Command) -> Reply:
+        name = self._name(cmd)
+        if name in self.app.security_groups:
+            raise ConflictError(f"security-group {name} already exists")
+        default = _str(cmd, "default", "allow")
+        self.app.security_groups[name] = SecurityGroup(name, default_allow=default == "allow")
+        return OK
+
+    def _update_secg(self, cmd: Command) -> Reply:
+        g = self._secg(self._name(cmd))
+        if "default" in cmd.params:
+            g.set_default(_str(cmd, "default", "allow") == "allow")
+        return OK
+
+    def _remove_secg(self, cmd: Command) -> Reply:
+        name = self._name(cmd)
+        g = self._secg(name)
+        users = [_kind(x) for x in self.app.listeners() if x.security_group is g]
+        if users:
+            raise InUseError(f"security-group {name} is used by {', '.join(users)}")
+        del self.app.security_groups[name]
+        return OK
+
+    def _add_secgr(self, cmd: Command) -> Reply:
+        name, group = self._name(cmd), self._parent(cmd)
+        g = self._secg(group)
+        pr = cmd.params["port-range"]
+        try:
+            rule = SecurityGroupRule(
+                name,
+                str(cmd.params["network"]),
+                _str(cmd, "protocol", "TCP"),
+                pr.low,  # type: ignore[union-attr]
+                pr.high,  # type: ignore[union-attr]
+                allow=_str(cmd, "default", "deny") == "allow",
+            )
+            g.add_rule(rule)
+        except SecurityGroupError as exc:
+            raise (
+                ConflictError(str(exc)) if "exists" in str(exc) else CommandError(str(exc))
+            ) from exc
+        return OK
+
+    def _remove_secgr(self, cmd: Command) -> Reply:
+        name, group = self._name(cmd), self._parent(cmd)
+        g = self._secg(group)
+        try:
+            g.remove_rule(name)
+        except (KeyError, SecurityGroupError):
+            raise NotFoundError(
+                f"security-group-rule {name} not found in security-group {group}"
+            ) from None
+        return OK
+
+    # -- cert-key -------------------------------------------------------------------------
+    def _add_ck(self, cmd: Command) -> Reply:
+        name = self._name(cmd)
+        if name in self.app.cert_keys:
+            raise ConflictError(f"cert-key {name} already exists")
+        certs = cmd.params["cert"]
+        key = cmd.params["key"]
+        try:
+            ck = CertKey(name, [str(c) for c in certs], str(key))  # type: ignore[union-attr]
+        except CertKeyError as exc:
+            raise CommandError(str(exc)) from exc
+        self.app.cert_keys[name] = ck
+        return OK
+
+    def _remove_ck(self, cmd: Command) -> Reply:
+        name = self._name(cmd)
+        self._ck(name)
+        del self.app.cert_keys[name]
+        return OK
+
     # -- observables --------------------------------------------------------------------
     def _sessions_of(self, cmd: Command) -> list[Session]:
         """Sessions under the parent chain of an observable command."""
@@ -493,11 +673,11 @@ class Executor:
         if head.type is ResourceType.SERVER_SOCK:
             ps = ps[1:]
             head = ps[0]
-        if head.type is ResourceType.TCP_LB:
-            return list(self._lb(head.name).sessions)
+        if head.type in (ResourceType.TCP_LB, ResourceType.SOCKS5_SERVER):
+            return list(self._listener(head.type, head.name).sessions)
         if head.type is ResourceType.EVENT_LOOP:
             el = self._el(head.name, ps[1].name)
-            return [s for lb in self.app.tcp_lbs.values() for s in list(lb.sessions) if s.el is el]
+            return [s for lb in self.app.listeners() for s in list(lb.sessions) if s.el is el]
         if head.type is ResourceType.SERVER:
             srv = self._svr(head.name, ps[1].name)
             return [s for s in list(srv.sessions) if isinstance(s, Session)]
@@ -512,15 +692,15 @@ class Executor:
             out.append((_conn_name(s.back), s.back, s))
         return out
 
-    def _server_socks_of(self, cmd: Command) -> list[TcpLB]:
+    def _server_socks_of(self, cmd: Command) -> list[TcpLB | Socks5Server]:
         head = cmd.parents[0]
-        if head.type is ResourceType.TCP_LB:
-            return [self._lb(head.name)]
+        if head.type in (ResourceType.TCP_LB, ResourceType.SOCKS5_SERVER):
+            return [self._listener(head.type, head.name)]
         if head.type is ResourceType.EVENT_LOOP:
             el = self._el(head.name, cmd.parents[1].name)
             return [
                 lb
-                for lb in self.app.tcp_lbs.values()
+                for lb in self.app.listeners()
                 if lb.server_sock is not None and lb.server_sock.el is el
             ]
         raise UnsupportedError(f"server-sock in {head.type.value} is not available")
@@ -602,6 +782,14 @@ class Executor:
             objs = list(self._sg(self._parent(cmd)).servers)
         elif t is ResourceType.TCP_LB:
             objs = list(self.app.tcp_lbs.values())
+        elif t is ResourceType.SOCKS5_SERVER:
+            objs = list(self.app.socks5_servers.values())
+        elif t is ResourceType.SECURITY_GROUP:
+            objs = list(self.app.security_groups.values())
+        elif t is ResourceType.SECURITY_GROUP_RULE:
+            objs = list(self._secg(self._parent(cmd)).rules)
+        elif t is ResourceType.CERT_KEY:
+            objs = list(self.app.cert_keys.values())
         elif t is ResourceType.SERVER_SOCK:
             objs = [lb.server_sock for lb in self._server_socks_of(cmd) if lb.server_sock]
         elif t is ResourceType.CONNECTION:
@@ -682,8 +870,50 @@ class Executor:
                 "out-buffer-size": o.out_buffer_size,
                 "timeout": o.timeout,
                 "protocol": o.protocol,
+                "security-group": o.security_group.name if o.security_group else None,
                 "sessions": len(o.sessions),
                 "accepted": o.accepted,
+            }
+        if t is ResourceType.SOCKS5_SERVER:
+            assert isinstance(o, Socks5Server)
+            return {
+                "name": o.name,
+                "address": format_address(*o.address),
+                "upstream": o.upstream.name,
+                "acceptor-elg": o.acceptor_elg.name,
+                "event-loop-group": o.worker_elg.name,
+                "in-buffer-size": o.in_buffer_size,
+                "out-buffer-size": o.out_buffer_size,
+                "timeout": o.timeout,
+                "security-group": o.security_group.name if o.security_group else None,
+                "allow-non-backend": o.allow_non_backend,
+                "sessions": len(o.sessions),
+                "accepted": o.accepted,
+            }
+        if t is ResourceType.SECURITY_GROUP:
+            assert isinstance(o, SecurityGroup)
+            return {
+                "name": o.name,
+                "default": "allow" if o.default_allow else "deny",
+                "rules": [r.name for r in o.rules],
+            }
+        if t is ResourceType.SECURITY_GROUP_RULE:
+            assert isinstance(o, SecurityGroupRule)
+            return {
+                "name": o.name,
+                "network": str(o.network),
+                "protocol": o.protocol,
+                "port-range": f"{o.port_low},{o.port_high}",
+                "default": "allow" if o.allow else "deny",
+            }
+        if t is ResourceType.CERT_KEY:
+            assert isinstance(o, CertKey)
+            return {
+                "name": o.name,
+                "cert": list(o.cert_paths),
+                "key": o.key_path,
+                "names": list(o.names),
+                "not-after": o.not_after.isoformat(),
             }
         if t is ResourceType.SERVER_SOCK:
             return {
@@ -755,6 +985,39 @@ class Executor:
                         params={"weight": h.weight},
                     )
                 )
+        for secg in app.security_groups.values():
+            out.append(
+                Command(
+                    Action.ADD,
+                    ResourceType.SECURITY_GROUP,
+                    secg.name,
+                    params={"default": "allow" if secg.default_allow else "deny"},
+                )
+            )
+            for r in secg.rules:
+                out.append(
+                    Command(
+                        Action.ADD,
+                        ResourceType.SECURITY_GROUP_RULE,
+                        r.name,
+                        parents=(Ref(ResourceType.SECURITY_GROUP, secg.name),),
+                        params={
+                            "network": r.network,
+                            "protocol": r.protocol,
+                            "port-range": PortRange(r.port_low, r.port_high),
+                            "default": "allow" if r.allow else "deny",
+                        },
+                    )
+                )
+        for ck in app.cert_keys.values():
+            out.append(
+                Command(
+                    Action.ADD,
+                    ResourceType.CERT_KEY,
+                    ck.name,
+                    params={"cert": tuple(ck.cert_paths), "key": ck.key_path},
+                )
+            )
         for lb in app.tcp_lbs.values():
             host, port = lb.address
             params = {
@@ -767,7 +1030,26 @@ class Executor:
                 "timeout": lb.timeout,
                 "protocol": lb.protocol,
             }
+            if lb.security_group is not None:
+                params["security-group"] = lb.security_group.name
             out.append(Command(Action.ADD, ResourceType.TCP_LB, lb.name, params=params))
+        for s5 in app.socks5_servers.values():
+            host, port = s5.address
+            params = {
+                "address": Address(host, port),
+                "upstream": s5.upstream.name,
+                "acceptor-elg": s5.acceptor_elg.name,
+                "event-loop-group": s5.worker_elg.name,
+                "in-buffer-size": s5.in_buffer_size,
+                "out-buffer-size": s5.out_buffer_size,
+                "timeout": s5.timeout,
+            }
+            if s5.security_group is not None:
+                params["security-group"] = s5.security_group.name
+            flags = frozenset({"allow-non-backend" if s5.allow_non_backend else "deny-non-backend"})
+            out.append(
+                Command(Action.ADD, ResourceType.SOCKS5_SERVER, s5.name, params=params, flags=flags)
+            )
         return [format_command(c) for c in out]
 
     def load_lines(self, lines: Iterable[tuple[int, str]], source: str) -> None:
@@ -912,10 +1194,6 @@ def default_controller_factory(
 
 
 _UNSUPPORTED: dict[ResourceType, str] = {
-    ResourceType.SOCKS5_SERVER: "the socks5 server is not built yet",
-    ResourceType.SECURITY_GROUP: "security groups are not built yet",
-    ResourceType.SECURITY_GROUP_RULE: "security groups are not built yet",
-    ResourceType.CERT_KEY: "TLS termination is not built yet",
     ResourceType.SMART_GROUP_DELEGATE: "service discovery is not built yet",
     ResourceType.SMART_NODE_DELEGATE: "service discovery is not built yet",
 }
@@ -1004,6 +1282,10 @@ def _matches(pattern: str | NamePattern | None, name: str) -> bool:
     return pattern == name
 
 
+def _kind(x: TcpLB | Socks5Server) -> str:
+    return f"{'socks5-server' if isinstance(x, Socks5Server) else 'tcp-lb'} {x.name}"
+
+
 def _session_name(s: Session) -> str:
     return f"{_conn_name(s.front, s.client)}->{_conn_name(s.back)}"
 
@@ -1071,6 +1353,20 @@ def _handlers() -> dict[tuple[ResourceType, Action], Callable[[Executor, Command
         (R.TCP_LB, A.UPDATE): E._update_lb,
         (R.TCP_LB, A.REMOVE): E._remove_lb,
         (R.TCP_LB, A.FORCE_REMOVE): E._remove_lb,
+        (R.SOCKS5_SERVER, A.ADD): E._add_s5,
+        (R.SOCKS5_SERVER, A.UPDATE): E._update_s5,
+        (R.SOCKS5_SERVER, A.REMOVE): E._remove_s5,
+        (R.SOCKS5_SERVER, A.FORCE_REMOVE): E._remove_s5,
+        (R.SECURITY_GROUP, A.ADD): E._add_secg,
+        (R.SECURITY_GROUP, A.UPDATE): E._update_secg,
+        (R.SECURITY_GROUP, A.REMOVE): E._remove_secg,
+        (R.SECURITY_GROUP, A.FORCE_REMOVE): E._remove_secg,
+        (R.SECURITY_GROUP_RULE, A.ADD): E._add_secgr,
+        (R.SECURITY_GROUP_RULE, A.REMOVE): E._remove_secgr,
+        (R.SECURITY_GROUP_RULE, A.FORCE_REMOVE): E._remove_secgr,
+        (R.CERT_KEY, A.ADD): E._add_ck,
+        (R.CERT_KEY, A.REMOVE): E._remove_ck,
+        (R.CERT_KEY, A.FORCE_REMOVE): E._remove_ck,
         (R.CONNECTION, A.FORCE_REMOVE): E._force_remove_conn,
         (R.SESSION, A.FORCE_REMOVE): E._force_remove_sess,
         (R.DNS_CACHE, A.FORCE_REMOVE): E._force_remove_dns,
