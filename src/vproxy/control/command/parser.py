@@ -372,7 +372,13 @@ def parse_words(words: Sequence[str]) -> ParsedCommand:
             'force-remove), "man" or "System:"',
             position=1,
         )
-    if words[0].lower() == SYSTEM_PREFIX.lower():
+    first = words[0]
+    if first[: len(SYSTEM_PREFIX)].lower() == SYSTEM_PREFIX.lower() and first[
+        len(SYSTEM_PREFIX) :
+    ].strip(" "):
+        # `redis-cli "System: list config"` sends the prefix and the rest as one word.
+        return parse_words([SYSTEM_PREFIX, *first[len(SYSTEM_PREFIX) :].split(), *words[1:]])
+    if first.lower() == SYSTEM_PREFIX.lower():
         return _parse_system(_Words(words, 1))
     if words[0] in ("help", "man"):
         cur = _Words(words, 1)
