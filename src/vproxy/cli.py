@@ -257,6 +257,17 @@ def run_main(args: MainArgs) -> int:
     app = Application.create_default()
     executor = Executor(app, allow_system_in_non_stdio=args.allow_system)
     last = default_last_path()
+    # Handlers first: a SIGHUP during start-up must not kill the process.
+    hup = threading.Event()
+
+    def on_signal(signum: int) -> None:
+        if signum == signal.SIGHUP:
+            hup.set()
+        else:
+            app.shutdown_requested.set()
+
+    _install_signals(on_signal)
+
     try:
         files = [Path(f) for f in args.load]
         if not files and not args.no_load_last and last.exists():
@@ -287,21 +298,15 @@ def run_main(args: MainArgs) -> int:
         except CommandError as exc:
             _log.error("autosave failed: %s", exc.message)
 
-    hup = threading.Event()
-
-    def on_signal(signum: int) -> None:
-        if signum == signal.SIGHUP:
-            hup.set()
-        else:
-            app.shutdown_requested.set()
-
-    _install_signals(on_signal)
     stdio = None
     if not args.no_stdio and _stdin_is_console():
         from vproxy.control.stdio import StdIOController
 
-        # A bad byte must not make the text layer drop a whole buffer of lines.
-        stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
+        # Our own reader on a copy of fd 0: the console thread may sit in readline()
+        # when we exit, and the interpreter must not try to close a reader that
+        # thread holds (it aborts). A bad byte must not drop a buffer of lines.
+        raw = io.FileIO(os.dup(sys.stdin.fileno()), "rb")
+        stdin = io.TextIOWrapper(io.BufferedReader(raw), encoding="utf-8", errors="replace")
         stdio = StdIOController(executor, stdin, sys.stdout, on_eof=None)
         stdio.start()
     for kind, table in (("resp", app.resp_controllers), ("http", app.http_controllers)):
@@ -318,9 +323,15 @@ def run_main(args: MainArgs) -> int:
             save("hourly")
             next_save = time.monotonic() + AUTOSAVE_SECONDS
     save("shutdown")
+    app.close()
     if stdio is not None:
         stdio.stop()
-    app.close()
+        if stdio.running:
+            # The console thread is blocked reading stdin and cannot be woken: leave
+            # without the interpreter's clean-up, everything of ours is closed.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
     return 0
 
 
@@ -434,11 +445,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     words: list[str] = ns.words
     try:
-        if words[0] == "hello":
+        if words and words[0] == "hello":
             if words[1:] not in ([], ["once"]):
                 raise UsageError("hello takes only the word once")
             return run_hello(once=bool(words[1:]))
-        if words[0] == "simple":
+        if words and words[0] == "simple":
             return run_simple(parse_simple(words[1:]))
         return run_main(parse_main(words))
     except UsageError as exc:
