@@ -1,8 +1,10 @@
 """Command-line entry point: ``vproxy`` and ``python -m vproxy`` (SPEC §3.4).
 
 Owns: reading the start-up words (``hello``, ``simple bind PORT backend H:P,...``),
-starting what they name, and waiting for a signal to stop. The words follow the
-original's style (``key value`` pairs, no dashes).
+starting what they name (and the access log, ``accessLog PATH|stdout``), saying in one
+line what runs where, and waiting for a signal to stop. A start-up error is one line
+on stderr and a non-zero exit (2: wrong words, 1: could not start). The words follow
+the original's style (``key value`` pairs, no dashes).
 
 Must not: hold global state at import time or reach into components' internals.
 """
@@ -24,11 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vproxy.app.access_log import STDOUT, AccessLog
 from vproxy.app.tcp_lb import DEFAULT_BUFFER_SIZE, DEFAULT_TIMEOUT_MS, start_tcp_lb
 from vproxy.component.health_check import HealthCheckConfig
 from vproxy.control.application import Application
 from vproxy.control.command import CommandError
 from vproxy.control.executor import Executor, Origin
+from vproxy.control.metrics import listener_kind
 from vproxy.net.event_loop import EventLoopGroup, loop_kind
 from vproxy.net.server_sock import format_address, parse_address
 
@@ -53,6 +57,32 @@ class SimpleArgs:
     in_buffer_size: int = DEFAULT_BUFFER_SIZE
     out_buffer_size: int = DEFAULT_BUFFER_SIZE
     timeout: int = DEFAULT_TIMEOUT_MS
+    access_log: str | None = None
+
+
+_ACCESS_LOG_WORDS = ("accessLog", "accesslog")
+
+
+def _access_log_word(words: list[str], i: int) -> str | None:
+    """The value of ``accessLog PATH|stdout|off``: a destination, or None for off."""
+    if i + 1 >= len(words) or not words[i + 1]:
+        raise UsageError(f"{words[i]} needs a file path, stdout or off")
+    value = words[i + 1]
+    return None if value == "off" else value
+
+
+def _open_access_log(destination: str | None) -> AccessLog | None:
+    """Open the access log, or raise :class:`StartError` with one clear line."""
+    if destination is None:
+        return None
+    try:
+        return AccessLog(destination)
+    except OSError as exc:
+        raise StartError(f"cannot open access log {destination}: {exc.strerror or exc}") from None
+
+
+class StartError(Exception):
+    """Something named by the start-up words could not be started (exit code 1)."""
 
 
 def _int_word(words: list[str], i: int, key: str, low: int, high: int) -> int:
@@ -107,10 +137,13 @@ def parse_simple(words: list[str]) -> SimpleArgs:
         elif w == "gen":
             args.gen = True
             i += 1
+        elif w in _ACCESS_LOG_WORDS:
+            args.access_log = _access_log_word(words, i)
+            i += 2
         else:
             raise UsageError(
                 f"unexpected word {w!r}: expected bind, backend, address, protocol, "
-                "in-buffer-size, out-buffer-size, timeout or gen"
+                "in-buffer-size, out-buffer-size, timeout, accesslog or gen"
             )
     if not have_bind:
         raise UsageError("simple needs bind PORT")
@@ -138,8 +171,15 @@ def simple_config(args: SimpleArgs) -> str:
 
 
 def build_simple(args: SimpleArgs) -> tuple[Application, Executor]:
-    """An application running what ``simple`` describes (closed again on error)."""
+    """An application running what ``simple`` describes (closed again on error).
+
+    Raises:
+        CommandError: The configuration could not be applied (e.g. port in use).
+        StartError: The access log could not be opened.
+    """
+    log = _open_access_log(args.access_log)
     app = Application.create_default()
+    app.set_access_log(log)
     executor = Executor(app)
     try:
         executor.load_lines(enumerate(simple_config(args).splitlines(), 1), "simple")
@@ -157,9 +197,17 @@ def _install_signals(on_signal: Callable[[int], None]) -> None:
         signal.signal(sig, handler)
 
 
-def _wait_for_signal() -> int:
+def _wait_for_signal(on_hup: Callable[[], None] | None = None) -> int:
+    """Wait for SIGINT/SIGTERM (and SIGHUP, unless ``on_hup`` handles it)."""
     stop = threading.Event()
-    _install_signals(lambda signum: stop.set())
+
+    def on_signal(signum: int) -> None:
+        if signum == signal.SIGHUP and on_hup is not None:
+            on_hup()
+        else:
+            stop.set()
+
+    _install_signals(on_signal)
     while not stop.wait(3600):
         pass
     return 0
@@ -173,7 +221,10 @@ def run_simple(args: SimpleArgs) -> int:
     try:
         app, _ = build_simple(args)
     except CommandError as exc:
-        print(f"vproxy: {exc.message}", file=sys.stderr)
+        # The user typed no config lines: say what failed, not which generated line.
+        cause = exc.__cause__
+        message = cause.message if isinstance(cause, CommandError) else exc.message
+        print(f"vproxy: {message}", file=sys.stderr)
         return 1
     lb = app.tcp_lbs["lb0"]
     print(
@@ -182,9 +233,17 @@ def run_simple(args: SimpleArgs) -> int:
         + f" ({loop_kind()})",
         flush=True,
     )
-    rc = _wait_for_signal()
+    log = app.access_log
+    if log is not None:
+        _say_access_log(log)
+    rc = _wait_for_signal(log.reopen if log is not None else None)
     app.close()
     return rc
+
+
+def _say_access_log(log: AccessLog) -> None:
+    where = "standard output" if log.destination == STDOUT else log.destination
+    print(f"vproxy: access log (JSON lines) -> {where}; SIGHUP reopens it", flush=True)
 
 
 @dataclass(slots=True)
@@ -198,6 +257,7 @@ class MainArgs:
     no_save: bool = False
     no_stdio: bool = False
     allow_system: bool = False
+    access_log: str | None = None
 
 
 _FLAG_WORDS = {
@@ -238,14 +298,16 @@ def parse_main(words: list[str]) -> MainArgs:
         elif w == "http-controller":
             args.http_controller = address(value("ADDRESS"))
             i += 2
+        elif w in _ACCESS_LOG_WORDS:
+            args.access_log = _access_log_word(words, i)
+            i += 2
         elif w in _FLAG_WORDS:
             setattr(args, _FLAG_WORDS[w], True)
             i += 1
         else:
             raise UsageError(
                 f"unexpected word {w!r}: expected load, resp-controller, http-controller, "
-                + ", ".join(_FLAG_WORDS)
-                + ", simple or hello"
+                "accessLog, " + ", ".join(_FLAG_WORDS) + ", simple or hello"
             )
     return args
 
@@ -254,7 +316,9 @@ def run_main(args: MainArgs) -> int:
     """Run a full vproxy process until shutdown or a signal."""
     from vproxy.control.persist import ConfigFileError, default_last_path, read_config
 
+    log = _open_access_log(args.access_log)
     app = Application.create_default()
+    app.set_access_log(log)  # before anything is loaded: every listener logs
     executor = Executor(app, allow_system_in_non_stdio=args.allow_system)
     last = default_last_path()
     # Handlers first: a SIGHUP during start-up must not kill the process.
@@ -298,6 +362,20 @@ def run_main(args: MainArgs) -> int:
         except CommandError as exc:
             _log.error("autosave failed: %s", exc.message)
 
+    for lb in app.listeners():
+        print(
+            f"vproxy: {listener_kind(lb)} {lb.name} listening on {format_address(*lb.address)}",
+            flush=True,
+        )
+    for kind, table in (("resp", app.resp_controllers), ("http", app.http_controllers)):
+        for c in table.values():
+            where = format_address(*c.address)
+            extra = ""
+            if kind == "http":
+                extra = f"; dashboard http://{where}/ui/, metrics http://{where}/metrics"
+            print(f"vproxy: {kind}-controller listening on {where}{extra}", flush=True)
+    if log is not None:
+        _say_access_log(log)
     stdio = None
     if not args.no_stdio and _stdin_is_console():
         from vproxy.control.stdio import StdIOController
@@ -309,15 +387,12 @@ def run_main(args: MainArgs) -> int:
         stdin = io.TextIOWrapper(io.BufferedReader(raw), encoding="utf-8", errors="replace")
         stdio = StdIOController(executor, stdin, sys.stdout, on_eof=None)
         stdio.start()
-    for kind, table in (("resp", app.resp_controllers), ("http", app.http_controllers)):
-        for c in table.values():
-            print(
-                f"vproxy: {kind}-controller listening on {format_address(*c.address)}", flush=True
-            )
     next_save = time.monotonic() + AUTOSAVE_SECONDS
     while not app.shutdown_requested.wait(0.5):
         if hup.is_set():
             hup.clear()
+            if log is not None:
+                log.reopen()
             save("SIGHUP")
         if time.monotonic() >= next_save:
             save("hourly")
@@ -422,11 +497,12 @@ def _build_parser() -> argparse.ArgumentParser:
         epilog=(
             "commands:\n"
             "  [load FILE]... [resp-controller ADDR PASSWORD] [http-controller ADDR]\n"
-            "         [noLoadLast] [noSave] [noStdIOController]\n"
+            "         [accessLog PATH|stdout] [noLoadLast] [noSave] [noStdIOController]\n"
             "         [allowSystemCommandInNonStdIOController]   run vproxy\n"
             "  hello [once]                      demo: backends + tcp-lb + client\n"
             "  simple bind PORT backend H:P[,H:P...] [address IP] [protocol P]\n"
-            "         [in-buffer-size N] [out-buffer-size N] [timeout MS] [gen]\n"
+            "         [in-buffer-size N] [out-buffer-size N] [timeout MS]\n"
+            "         [accesslog PATH|stdout] [gen]\n"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -455,5 +531,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"vproxy: {exc}", file=sys.stderr)
         return 2
+    except StartError as exc:
+        print(f"vproxy: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130

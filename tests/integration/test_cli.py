@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 from helpers import ROOT, Backend, LoopThread, id_handler, read_ident, vproxy_process, wait_until
 from vproxy.cli import build_simple, parse_simple
@@ -98,3 +100,34 @@ def test_missing_load_file_refuses_to_start(tmp_path: object) -> None:
     assert out.returncode == 1
     assert "/nonexistent/vproxy.conf" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_more_startup_errors_are_one_line_with_exit_1(tmp_path: Path) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    conf = tmp_path / "bad-cert.conf"
+    conf.write_text(f"add cert-key ck cert {tmp_path}/missing.pem key {tmp_path}/missing.key\n")
+    try:
+        cases = [
+            (
+                ["simple", "bind", str(port), "address", "127.0.0.1", "backend", "127.0.0.1:1"],
+                f"vproxy: cannot listen on 127.0.0.1:{port}: Address already in use",
+            ),
+            (
+                ["http-controller", f"127.0.0.1:{port}", "noLoadLast", "noSave"],
+                f"vproxy: cannot listen on 127.0.0.1:{port}: Address already in use",
+            ),
+            (
+                ["load", str(conf), "noSave", "noStdIOController"],
+                f"vproxy: {conf}:1: cert-key ck: cannot read certificate file "
+                f"{tmp_path}/missing.pem: No such file or directory (lines before it were applied)",
+            ),
+        ]
+        for words, line in cases:
+            out = run_vproxy(*words)
+            assert out.returncode == 1, out
+            assert out.stderr.strip() == line
+    finally:
+        taken.close()

@@ -403,16 +403,36 @@ def test_dns_cache(client: Client) -> None:
 
 
 UNSUPPORTED = [
-    ("socks5-server", {"name": "s5", "address": "127.0.0.1:0", "upstream": "u0"}),
-    ("security-group", {"name": "sg0", "default": "deny"}),
-    ("cert-key", {"name": "ck0", "cert": ["/nonexistent.pem"], "key": "/nonexistent.key"}),
     ("smart-group-delegate", {"name": "d0", "service": "svc", "zone": "z", "server-group": "g"}),
     ("smart-node-delegate", {"name": "n0", "service": "svc", "zone": "z", "port": 80, "nic": "lo"}),
-    (
-        "security-group/sg0/security-group-rule",
-        {"name": "r0", "network": "10.0.0.0/8", "port-range": "22,22", "default": "deny"},
-    ),
 ]
+
+
+def test_security_group_socks5_and_cert_key_crud(client: Client) -> None:
+    client.ok("POST", f"{M}/security-group", {"name": "sg0", "default": "deny"})
+    assert client.ok("GET", f"{M}/security-group/sg0")["default"] == "deny"
+    client.ok("PUT", f"{M}/security-group/sg0", {"default": "allow"})
+    assert client.ok("GET", f"{M}/security-group/sg0")["default"] == "allow"
+    rule = {"name": "r0", "network": "10.0.0.0/8", "port-range": "22,22", "default": "deny"}
+    client.ok("POST", f"{M}/security-group/sg0/security-group-rule", rule)
+    assert client.ok("GET", f"{M}/security-group/sg0/security-group-rule") == ["r0"]
+    client.error("POST", f"{M}/security-group/sg0/security-group-rule", rule, status=409)
+    client.ok("POST", f"{M}/upstream", {"name": "u0"})
+    s5 = {"name": "s5", "address": "127.0.0.1:0", "upstream": "u0", "security-group": "sg0"}
+    client.ok("POST", f"{M}/socks5-server", s5)
+    detail = client.ok("GET", f"{M}/socks5-server/s5")
+    assert detail["security-group"] == "sg0"
+    assert detail["allow-non-backend"] is False
+    client.ok("PUT", f"{M}/socks5-server/s5", {"timeout": 5000})
+    assert client.ok("GET", f"{M}/socks5-server/s5")["timeout"] == 5000
+    client.error("DELETE", f"{M}/security-group/sg0", status=409)  # in use by s5
+    client.ok("DELETE", f"{M}/socks5-server/s5")
+    client.ok("DELETE", f"{M}/security-group/sg0/security-group-rule/r0")
+    client.ok("DELETE", f"{M}/security-group/sg0")
+    bad_ck = {"name": "ck0", "cert": ["/nonexistent.pem"], "key": "/nonexistent.key"}
+    message = client.error("POST", f"{M}/cert-key", bad_ck, status=400)
+    assert "/nonexistent.pem" in message
+    assert client.ok("GET", f"{M}/cert-key") == []
 
 
 @pytest.mark.parametrize(("path", "body"), UNSUPPORTED, ids=[p for p, _ in UNSUPPORTED])
@@ -439,7 +459,7 @@ def test_all_is_structured(client: Client) -> None:
     assert [(g["name"], g["weight"]) for g in attached] == [("g0", 4)]
     assert everything["server-group"][0]["children"]["server"][0]["name"] == "s0"
     assert {e["name"] for e in everything["event-loop-group"]} >= {"(worker-elg)"}
-    assert "socks5-server" not in everything  # not in this build
+    assert everything["socks5-server"] == []
     client.error("POST", f"{M}/all", {}, status=405, valid=False)
     client.error("GET", f"{M}/all?x=1", status=400)
 

@@ -5,7 +5,8 @@ optional RFC 1929 username/password): the handshake is parsed by the sans-IO
 :mod:`vproxy.processor.socks5`, the target is checked against the policy
 (``deny-non-backend``: only servers of the upstream, matched by address or by the
 hint rule for domain names; ``allow-non-backend``: anything), connected, and then the
-connection becomes the same bounded relay as a tcp-lb session.
+connection becomes the same bounded relay as a tcp-lb session. Each ended session is
+handed to the access log when one is set.
 
 The security group is applied when a connection is accepted, before any byte is read.
 The handshake has a deadline: a client that stays silent or sends half a request is
@@ -24,6 +25,7 @@ import socket
 import threading
 from typing import Any, cast
 
+from vproxy.app.access_log import AcceptClock, AccessLog
 from vproxy.component.security_group import SecurityGroup
 from vproxy.component.server_group import Server
 from vproxy.component.upstream import Upstream
@@ -101,6 +103,9 @@ class Socks5Server:
         self._stats_lock = threading.Lock()
         self.closed_bytes_from_client = 0
         self.closed_bytes_from_server = 0
+        # Access log (off unless set): accept times and targets by client address.
+        self.access_log: AccessLog | None = None
+        self._accept_clock = AcceptClock()
 
     def __repr__(self) -> str:
         return f"Socks5Server({self.name!r}, {format_address(*self.address)})"
@@ -193,6 +198,8 @@ class Socks5Server:
             self.denied += 1
             sock.close()  # before reading a single byte
             return
+        if self.access_log is not None:
+            self._accept_clock.accepted(addr)
         try:
             el = self.worker_elg.next()
         except EventLoopError:
@@ -231,6 +238,19 @@ class Socks5Server:
         if isinstance(server, Server):
             server.session_closed(session, session.back.bytes_in, session.front.bytes_in)
         session.el.session_done()
+        log = self.access_log
+        if log is not None:
+            duration, target = self._accept_clock.pop(session.client)
+            log.session_ended(
+                "socks5-server",
+                self.name,
+                session.client,
+                server if isinstance(server, Server) else None,
+                target,
+                session.front.bytes_in,
+                session.back.bytes_in,
+                duration,
+            )
 
     def check_user(self, user: bytes, password: bytes) -> bool:
         """RFC 1929 check, in constant time for the password."""
@@ -355,6 +375,8 @@ class _Handshake(asyncio.Protocol):
         session.server = backend
         if backend is not None:
             backend.session_opened(session)
+        if server.access_log is not None:
+            server._accept_clock.target(session.client, format_address(req.host, req.port))
         bound = back.transport.get_extra_info("sockname") if back.transport else None
         self.proc.accept(*(bound[:2] if bound else ("0.0.0.0", 0)))
         self.transport.write(self.proc.data_to_send())

@@ -3,7 +3,8 @@
 Owns: one listener (``address``) served by an acceptor event-loop group, whose
 connections are relayed by worker loops to servers of an upstream; its options
 (buffer sizes, idle timeout, protocol, upstream, loop groups) which may all change
-while it runs, except the address. Removing (stopping) a tcp-lb stops accepting;
+while it runs, except the address; handing each ended session to the access log
+when one is set. Removing (stopping) a tcp-lb stops accepting;
 sessions already running finish by themselves.
 
 Must not: parse commands; the control plane calls this API.
@@ -17,6 +18,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
+from vproxy.app.access_log import AcceptClock, AccessLog
 from vproxy.component.health_check import HealthCheckConfig
 from vproxy.component.proxy import Proxy
 from vproxy.component.security_group import SecurityGroup
@@ -82,6 +84,9 @@ class TcpLB:
         self._stats_lock = threading.Lock()
         self.closed_bytes_from_client = 0
         self.closed_bytes_from_server = 0
+        # Access log (off unless set): accept times by client address, for durations.
+        self.access_log: AccessLog | None = None
+        self._accept_clock = AcceptClock()
 
     def _on_accept(self, sock: socket.socket, addr: Any) -> None:
         secg = self.security_group
@@ -89,12 +94,27 @@ class TcpLB:
             self.denied += 1
             sock.close()  # before reading a single byte, and no backend connection
             return
+        if self.access_log is not None:
+            self._accept_clock.accepted(addr)
         self.proxy.on_accept(sock, addr)
 
     def _count_closed(self, session: Session) -> None:
         with self._stats_lock:
             self.closed_bytes_from_client += session.front.bytes_in
             self.closed_bytes_from_server += session.back.bytes_in
+        log = self.access_log
+        if log is not None:
+            duration, _ = self._accept_clock.pop(session.client)
+            log.session_ended(
+                "tcp-lb",
+                self.name,
+                session.client,
+                session.server,
+                None,
+                session.front.bytes_in,
+                session.back.bytes_in,
+                duration,
+            )
 
     @property
     def bytes_from_clients(self) -> int:

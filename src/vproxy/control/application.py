@@ -2,7 +2,9 @@
 
 Owns: the name → object maps of everything the command language manages (event-loop
 groups, upstreams, server groups, tcp-lbs, controllers), the default resources made at
-start, byte totals of ended sessions per tcp-lb, and closing everything in order.
+start, byte totals of ended sessions per tcp-lb, the process-wide access log and
+health history (:class:`~vproxy.control.metrics.HealthBook`), and closing everything
+in order.
 
 Must not: parse or validate commands (the executor does) or do socket work itself.
 """
@@ -13,12 +15,14 @@ import logging
 import threading
 from typing import Any, Protocol
 
+from vproxy.app.access_log import AccessLog
 from vproxy.app.socks5_server import Socks5Server
 from vproxy.app.tcp_lb import TcpLB
 from vproxy.component.cert_key import CertKey
 from vproxy.component.security_group import SecurityGroup
 from vproxy.component.server_group import ServerGroup
 from vproxy.component.upstream import Upstream
+from vproxy.control.metrics import HealthBook
 from vproxy.net.event_loop import EventLoop, EventLoopGroup
 
 __all__ = [
@@ -73,6 +77,9 @@ class Application:
         self.resp_controllers: dict[str, Controller] = {}
         self.http_controllers: dict[str, Controller] = {}
         self.shutdown_requested = threading.Event()
+        self.health_book = HealthBook()
+        # Set at start-up (``accessLog``); listeners created later get it too.
+        self.access_log: AccessLog | None = None
         self._closed = False
 
     @classmethod
@@ -112,6 +119,12 @@ class Application:
             out.append("the controllers")
         return out
 
+    def set_access_log(self, log: AccessLog | None) -> None:
+        """Use ``log`` for every listener, present and future (None: off)."""
+        self.access_log = log
+        for lb in self.listeners():
+            lb.access_log = log
+
     def listeners(self) -> list[TcpLB | Socks5Server]:
         """Every tcp-lb and socks5-server."""
         return [*self.tcp_lbs.values(), *self.socks5_servers.values()]
@@ -139,3 +152,5 @@ class Application:
             sg.close()
         for g in self.event_loop_groups.values():
             g.close()
+        if self.access_log is not None:
+            self.access_log.close()  # after the loops: the last sessions are logged

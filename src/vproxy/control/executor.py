@@ -3,7 +3,8 @@
 Owns: what each (resource type, action) does, the checks that come before any change
 (every reference exists, nothing in use is removed, values fit), the typed replies,
 the current configuration as a replayable command list (``list config``), the
-``System:`` commands and who may run them.
+``System:`` commands and who may run them, and the read-only views the HTTP
+controller serves (:meth:`Executor.status`, :meth:`Executor.metrics_text`).
 
 All-or-nothing: a handler checks everything it needs first and changes state only
 afterwards, so an error reply means nothing changed. Commands run one at a time
@@ -15,6 +16,7 @@ Must not: do socket I/O itself (components do), or know how a controller speaks.
 from __future__ import annotations
 
 import enum
+import itertools
 import json
 import logging
 import re
@@ -63,8 +65,9 @@ from vproxy.control.command import (
     parse_words,
 )
 from vproxy.control.command.values import Address, NamePattern, PortRange
+from vproxy.control.metrics import AppCollector, listener_kind, render_metrics, status_snapshot
 from vproxy.control.persist import ConfigFileError, read_config, save_atomic
-from vproxy.control.reply import OK, Array, ErrorReply, Integer, Reply, String
+from vproxy.control.reply import OK, Array, ErrorReply, Integer, JsonValue, Reply, String
 from vproxy.net.connection import Connection, Session
 from vproxy.net.event_loop import EventLoop, EventLoopError, EventLoopGroup
 from vproxy.net.server_sock import format_address
@@ -74,6 +77,9 @@ __all__ = ["Executor", "Origin", "UnsupportedError"]
 _log = logging.getLogger("vproxy.control")
 
 Detail = dict[str, Any]
+
+MAX_STATUS_SESSIONS = 200
+"""Sessions listed in :meth:`Executor.status` (the total is always given)."""
 
 
 class Origin(enum.Enum):
@@ -132,6 +138,7 @@ class Executor:
         self.app = app
         self.allow_system_in_non_stdio = allow_system_in_non_stdio
         self.controller_factory = controller_factory or default_controller_factory
+        self._collector = AppCollector(app)
 
     # -- entry points -----------------------------------------------------------------
     def execute_line(self, line: str, origin: Origin) -> Reply:
@@ -172,6 +179,47 @@ class Executor:
         with self.app.lock:
             items = self._select(cmd)
             return [self._describe(cmd.type, obj) for obj in items]
+
+    def status(self) -> dict[str, JsonValue]:
+        """What the dashboard shows (``/api/v1/status``): read-only, read now.
+
+        :func:`~vproxy.control.metrics.status_snapshot` plus up to
+        :data:`MAX_STATUS_SESSIONS` live sessions (``sessions_total`` counts them all),
+        each with the name of its client connection, as ``force-remove connection``
+        takes it.
+        """
+        with self.app.lock:
+            snap = status_snapshot(self.app)
+            sessions: list[JsonValue] = []
+            total = 0
+            for lb in self.app.listeners():
+                live = list(lb.sessions)
+                total += len(live)
+                room = MAX_STATUS_SESSIONS - len(sessions)
+                for sess in sorted(itertools.islice(live, max(room, 0)), key=lambda x: x.id):
+                    server = sess.server
+                    sessions.append(
+                        {
+                            "id": sess.id,
+                            "listener_kind": listener_kind(lb),
+                            "listener": lb.name,
+                            "client": _addr(sess.client[:2]),
+                            "connection": _conn_name(sess.front, sess.client),
+                            "server": server.name if server is not None else None,
+                            "group": server.group.name
+                            if server is not None and server.group is not None
+                            else None,
+                            "bytes_in": sess.front.bytes_in,
+                            "bytes_out": sess.back.bytes_in,
+                        }
+                    )
+            snap["sessions"] = sessions
+            snap["sessions_total"] = total
+            return snap
+
+    def metrics_text(self) -> bytes:
+        """The Prometheus text exposition (``/metrics``)."""
+        return render_metrics(self._collector)
 
     def run_or_raise(self, cmd: Command | SystemCommand, origin: Origin) -> Reply:
         """Like :meth:`execute` but raises :class:`CommandError` on failure."""
@@ -354,6 +402,7 @@ class Executor:
             annotations=_annotations(cmd),
         )
         self.app.server_groups[name] = g
+        self.app.health_book.watch(g)
         return OK
 
     def _update_sg(self, cmd: Command) -> Reply:
@@ -394,6 +443,7 @@ class Executor:
         for u in holders:
             u.remove(name)
         del self.app.server_groups[name]
+        self.app.health_book.unwatch(g)
         g.close()
         return OK
 
@@ -406,9 +456,10 @@ class Executor:
         if name in {s.name for s in g.servers}:
             raise ConflictError(f"server {name} already exists in server-group {group}")
         try:
-            g.add(name, (addr.host, addr.port), weight=_int(cmd, "weight", 10))
+            server = g.add(name, (addr.host, addr.port), weight=_int(cmd, "weight", 10))
         except ServerGroupError as exc:
             raise CommandError(str(exc)) from exc
+        self.app.health_book.server_added(server)
         return OK
 
     def _update_svr(self, cmd: Command) -> Reply:
@@ -417,7 +468,9 @@ class Executor:
         if "weight" in cmd.params:
             s_group = s.group
             assert s_group is not None
+            old = s.weight
             s_group.update_server(name, weight=_int(cmd, "weight", s.weight))
+            self.app.health_book.weight_changed(s, old, s.weight)
         return OK
 
     def _remove_svr(self, cmd: Command) -> Reply:
@@ -490,6 +543,7 @@ class Executor:
             )
         except TcpLBError as exc:
             raise CommandError(str(exc)) from exc
+        lb.access_log = self.app.access_log
         try:
             lb.start()
         except OSError as exc:
@@ -549,6 +603,7 @@ class Executor:
             )
         except Socks5ServerError as exc:
             raise CommandError(str(exc)) from exc
+        s5.access_log = self.app.access_log
         try:
             s5.start()
         except OSError as exc:
@@ -615,6 +670,8 @@ class Executor:
     def _add_secgr(self, cmd: Command) -> Reply:
         name, group = self._name(cmd), self._parent(cmd)
         g = self._secg(group)
+        if any(r.name == name for r in g.rules):
+            raise ConflictError(f"security-group-rule {name} already exists in {group}")
         pr = cmd.params["port-range"]
         try:
             rule = SecurityGroupRule(
@@ -627,9 +684,7 @@ class Executor:
             )
             g.add_rule(rule)
         except SecurityGroupError as exc:
-            raise (
-                ConflictError(str(exc)) if "exists" in str(exc) else CommandError(str(exc))
-            ) from exc
+            raise CommandError(str(exc)) from exc
         return OK
 
     def _remove_secgr(self, cmd: Command) -> Reply:

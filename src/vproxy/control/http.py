@@ -10,6 +10,11 @@ the same command typed on the console would be. It also owns the limits on what 
 client may send (body size, JSON nesting, content type, bearer token) and the JSON
 error bodies ``{"code": HTTP status, "message": text}`` every refusal gets.
 
+Besides the API it serves what an operator watches: ``/metrics`` (Prometheus text,
+same token as the API), ``/api/v1/status`` (the dashboard's JSON) and the dashboard
+itself, static files under ``/ui/`` (no token: the page holds no data and asks for
+the token when the API answers 401).
+
 Must not: change state other than through the executor, run ``System:`` commands
 other than the read-only ``list config`` (the executor refuses privileged ones from
 :attr:`Origin.HTTP <vproxy.control.executor.Origin>` too), or log the token.
@@ -20,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import difflib
 import hmac
+import importlib.resources
 import json
 import logging
 import re
@@ -57,6 +63,7 @@ from vproxy.control.command.grammar import (
     Preposition,
 )
 from vproxy.control.executor import Origin
+from vproxy.control.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from vproxy.control.openapi import (
     API_PREFIX,
     MODULE_PREFIX,
@@ -75,6 +82,9 @@ from vproxy.net.server_sock import bind_listener
 __all__ = [
     "MAX_BODY",
     "MAX_JSON_DEPTH",
+    "METRICS_PATH",
+    "STATUS_PATH",
+    "UI_PREFIX",
     "HttpController",
     "HttpError",
     "HttpExecutor",
@@ -92,6 +102,23 @@ MAX_BODY: Final = 1024 * 1024
 MAX_JSON_DEPTH: Final = 4
 """Deepest nesting of arrays/objects accepted in a body (the grammar needs 2)."""
 
+METRICS_PATH: Final = "/metrics"
+STATUS_PATH: Final = API_PREFIX + "/status"
+UI_PREFIX: Final = "/ui/"
+_UI_FILES: Final = {
+    "index.html": "text/html",
+    "style.css": "text/css",
+    "app.js": "text/javascript",
+}
+# The page loads only its own files and talks only to this origin.
+_UI_HEADERS: Final = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
 _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 10.0
 _SHUTDOWN_GRACE = 2.0
@@ -107,6 +134,12 @@ class HttpExecutor(Protocol):
 
     def detail(self, cmd: Command) -> Sequence[Mapping[str, object]]:
         """Structured ``list-detail``; raises :class:`CommandError`."""
+
+    def status(self) -> dict[str, JsonValue]:
+        """The dashboard's status JSON."""
+
+    def metrics_text(self) -> bytes:
+        """The Prometheus text exposition."""
 
 
 class HttpError(Exception):
@@ -529,6 +562,7 @@ class HttpController:
         self._openapi = json.dumps(
             openapi_document(bearer=self._token is not None), separators=(",", ":")
         ).encode("ascii")
+        self._ui = _load_ui()
 
     def __repr__(self) -> str:
         return f"HttpController({self.name!r}, {self.address!r})"
@@ -631,6 +665,10 @@ class HttpController:
         app.router.add_get("/healthz", self._healthz, allow_head=False)
         app.router.add_get(API_PREFIX + "/openapi.json", self._openapi_json, allow_head=False)
         app.router.add_get(API_PREFIX + "/config", self._config, allow_head=False)
+        app.router.add_get(STATUS_PATH, self._status, allow_head=False)
+        app.router.add_get(METRICS_PATH, self._metrics, allow_head=False)
+        app.router.add_get(UI_PREFIX.rstrip("/"), self._ui_redirect, allow_head=False)
+        app.router.add_get(UI_PREFIX + "{file:.*}", self._ui_file, allow_head=False)
         app.router.add_route("*", MODULE_PREFIX + "/{tail:.*}", self._module)
         return app
 
@@ -664,7 +702,7 @@ class HttpController:
 
     @web.middleware
     async def _auth_middleware(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
-        if self._token is not None and request.path != "/healthz":
+        if self._token is not None and not _public(request.path):
             values = request.headers.getall("Authorization", [])
             given = b""
             if len(values) == 1:
@@ -685,6 +723,30 @@ class HttpController:
 
     async def _openapi_json(self, request: web.Request) -> web.StreamResponse:
         return web.Response(body=self._openapi, content_type="application/json")
+
+    async def _status(self, request: web.Request) -> web.StreamResponse:
+        self._no_query(request)
+        return _json_response(200, self.executor.status())
+
+    async def _metrics(self, request: web.Request) -> web.StreamResponse:
+        body = self.executor.metrics_text()
+        response = web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    async def _ui_redirect(self, request: web.Request) -> web.StreamResponse:
+        raise web.HTTPMovedPermanently(UI_PREFIX)
+
+    async def _ui_file(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["file"] or "index.html"
+        found = self._ui.get(name)
+        if found is None:
+            raise HttpError(404, f"no such path: {show_word(request.path)}")
+        body, content_type = found
+        response = web.Response(body=body, headers=_UI_HEADERS)
+        response.content_type = content_type
+        response.charset = "utf-8"
+        return response
 
     async def _config(self, request: web.Request) -> web.StreamResponse:
         reply = self.executor.execute(SystemCommand(SystemOp.LIST_CONFIG), Origin.HTTP)
@@ -769,6 +831,17 @@ class HttpController:
                 raise
             out[type_.value] = [_jsonable(self._expand(type_, (), dict(i))) for i in items]
         return out
+
+
+def _public(path: str) -> bool:
+    """Paths served without the token: liveness and the dashboard's static files."""
+    return path == "/healthz" or path == UI_PREFIX.rstrip("/") or path.startswith(UI_PREFIX)
+
+
+def _load_ui() -> dict[str, tuple[bytes, str]]:
+    """The dashboard's files (package data), read once: name -> (body, media type)."""
+    root = importlib.resources.files("vproxy.control") / "ui"
+    return {name: ((root / name).read_bytes(), media) for name, media in _UI_FILES.items()}
 
 
 def _jsonable(value: object) -> JsonValue:

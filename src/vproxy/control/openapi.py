@@ -538,6 +538,34 @@ def _components(bearer: bool) -> dict[str, JsonValue]:
             },
             "additionalProperties": False,
         },
+        "Status": {
+            "type": "object",
+            "required": [
+                "time",
+                "listeners",
+                "controllers",
+                "upstreams",
+                "server_groups",
+                "transitions",
+                "event_loops",
+                "access_log",
+                "sessions",
+                "sessions_total",
+            ],
+            "properties": {
+                "time": {"type": "number", "description": "seconds since the epoch"},
+                "listeners": {"type": "array", "items": {"type": "object"}},
+                "controllers": {"type": "array", "items": {"type": "object"}},
+                "upstreams": {"type": "array", "items": {"type": "object"}},
+                "server_groups": {"type": "array", "items": {"type": "object"}},
+                "transitions": {"type": "array", "items": {"type": "object"}},
+                "event_loops": {"type": "array", "items": {"type": "object"}},
+                "access_log": {"type": ["object", "null"]},
+                "sessions": {"type": "array", "items": {"type": "object"}},
+                "sessions_total": {"type": "integer", "minimum": 0},
+            },
+            "additionalProperties": False,
+        },
         "Health": {
             "type": "object",
             "required": ["status"],
@@ -615,6 +643,30 @@ def openapi_document(*, bearer: bool, version: str = "0.1.0") -> dict[str, JsonV
             "responses": {
                 "200": {
                     "description": "one command a line",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                **_errors(),
+            },
+        }
+    }
+    paths[API_PREFIX + "/status"] = {
+        "get": {
+            "operationId": "status",
+            "summary": "what the dashboard shows: listeners, server groups with health, "
+            "recent health transitions, event loops, sessions (up to 200)",
+            "responses": {
+                "200": {"description": "read now", "content": _json_content(_ref("Status"))},
+                **_errors(),
+            },
+        }
+    }
+    paths["/metrics"] = {
+        "get": {
+            "operationId": "metrics",
+            "summary": "Prometheus metrics (text exposition format 0.0.4)",
+            "responses": {
+                "200": {
+                    "description": "one sample a line",
                     "content": {"text/plain": {"schema": {"type": "string"}}},
                 },
                 **_errors(),

@@ -1,0 +1,1558 @@
+"""Sans-IO HTTP/1.0 and HTTP/1.1 message framing for a request-level load balancer.
+
+Owns the bytes of HTTP/1.x on both sides of the ``http/1.x`` tcp-lb mode (SPEC §2):
+:class:`RequestParser` turns what a client sends into :class:`RequestHead`,
+:class:`BodyChunk` and :class:`RequestEnd` events, one request after another
+(pipelining keeps its order); :class:`ResponseParser` does the same for what a
+backend answers (:class:`ResponseHead`, :class:`BodyChunk`, :class:`ResponseEnd`),
+told by :meth:`ResponseParser.expect_response` which request each answer is for.
+:func:`encode_head` and :func:`encode_response_head` write the heads to forward.
+
+Must not: do I/O, import asyncio, socket, selectors or time, pick backends, or buffer
+a whole body. Bodies stream: each :class:`BodyChunk` carries the body bytes *as they
+were on the wire*, so forwarding is a plain write. A chunked body stays chunked, with
+its chunk-size lines, extensions and trailers, all validated before they are handed
+out; nothing is re-encoded. A chunk-size line or trailer line is only released once
+it is complete and valid.
+
+Which parser, and why (measured by ``bench/http1_parsers.py``, CPython 3.11, one
+core, median of 5; a browser-like keep-alive GET of 409 bytes, pipelined, and a
+POST with a 64 KiB Content-Length body, pipelined, both fed in 64 KiB reads):
+
+=====================================  ===============  =================
+parser                                   GET requests/s   POST requests/s
+=====================================  ===============  =================
+httptools 0.9.0 (llhttp), callbacks            171,000           ~81,000
+h11 0.16.0 (pure Python)                        6,200             3,500
+this module (llhttp + framing here)            70,000           ~62,000
+=====================================  ===============  =================
+
+llhttp (via ``httptools``) is ~27x faster than h11 on heads, so it is the tokenizer
+here. It is used for the one job it does best and safest, validating and splitting
+a complete *field section* (header names as tokens, no whitespace before the colon,
+no obs-fold, no bare CR/LF, value characters, Content-Length syntax and duplicates,
+Content-Length with Transfer-Encoding). A fresh llhttp parser gets each complete head
+behind a fixed start line, and nothing else, because llhttp as wrapped by httptools
+cannot do what a proxy needs around it: it refuses extension methods it does not
+know, cannot be told that a response answers HEAD, cannot be told the connection
+ended (so a truncated body or a read-until-close body cannot be finished), hands out
+de-chunked bodies (chunked could not stay chunked) and treats any request with
+``Connection: upgrade`` as bodiless. So the start line, the head limits and all
+body framing (Content-Length, chunked, until-close) are done here, in Python, on
+``bytes.find`` and compiled regexes; the body path touches each byte once in C.
+
+Strictness (where request smuggling lives). Each rule below refuses the message;
+on the client side that is a :class:`RemoteProtocolError` whose ``status`` the proxy
+answers before it closes, and no event of the refused request is handed out
+(``HttpError.events`` holds only the requests completed before it). A refusal in a
+request *body* can only come after its head was handed out in an earlier call; the
+proxy then drops that backend connection.
+
+* Content-Length together with Transfer-Encoding: 400.
+* Content-Length in more than one field line, even with the same value, or as a
+  list (``3, 3``): 400 (refused rather than folded: nothing is rewritten, and llhttp
+  refuses it too). Not ``1*DIGIT`` or above ``2**63-1``: 400.
+* Transfer-Encoding in more than one field line; its last coding not exactly
+  ``chunked`` (lowercase, as every real client sends it; ``chunked ,x``, ``xchunked``,
+  ``Chunked``, ``chunked;x=1``); ``chunked`` also earlier in the list; any character
+  other than tokens, commas, SP and HTAB; or any Transfer-Encoding in HTTP/1.0: 400.
+* A chunk-size line that is not ``1*HEXDIG *( ";" token [ "=" ( token /
+  quoted-string ) ] )`` followed by CRLF (no whitespace anywhere, no sign, no
+  ``0x``, no bare CR or LF), a size above ``2**63-1``, a line over
+  ``max_chunk_line``, data not followed by CRLF, a malformed trailer line, or a
+  Content-Length / Transfer-Encoding / Host trailer: 400.
+* Bare LF or bare CR anywhere in a head (we do not accept LF-only line ends), obs-fold,
+  whitespace before a colon, an empty or non-token field name: 400.
+* Host: two field lines, none in HTTP/1.1, an invalid value, or one that names a
+  different host than an absolute-form target: 400.
+* Request line: exactly ``token SP target SP HTTP/d.d``. Malformed: 400. A well-formed
+  version other than 1.0 and 1.1: 505. Target not origin-form, absolute-form
+  (``http``/``https``, no userinfo) or ``*`` (OPTIONS only), or holding ``#`` or a
+  byte outside VCHAR: 400. ``CONNECT``: 501 (a reverse proxy opens no tunnels; the
+  socks5-server does). ``Expect`` other than ``100-continue``: 417.
+* Limits (:class:`HttpLimits`): request line over ``max_line``: 414; head over
+  ``max_head`` bytes or over ``max_headers`` fields: 431.
+
+The verdict does not depend on how the bytes were cut: each rule is judged only on a
+complete line or a full window, in byte order, so a request fed at once or a byte at a
+time gets the same status (the tests check this).
+
+Backend side: every violation above (with a status line ``HTTP/1.x SP 3DIGIT [SP
+reason]``, status 100..599, instead of a request line) is a :class:`RemoteProtocolError`
+with status 502; the proxy answers 502 if it sent nothing to the client yet, and
+otherwise closes the client; that backend connection is never reused. A response
+with a final coding other than chunked, or without Content-Length, is read until
+the backend closes. A body cut short by the close (``receive_eof``) is an error,
+never padded.
+
+Other choices made here once:
+
+* Leading empty lines (CRLF) before a request line are skipped (RFC 9112 §2.2).
+* After a request with ``Connection: close`` (or HTTP/1.0 without keep-alive), later
+  bytes are ignored: the proxy answers it and closes (RFC 9112 §9.6).
+* An upgrade request (HTTP/1.1, ``Connection: upgrade`` and ``Upgrade``) may carry a
+  body, framed as usual. After its end the parser holds further bytes (at most
+  ``max_pending``) until the proxy knows the backend's answer:
+  :meth:`RequestParser.accept_upgrade` after a ``101`` (the connection is then an
+  opaque relay, :attr:`State.SWITCHED`), :meth:`RequestParser.decline_upgrade`
+  otherwise (parsing goes on). A ``101`` for a request that did not ask: 502.
+* ``1xx`` responses other than 101 are interim: a :class:`ResponseHead` with no body
+  and no :class:`ResponseEnd`; the final head follows. If a final response arrives
+  before its request body ended (e.g. a 417 after ``Expect: 100-continue``), the
+  proxy must close the client connection after that response.
+
+Hop-by-hop handling in :func:`encode_head` (RFC 9110 §7.6.1): ``Connection``,
+``Keep-Alive``, ``Proxy-Connection`` and every field the client named in
+``Connection`` are not forwarded, so that the backend connection's persistence is
+ours (an HTTP/1.1 backend connection stays open whatever the client asked; an
+HTTP/1.0 request that asked for keep-alive is forwarded with ``Connection:
+keep-alive``). ``Upgrade`` is dropped unless the request is an upgrade request, which
+keeps ``Connection`` (and the fields it names, e.g. ``HTTP2-Settings``) as sent.
+Host, Content-Length, Transfer-Encoding and the forwarding headers are never dropped
+because the client named them: a client cannot make a downstream hop strip the
+framing or our ``x-forwarded-for``. ``Transfer-Encoding`` is forwarded because the
+body is forwarded chunked as received.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final, TypeAlias
+
+import httptools
+
+__all__ = [
+    "BodyChunk",
+    "BodyKind",
+    "Event",
+    "HttpError",
+    "HttpLimits",
+    "LocalProtocolError",
+    "RemoteProtocolError",
+    "RequestEnd",
+    "RequestHead",
+    "RequestParser",
+    "ResponseEnd",
+    "ResponseHead",
+    "ResponseParser",
+    "State",
+    "encode_head",
+    "encode_response_head",
+]
+
+_MAX_LENGTH: Final = 2**63 - 1
+"""Largest Content-Length or chunk size accepted."""
+
+_CR: Final = 0x0D
+_LF: Final = 0x0A
+
+_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
+_TOKEN_RE = re.compile(_TOKEN)
+_REQUEST_LINE_RE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
+_STATUS_LINE_RE = re.compile(rb"HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
+_ABSOLUTE_RE = re.compile(rb"([A-Za-z][A-Za-z0-9+.-]*)://([^/?]*)(.*)", re.DOTALL)
+_AUTHORITY_RE = re.compile(
+    rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::([0-9]*))?", re.DOTALL
+)
+_CHUNK_LINE_RE = re.compile(
+    rb"([0-9A-Fa-f]+)(?:;" + _TOKEN + rb"(?:=(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*"
+)
+_FIELD_LINE_RE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*[\t\x20-\x7e\x80-\xff]*")
+_FIELD_VALUE_RE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+
+# llhttp sees every field section, of requests and responses alike, behind this status
+# line: a 304 has no body whatever its fields say, so llhttp ends the message right at
+# the empty line and is ready for the next section (see _FieldParser).
+_LLHTTP_STATUS_LINE: Final = b"HTTP/1.1 304 -\r\n"
+
+_HOP_BY_HOP: Final = frozenset({b"connection", b"keep-alive", b"proxy-connection"})
+# Fields a Connection option can never remove (framing and routing).
+_PROTECTED: Final = frozenset({b"host", b"content-length", b"transfer-encoding"})
+# Forwarding fields whose client values are kept and extended, not replaced.
+_LIST_VALUED: Final = frozenset({b"x-forwarded-for", b"forwarded", b"via"})
+_FORBIDDEN_TRAILERS: Final = frozenset({b"content-length", b"transfer-encoding", b"host"})
+_REQUEST_FIELDS: Final = frozenset(
+    {b"host", b"content-length", b"transfer-encoding", b"connection", b"expect", b"upgrade"}
+)
+_RESPONSE_FIELDS: Final = frozenset(
+    {b"content-length", b"transfer-encoding", b"connection", b"upgrade"}
+)
+
+_PHRASES: Final = {
+    400: "Bad Request",
+    414: "URI Too Long",
+    417: "Expectation Failed",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    505: "HTTP Version Not Supported",
+}
+
+
+# -- configuration --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    """Sizes a peer may not exceed. Every buffer here is bounded by one of these.
+
+    Attributes:
+        max_line: Longest request line (over it: 414) or status line (502), in bytes
+            without the CRLF.
+        max_head: Largest head, start line to the empty line included (over it: 431);
+            also the largest trailer section.
+        max_headers: Most field lines in a head or trailer section (over it: 431).
+        max_chunk_line: Longest chunk-size line, extensions included, without CRLF.
+        max_pending: Most bytes held after an upgrade request until the backend has
+            answered it (over it: 400).
+    """
+
+    max_line: int = 8 * 1024
+    max_head: int = 32 * 1024
+    max_headers: int = 100
+    max_chunk_line: int = 4 * 1024
+    max_pending: int = 64 * 1024
+
+    def __post_init__(self) -> None:
+        for name in ("max_line", "max_head", "max_headers", "max_chunk_line", "max_pending"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, not {value!r}")
+        if self.max_line + 4 > self.max_head:
+            raise ValueError("max_head must exceed max_line by at least 4 (two CRLFs)")
+
+
+# -- events ---------------------------------------------------------------------------
+
+
+class BodyKind(enum.Enum):
+    """How a message's body is delimited."""
+
+    NONE = enum.auto()  # no body at all
+    LENGTH = enum.auto()  # Content-Length bytes (possibly 0)
+    CHUNKED = enum.auto()  # chunked transfer coding
+    UNTIL_CLOSE = enum.auto()  # responses only: everything until the backend closes
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """A request line and field section that passed every check.
+
+    Attributes:
+        method: The method token, e.g. ``b"GET"``.
+        target: The request target as sent, e.g. ``b"/a?b"``.
+        version: ``b"1.0"`` or ``b"1.1"``.
+        headers: Every field line in order, names with their original casing, values
+            without surrounding whitespace.
+        host: The routing hint: the host of an absolute-form target, else of the Host
+            field, lowercased, without port (IPv6 keeps its brackets); ``None`` when
+            there is none (HTTP/1.0, or an empty Host).
+        keep_alive: Whether the client wants the connection kept after this request.
+        expect_continue: ``Expect: 100-continue`` in an HTTP/1.1 request.
+        upgrade: The ``Upgrade`` value of an upgrade request, else ``None``.
+        body_kind: How the body is delimited (never ``UNTIL_CLOSE`` for requests).
+        content_length: The Content-Length for ``BodyKind.LENGTH``, else ``None``.
+    """
+
+    method: bytes
+    target: bytes
+    version: bytes
+    headers: list[tuple[bytes, bytes]]
+    host: str | None
+    keep_alive: bool
+    expect_continue: bool
+    upgrade: bytes | None
+    body_kind: BodyKind
+    content_length: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseHead:
+    """A status line and field section that passed every check.
+
+    Attributes:
+        status: 100..599. A 1xx other than 101 is interim: the final head follows.
+        reason: The reason phrase as sent (may be empty).
+        version: ``b"1.0"`` or ``b"1.1"``.
+        headers: Every field line in order, as in :class:`RequestHead`.
+        keep_alive: Whether the backend connection may carry another request after
+            this response (always ``False`` for ``UNTIL_CLOSE`` bodies).
+        body_kind: How the body is delimited; ``NONE`` for 1xx, 204, 304 and answers
+            to HEAD, whatever their fields say.
+        content_length: The Content-Length for ``BodyKind.LENGTH``, else ``None``.
+    """
+
+    status: int
+    reason: bytes
+    version: bytes
+    headers: list[tuple[bytes, bytes]]
+    keep_alive: bool
+    body_kind: BodyKind
+    content_length: int | None = None
+
+    @property
+    def interim(self) -> bool:
+        """Whether this is a 1xx head other than 101 (another head follows)."""
+        return self.status < 200 and self.status != 101
+
+
+@dataclass(frozen=True, slots=True)
+class BodyChunk:
+    """The next body bytes exactly as on the wire (chunked framing included).
+
+    Attributes:
+        data: Never empty.
+    """
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RequestEnd:
+    """The request that began with the last :class:`RequestHead` is complete."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseEnd:
+    """The final response that began with the last :class:`ResponseHead` is complete."""
+
+
+Event: TypeAlias = RequestHead | ResponseHead | BodyChunk | RequestEnd | ResponseEnd
+
+
+# -- errors ---------------------------------------------------------------------------
+
+
+class HttpError(Exception):
+    """Base of this module's errors.
+
+    Attributes:
+        status: The HTTP status the proxy answers with (400, 414, 417, 431, 501, 505
+            for a client's fault, 502 for a backend's, 500 for ours).
+        reason: What was wrong, for the log.
+        events: Events completed before the error in the same call (whole messages
+            only, in order); handle them first, then answer :attr:`status` and close.
+    """
+
+    def __init__(self, status: int, reason: str, events: tuple[Event, ...] = ()) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+        self.events = events
+
+    @property
+    def wire(self) -> bytes:
+        """A complete ``Connection: close`` response for :attr:`status`."""
+        phrase = _PHRASES.get(self.status, "Error")
+        body = f"{self.status} {phrase}\n".encode("ascii")
+        return (
+            f"HTTP/1.1 {self.status} {phrase}\r\nContent-Type: text/plain\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode("ascii") + body
+
+
+class RemoteProtocolError(HttpError):
+    """The peer broke HTTP/1.x or a limit. The error sticks: later calls raise it
+    again (with no events)."""
+
+
+class LocalProtocolError(HttpError):
+    """The caller used a parser wrongly (e.g. fed it after the protocol switched).
+    The parser's state does not change."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(500, reason)
+
+
+# -- the state machine ----------------------------------------------------------------
+
+
+class State(enum.Enum):
+    """Where a parser is in its stream of messages."""
+
+    # Members are singletons; Enum's own __hash__ is Python code, and the transition
+    # table is looked up a few times per message.
+    __hash__ = object.__hash__
+
+    HEAD = enum.auto()  # between messages, or in a head
+    BODY = enum.auto()  # in a Content-Length body
+    BODY_UNTIL_CLOSE = enum.auto()  # in a body delimited by EOF (responses)
+    CHUNK_SIZE = enum.auto()  # expecting a chunk-size line
+    CHUNK_DATA = enum.auto()  # in chunk data
+    CHUNK_DATA_END = enum.auto()  # expecting the CRLF after chunk data
+    TRAILERS = enum.auto()  # in the trailer section after the last chunk
+    DONE = enum.auto()  # message complete; momentary, decides what comes next
+    AWAIT_UPGRADE = enum.auto()  # upgrade request done: hold bytes until decided
+    SWITCHED = enum.auto()  # protocol switched: the rest is an opaque relay
+    MUST_CLOSE = enum.auto()  # a closing message is done; later bytes are ignored
+    CLOSED = enum.auto()  # EOF at a message boundary
+    ERROR = enum.auto()  # the peer broke the protocol; close
+
+
+_BODY_STATES: Final = frozenset(
+    {
+        State.BODY,
+        State.BODY_UNTIL_CLOSE,
+        State.CHUNK_SIZE,
+        State.CHUNK_DATA,
+        State.CHUNK_DATA_END,
+        State.TRAILERS,
+    }
+)
+
+
+class _Input(enum.Enum):
+    __hash__ = object.__hash__  # as State's
+    DATA = enum.auto()  # receive_data was called
+    EOF = enum.auto()  # receive_eof was called at a message boundary
+    EOF_TRUNCATED = enum.auto()  # receive_eof was called inside a head
+    HEAD_NO_BODY = enum.auto()  # a valid head whose message has no body bytes
+    HEAD_LENGTH = enum.auto()  # ... a Content-Length body
+    HEAD_CHUNKED = enum.auto()  # ... a chunked body
+    HEAD_UNTIL_CLOSE = enum.auto()  # ... a body until EOF (responses)
+    HEAD_INTERIM = enum.auto()  # a 1xx response head other than 101
+    HEAD_SWITCH = enum.auto()  # a 101 answering an upgrade request
+    LENGTH_DONE = enum.auto()  # the last Content-Length byte
+    CHUNK_HEADER = enum.auto()  # a valid chunk-size line with a size > 0
+    LAST_CHUNK = enum.auto()  # a valid chunk-size line with size 0
+    CHUNK_DATA_DONE = enum.auto()  # the last byte of a chunk's data
+    CRLF = enum.auto()  # the CRLF after chunk data
+    TRAILER = enum.auto()  # a valid trailer field line
+    BLANK_LINE = enum.auto()  # the empty line ending the trailer section
+    KEEP_ALIVE = enum.auto()  # the completed message keeps the connection
+    CLOSE = enum.auto()  # the completed message closes the connection
+    UPGRADE = enum.auto()  # the completed message is an upgrade request
+    ACCEPT = enum.auto()  # accept_upgrade(): the backend answered 101
+    DECLINE = enum.auto()  # decline_upgrade(), the request kept the connection
+    DECLINE_CLOSE = enum.auto()  # decline_upgrade(), the request asked to close
+    PEER_ERROR = enum.auto()  # anything the peer sent that breaks a rule
+
+
+class _Action(enum.Enum):
+    PARSE = enum.auto()  # parse the bytes in this state
+    NONE = enum.auto()  # nothing beyond the move
+    EMIT_HEAD = enum.auto()  # emit the RequestHead / ResponseHead
+    EMIT_END = enum.auto()  # emit RequestEnd / ResponseEnd (after pending body bytes)
+    HOLD = enum.auto()  # keep the bytes (or the EOF) for after the upgrade decision
+    RELEASE = enum.auto()  # hand the held bytes to the relay
+    RESUME = enum.auto()  # parse the held bytes (and EOF) as HTTP again
+    IGNORE = enum.auto()  # drop the bytes
+    FINISH = enum.auto()  # the stream ended cleanly
+    FAIL = enum.auto()  # raise RemoteProtocolError; stay in ERROR
+    MISUSE = enum.auto()  # raise LocalProtocolError; the state does not change
+
+
+# How both parsers move. receive_data looks up (state, DATA): PARSE runs the loop, which
+# reads what the state waits for (a head, a chunk-size line, ...) as soon as all of it
+# is there, classifies it into one _Input and looks that up here, then goes on in the
+# new state with the bytes that follow: one call handles any number of pipelined
+# messages. Bytes inside a body state (BODY, CHUNK_DATA, BODY_UNTIL_CLOSE) do not move
+# it until the last one. DONE is left at once by the message's own input (KEEP_ALIVE,
+# CLOSE or UPGRADE), so callers never see it. receive_eof looks up EOF (or
+# EOF_TRUNCATED when a head was cut); accept_upgrade / decline_upgrade look up ACCEPT
+# and DECLINE[_CLOSE].
+#
+#   state              input              action      -> state
+#   HEAD               HEAD_NO_BODY       EMIT_HEAD   -> DONE
+#   HEAD               HEAD_LENGTH        EMIT_HEAD   -> BODY
+#   HEAD               HEAD_CHUNKED       EMIT_HEAD   -> CHUNK_SIZE
+#   HEAD               HEAD_UNTIL_CLOSE   EMIT_HEAD   -> BODY_UNTIL_CLOSE  (responses)
+#   HEAD               HEAD_INTERIM       EMIT_HEAD   -> HEAD              (responses)
+#   HEAD               HEAD_SWITCH        EMIT_HEAD   -> SWITCHED          (responses)
+#   HEAD               EOF                FINISH      -> CLOSED
+#   BODY               LENGTH_DONE        NONE        -> DONE
+#   BODY_UNTIL_CLOSE   EOF                EMIT_END    -> CLOSED
+#   CHUNK_SIZE         CHUNK_HEADER       NONE        -> CHUNK_DATA
+#   CHUNK_SIZE         LAST_CHUNK         NONE        -> TRAILERS
+#   CHUNK_DATA         CHUNK_DATA_DONE    NONE        -> CHUNK_DATA_END
+#   CHUNK_DATA_END     CRLF               NONE        -> CHUNK_SIZE
+#   TRAILERS           TRAILER            NONE        -> TRAILERS
+#   TRAILERS           BLANK_LINE         NONE        -> DONE
+#   DONE               KEEP_ALIVE         EMIT_END    -> HEAD
+#   DONE               CLOSE              EMIT_END    -> MUST_CLOSE
+#   DONE               UPGRADE            EMIT_END    -> AWAIT_UPGRADE     (requests)
+#   AWAIT_UPGRADE      DATA / EOF         HOLD        -> AWAIT_UPGRADE
+#   AWAIT_UPGRADE      ACCEPT             RELEASE     -> SWITCHED
+#   AWAIT_UPGRADE      DECLINE            RESUME      -> HEAD
+#   AWAIT_UPGRADE      DECLINE_CLOSE      RESUME      -> MUST_CLOSE
+#   MUST_CLOSE         DATA               IGNORE      -> MUST_CLOSE
+#   MUST_CLOSE         EOF                FINISH      -> CLOSED
+#   HEAD, body states  DATA               PARSE       -> (unchanged)
+#   HEAD               EOF_TRUNCATED      FAIL        -> ERROR
+#   body states        EOF                FAIL        -> ERROR  (truncated body)
+#   HEAD, body states  PEER_ERROR         FAIL        -> ERROR
+#   AWAIT_UPGRADE      PEER_ERROR         FAIL        -> ERROR  (held too much)
+#   anything else                         MISUSE      -> (unchanged)
+#
+# "Anything else" is spelled out below so the table is total; a property test checks
+# that, that every state but the terminal ones can still reach CLOSED, and that the
+# parsers only ever move along it. ERROR is never looked up: it raises first.
+_TRANSITIONS: dict[tuple[State, _Input], tuple[_Action, State]] = {
+    (State.HEAD, _Input.HEAD_NO_BODY): (_Action.EMIT_HEAD, State.DONE),
+    (State.HEAD, _Input.HEAD_LENGTH): (_Action.EMIT_HEAD, State.BODY),
+    (State.HEAD, _Input.HEAD_CHUNKED): (_Action.EMIT_HEAD, State.CHUNK_SIZE),
+    (State.HEAD, _Input.HEAD_UNTIL_CLOSE): (_Action.EMIT_HEAD, State.BODY_UNTIL_CLOSE),
+    (State.HEAD, _Input.HEAD_INTERIM): (_Action.EMIT_HEAD, State.HEAD),
+    (State.HEAD, _Input.HEAD_SWITCH): (_Action.EMIT_HEAD, State.SWITCHED),
+    (State.HEAD, _Input.EOF): (_Action.FINISH, State.CLOSED),
+    (State.HEAD, _Input.EOF_TRUNCATED): (_Action.FAIL, State.ERROR),
+    (State.BODY, _Input.LENGTH_DONE): (_Action.NONE, State.DONE),
+    (State.BODY_UNTIL_CLOSE, _Input.EOF): (_Action.EMIT_END, State.CLOSED),
+    (State.CHUNK_SIZE, _Input.CHUNK_HEADER): (_Action.NONE, State.CHUNK_DATA),
+    (State.CHUNK_SIZE, _Input.LAST_CHUNK): (_Action.NONE, State.TRAILERS),
+    (State.CHUNK_DATA, _Input.CHUNK_DATA_DONE): (_Action.NONE, State.CHUNK_DATA_END),
+    (State.CHUNK_DATA_END, _Input.CRLF): (_Action.NONE, State.CHUNK_SIZE),
+    (State.TRAILERS, _Input.TRAILER): (_Action.NONE, State.TRAILERS),
+    (State.TRAILERS, _Input.BLANK_LINE): (_Action.NONE, State.DONE),
+    (State.DONE, _Input.KEEP_ALIVE): (_Action.EMIT_END, State.HEAD),
+    (State.DONE, _Input.CLOSE): (_Action.EMIT_END, State.MUST_CLOSE),
+    (State.DONE, _Input.UPGRADE): (_Action.EMIT_END, State.AWAIT_UPGRADE),
+    (State.AWAIT_UPGRADE, _Input.DATA): (_Action.HOLD, State.AWAIT_UPGRADE),
+    (State.AWAIT_UPGRADE, _Input.EOF): (_Action.HOLD, State.AWAIT_UPGRADE),
+    (State.AWAIT_UPGRADE, _Input.ACCEPT): (_Action.RELEASE, State.SWITCHED),
+    (State.AWAIT_UPGRADE, _Input.DECLINE): (_Action.RESUME, State.HEAD),
+    (State.AWAIT_UPGRADE, _Input.DECLINE_CLOSE): (_Action.RESUME, State.MUST_CLOSE),
+    (State.AWAIT_UPGRADE, _Input.PEER_ERROR): (_Action.FAIL, State.ERROR),
+    (State.MUST_CLOSE, _Input.DATA): (_Action.IGNORE, State.MUST_CLOSE),
+    (State.MUST_CLOSE, _Input.EOF): (_Action.FINISH, State.CLOSED),
+}
+for _state in (State.HEAD, *_BODY_STATES):
+    _TRANSITIONS[(_state, _Input.DATA)] = (_Action.PARSE, _state)
+    _TRANSITIONS[(_state, _Input.PEER_ERROR)] = (_Action.FAIL, State.ERROR)
+for _state in _BODY_STATES - {State.BODY_UNTIL_CLOSE}:
+    _TRANSITIONS[(_state, _Input.EOF)] = (_Action.FAIL, State.ERROR)
+for _state in State:
+    for _input in _Input:
+        _TRANSITIONS.setdefault((_state, _input), (_Action.MISUSE, _state))
+del _state, _input
+
+
+# -- helpers --------------------------------------------------------------------------
+
+
+def _slice(buf: bytes | bytearray, start: int, end: int) -> bytes:
+    """``buf[start:end]`` as bytes; a whole ``bytes`` object is returned uncopied."""
+    if type(buf) is bytes:
+        return buf[start:end]
+    return bytes(buf[start:end])
+
+
+def _parse_authority(value: bytes) -> str | None:
+    """``host[:port]`` -> the lowercased host (``None`` if empty); ValueError if invalid."""
+    m = _AUTHORITY_RE.fullmatch(value)
+    if m is None:
+        raise ValueError
+    port = m.group(2)
+    if port and (len(port) > 5 or int(port) > 0xFFFF):
+        raise ValueError
+    host = m.group(1)
+    return host.decode("ascii").lower() if host else None
+
+
+def _tokens(values: list[bytes]) -> list[bytes]:
+    """The comma-separated elements of list-valued fields, OWS stripped, empty dropped."""
+    out: list[bytes] = []
+    for value in values:
+        for item in value.split(b","):
+            item = item.strip(b" \t")
+            if item:
+                out.append(item)
+    return out
+
+
+def _content_length(values: list[bytes], status: int) -> int | None:
+    if not values:
+        return None
+    if len(values) > 1:
+        raise RemoteProtocolError(status, "Content-Length in more than one field line")
+    value = values[0]
+    if not value.isdigit() or not value.isascii():
+        raise RemoteProtocolError(status, f"invalid Content-Length {value!r}")
+    length = int(value)
+    if length > _MAX_LENGTH:
+        raise RemoteProtocolError(status, "Content-Length too large")
+    return length
+
+
+def _chunked_last(values: list[bytes], status: int) -> bool:
+    """Check a Transfer-Encoding value; whether its last coding is ``chunked``.
+
+    Raises RemoteProtocolError for more than one field line, a malformed list, or
+    ``chunked`` anywhere but last.
+    """
+    if len(values) > 1:
+        raise RemoteProtocolError(status, "Transfer-Encoding in more than one field line")
+    codings = values[0].split(b",")
+    for i, raw in enumerate(codings):
+        coding = raw.strip(b" \t")
+        if _TOKEN_RE.fullmatch(coding) is None:
+            raise RemoteProtocolError(status, f"invalid Transfer-Encoding {values[0]!r}")
+        if coding.lower() == b"chunked" and (i != len(codings) - 1 or coding != b"chunked"):
+            raise RemoteProtocolError(status, f"obfuscated Transfer-Encoding {values[0]!r}")
+    return codings[-1].strip(b" \t") == b"chunked"
+
+
+class _FieldParser:
+    """One llhttp parser that validates and splits field sections, one after another.
+
+    Creating an llhttp parser costs more than parsing a head, so each message parser
+    keeps one. It is fed only synthetic messages (:data:`_LLHTTP_STATUS_LINE` plus a
+    field section that ends at its first empty line, as the framing here ensures),
+    each complete in itself. llhttp's keep-alive leniency is on so that a section
+    holding ``Connection: close`` does not stop it reading the next one; it changes
+    nothing else, and persistence is judged by the message parsers, not by llhttp.
+    """
+
+    __slots__ = ("_complete", "_headers", "_parser")
+
+    def __init__(self) -> None:
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._complete = False
+        self._parser = httptools.HttpResponseParser(self)
+        self._parser.set_dangerous_leniencies(lenient_keep_alive=True)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value.rstrip(b" \t")))
+
+    def on_message_complete(self) -> None:
+        self._complete = True
+
+    def parse(self, section: bytes) -> list[tuple[bytes, bytes]]:
+        """The field lines of ``section`` (CRLF-terminated lines, then CRLF).
+
+        Raises:
+            ValueError: llhttp refused the section (its reason is the message).
+        """
+        headers: list[tuple[bytes, bytes]] = []
+        self._headers = headers
+        self._complete = False
+        try:
+            self._parser.feed_data(_LLHTTP_STATUS_LINE + section)
+        except httptools.HttpParserError as exc:
+            raise ValueError(str(exc)) from None
+        if not self._complete:  # cannot happen with a framed section; never trust it
+            raise ValueError("field section did not end where the head did")
+        return headers
+
+
+# Enum members used on the hot path, bound once: reading a member off an Enum class
+# costs several global lookups in CPython 3.11, and a message takes dozens of them.
+_ST_AWAIT_UPGRADE: Final = State.AWAIT_UPGRADE
+_ST_BODY: Final = State.BODY
+_ST_BODY_UNTIL_CLOSE: Final = State.BODY_UNTIL_CLOSE
+_ST_CHUNK_DATA: Final = State.CHUNK_DATA
+_ST_CHUNK_DATA_END: Final = State.CHUNK_DATA_END
+_ST_CHUNK_SIZE: Final = State.CHUNK_SIZE
+_ST_CLOSED: Final = State.CLOSED
+_ST_DONE: Final = State.DONE
+_ST_ERROR: Final = State.ERROR
+_ST_HEAD: Final = State.HEAD
+_ST_MUST_CLOSE: Final = State.MUST_CLOSE
+_ST_SWITCHED: Final = State.SWITCHED
+_ST_TRAILERS: Final = State.TRAILERS
+_IN_ACCEPT: Final = _Input.ACCEPT
+_IN_BLANK_LINE: Final = _Input.BLANK_LINE
+_IN_CHUNK_DATA_DONE: Final = _Input.CHUNK_DATA_DONE
+_IN_CHUNK_HEADER: Final = _Input.CHUNK_HEADER
+_IN_CLOSE: Final = _Input.CLOSE
+_IN_CRLF: Final = _Input.CRLF
+_IN_DATA: Final = _Input.DATA
+_IN_DECLINE: Final = _Input.DECLINE
+_IN_DECLINE_CLOSE: Final = _Input.DECLINE_CLOSE
+_IN_EOF: Final = _Input.EOF
+_IN_EOF_TRUNCATED: Final = _Input.EOF_TRUNCATED
+_IN_HEAD_CHUNKED: Final = _Input.HEAD_CHUNKED
+_IN_HEAD_INTERIM: Final = _Input.HEAD_INTERIM
+_IN_HEAD_LENGTH: Final = _Input.HEAD_LENGTH
+_IN_HEAD_NO_BODY: Final = _Input.HEAD_NO_BODY
+_IN_HEAD_SWITCH: Final = _Input.HEAD_SWITCH
+_IN_HEAD_UNTIL_CLOSE: Final = _Input.HEAD_UNTIL_CLOSE
+_IN_KEEP_ALIVE: Final = _Input.KEEP_ALIVE
+_IN_LAST_CHUNK: Final = _Input.LAST_CHUNK
+_IN_LENGTH_DONE: Final = _Input.LENGTH_DONE
+_IN_PEER_ERROR: Final = _Input.PEER_ERROR
+_IN_TRAILER: Final = _Input.TRAILER
+_IN_UPGRADE: Final = _Input.UPGRADE
+_DO_EMIT_END: Final = _Action.EMIT_END
+_DO_EMIT_HEAD: Final = _Action.EMIT_HEAD
+_DO_FAIL: Final = _Action.FAIL
+_DO_HOLD: Final = _Action.HOLD
+_DO_IGNORE: Final = _Action.IGNORE
+_DO_MISUSE: Final = _Action.MISUSE
+_BK_CHUNKED: Final = BodyKind.CHUNKED
+_BK_LENGTH: Final = BodyKind.LENGTH
+_BK_NONE: Final = BodyKind.NONE
+_BK_UNTIL_CLOSE: Final = BodyKind.UNTIL_CLOSE
+
+
+# -- the shared parser ----------------------------------------------------------------
+
+
+class _Parser:
+    """What both sides share: buffering, the head limits, body framing, the table."""
+
+    __slots__ = (
+        "_buf",
+        "_committed",
+        "_eof",
+        "_error",
+        "_fields",
+        "_head_lines",
+        "_head_scan",
+        "_keep_alive",
+        "_limits",
+        "_line_end",
+        "_remaining",
+        "_seen",
+        "_state",
+        "_trailer_bytes",
+        "_trailer_count",
+    )
+
+    # Set by subclasses: the statuses for a long start line, a large head, the rest.
+    _LINE_STATUS: int = 400
+    _SIZE_STATUS: int = 400
+    _BAD_STATUS: int = 400
+
+    def __init__(self, limits: HttpLimits | None = None) -> None:
+        self._limits = limits if limits is not None else HttpLimits()
+        self._state = _ST_HEAD
+        self._buf = bytearray()
+        self._error: RemoteProtocolError | None = None
+        self._fields = _FieldParser()
+        self._eof = False  # EOF seen while holding bytes for an upgrade decision
+        self._committed = 0  # events in this call that belong to complete messages
+        self._head_scan = 0  # head bytes already checked line by line
+        self._head_lines = 0  # complete head lines checked so far
+        self._seen = 0  # bytes of the current line already searched for its LF
+        self._line_end = 0  # offset of the CR ending the start line in the head
+        self._remaining = 0  # bytes left in a Content-Length body or a chunk
+        self._keep_alive = True
+        self._trailer_bytes = 0
+        self._trailer_count = 0
+
+    @property
+    def state(self) -> State:
+        """Where the parser is; :attr:`State.SWITCHED` means relay the rest opaquely."""
+        return self._state
+
+    @property
+    def limits(self) -> HttpLimits:
+        """The limits this parser enforces."""
+        return self._limits
+
+    # -- the public feeding API ------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Feed bytes received from the peer.
+
+        Args:
+            data: The next bytes of the stream, of any length (``b""`` is fine).
+
+        Returns:
+            The events these bytes complete, in order; empty when more are needed.
+            After a closing message, bytes are ignored (empty list).
+
+        Raises:
+            RemoteProtocolError: The peer broke HTTP/1.x or a limit; ``events`` holds
+                the whole messages completed before it in this call.
+            LocalProtocolError: The stream is no longer HTTP (switched or ended).
+        """
+        if self._error is not None:
+            raise RemoteProtocolError(self._error.status, self._error.reason)
+        action = self._go(_IN_DATA)
+        if action is _DO_IGNORE:
+            self._buf.clear()
+            return []
+        if type(data) is not bytes:
+            data = bytes(data)
+        if action is _DO_HOLD:
+            self._buf += data
+            self._check_held([])
+            return []
+        buf: bytes | bytearray
+        if self._buf:
+            self._buf += data
+            buf = self._buf
+        else:
+            buf = data
+        events: list[Event] = []
+        self._committed = 0
+        try:
+            pos = self._run(buf, events)
+        except RemoteProtocolError as exc:
+            raise self._fail(exc, events) from None
+        if self._state is _ST_MUST_CLOSE:
+            pos = len(buf)
+        if buf is self._buf:
+            del self._buf[:pos]
+        elif pos < len(buf):
+            self._buf += memoryview(buf)[pos:]
+        if self._state is _ST_AWAIT_UPGRADE:
+            self._check_held(events)
+        return events
+
+    def receive_eof(self) -> list[Event]:
+        """Tell the parser the peer closed its sending side.
+
+        Returns:
+            ``[ResponseEnd()]`` when that ends a body read until close, else ``[]``.
+
+        Raises:
+            RemoteProtocolError: The stream ended inside a head or a body (truncated).
+            LocalProtocolError: The protocol was switched, or EOF was already fed.
+        """
+        if self._error is not None:
+            raise RemoteProtocolError(self._error.status, self._error.reason)
+        state = self._state
+        if state is _ST_HEAD and (self._buf or not self._at_boundary()):
+            inp = _IN_EOF_TRUNCATED
+        else:
+            inp = _IN_EOF
+        action = self._go(inp)
+        if action is _DO_FAIL:
+            raise self._fail(self._truncated(state), [])
+        if action is _DO_HOLD:
+            self._eof = True
+            return []
+        self._buf.clear()
+        if action is _DO_EMIT_END:
+            return [self._end_event()]
+        return []
+
+    # -- the table -----------------------------------------------------------------------
+
+    def _go(self, inp: _Input) -> _Action:
+        action, new_state = _TRANSITIONS[(self._state, inp)]
+        if action is _DO_MISUSE:
+            raise LocalProtocolError(f"{inp.name} is not possible in state {self._state.name}")
+        self._state = new_state
+        return action
+
+    def _fail(self, exc: RemoteProtocolError, events: list[Event]) -> RemoteProtocolError:
+        if self._state is not _ST_ERROR:  # receive_eof's FAIL has moved already
+            self._go(_IN_PEER_ERROR)
+        self._buf = bytearray()
+        self._error = exc
+        exc.events = tuple(events[: self._committed])
+        return exc
+
+    def _check_held(self, events: list[Event]) -> None:
+        if len(self._buf) > self._limits.max_pending:
+            exc = RemoteProtocolError(400, "too many bytes before the upgrade was answered")
+            self._committed = len(events)
+            raise self._fail(exc, events)
+
+    # -- hooks for the two sides --------------------------------------------------------
+
+    def _at_boundary(self) -> bool:
+        """Whether EOF now (with nothing buffered) ends the stream cleanly."""
+        return True
+
+    def _head_start(self, buf: bytes | bytearray, pos: int) -> int:
+        """Called before a new head is read at ``pos``; returns where it really starts."""
+        return pos
+
+    def _check_start_line(self, buf: bytes | bytearray, start: int, end: int) -> None:
+        raise NotImplementedError
+
+    def _on_head(self, buf: bytes | bytearray, start: int, end: int) -> tuple[Event, _Input]:
+        raise NotImplementedError
+
+    def _end_message(self) -> _Input:
+        raise NotImplementedError
+
+    def _end_event(self) -> Event:
+        raise NotImplementedError
+
+    def _truncated(self, state: State) -> RemoteProtocolError:
+        status = self._BAD_STATUS
+        if state is _ST_HEAD:
+            return RemoteProtocolError(status, "connection closed inside a message head")
+        if state is _ST_BODY:
+            return RemoteProtocolError(
+                status, f"body truncated: connection closed {self._remaining} bytes early"
+            )
+        return RemoteProtocolError(status, "chunked body truncated by the connection closing")
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def _run(self, buf: bytes | bytearray, events: list[Event]) -> int:
+        pos = 0
+        n = len(buf)
+        span = 0 if self._state in _BODY_STATES else -1  # start of unreported body bytes
+        while True:
+            state = self._state
+            if state is _ST_HEAD:
+                if self._head_scan == 0:
+                    start = self._head_start(buf, pos)
+                    if start != pos:
+                        pos = start
+                        self._seen = 0
+                if pos >= n:
+                    break
+                head_end = self._scan_head(buf, pos)
+                if head_end < 0:
+                    break
+                head, inp = self._on_head(buf, pos, head_end)
+                pos = head_end
+                if self._go(inp) is _DO_EMIT_HEAD:
+                    events.append(head)
+                if inp is _IN_HEAD_INTERIM:
+                    self._committed = len(events)
+                elif inp is _IN_HEAD_SWITCH:
+                    self._committed = len(events)
+                    break
+                span = pos if self._state in _BODY_STATES else -1
+            elif state is _ST_DONE:
+                if 0 <= span < pos:
+                    events.append(BodyChunk(_slice(buf, span, pos)))
+                span = -1
+                if self._go(self._end_message()) is _DO_EMIT_END:
+                    events.append(self._end_event())
+                self._committed = len(events)
+            elif state is _ST_BODY or state is _ST_CHUNK_DATA:
+                take = min(n - pos, self._remaining)
+                pos += take
+                self._remaining -= take
+                if self._remaining:
+                    break
+                self._go(_IN_LENGTH_DONE if state is _ST_BODY else _IN_CHUNK_DATA_DONE)
+            elif state is _ST_CHUNK_SIZE:
+                end = self._chunk_size_line(buf, pos)
+                if end < 0:
+                    break
+                pos = end
+            elif state is _ST_CHUNK_DATA_END:
+                if n - pos < 2:
+                    if n > pos and buf[pos] != _CR:
+                        raise RemoteProtocolError(self._BAD_STATUS, "no CRLF after chunk data")
+                    break
+                if buf[pos] != _CR or buf[pos + 1] != _LF:
+                    raise RemoteProtocolError(self._BAD_STATUS, "no CRLF after chunk data")
+                pos += 2
+                self._go(_IN_CRLF)
+            elif state is _ST_TRAILERS:
+                end = self._trailer_line(buf, pos)
+                if end < 0:
+                    break
+                pos = end
+            elif state is _ST_BODY_UNTIL_CLOSE:
+                pos = n
+                break
+            else:  # AWAIT_UPGRADE, MUST_CLOSE, SWITCHED: this call is done with the bytes
+                break
+        if 0 <= span < pos:
+            events.append(BodyChunk(_slice(buf, span, pos)))
+        return pos
+
+    # -- heads ------------------------------------------------------------------------
+
+    def _scan_head(self, buf: bytes | bytearray, start: int) -> int:
+        """Find the end of the head starting at ``start``; -1 if it is incomplete.
+
+        Every rule is judged on a complete line or a full window, line by line in byte
+        order, so the outcome does not depend on how the bytes were cut. The fast path
+        takes a whole head that is visibly clean in a few C calls; anything else goes
+        the slow way, which finds the first fault.
+        """
+        limits = self._limits
+        n = len(buf)
+        if self._head_scan == 0 and self._seen == 0:
+            e = buf.find(b"\r\n\r\n", start, start + limits.max_head)
+            if e >= 0:
+                head_end = e + 4
+                line_end = buf.find(b"\r\n", start, head_end)
+                crlfs = buf.count(b"\r\n", start, head_end)
+                if (
+                    line_end - start <= limits.max_line
+                    and crlfs - 2 <= limits.max_headers
+                    and buf.count(b"\r", start, head_end) == crlfs
+                    and buf.count(b"\n", start, head_end) == crlfs
+                ):
+                    self._check_start_line(buf, start, line_end)
+                    self._line_end = line_end - start
+                    return head_end
+        scan = start + self._head_scan
+        lines = self._head_lines
+        head_limit = start + limits.max_head
+        while True:
+            window = min(scan + limits.max_line + 2, head_limit) if lines == 0 else head_limit
+            lf = buf.find(b"\n", max(scan, start + self._seen), min(n, window))
+            if lf < 0:
+                if n >= window:
+                    if lines == 0:
+                        raise RemoteProtocolError(self._LINE_STATUS, "start line too long")
+                    raise RemoteProtocolError(self._SIZE_STATUS, "head too large")
+                self._head_scan = scan - start
+                self._head_lines = lines
+                self._seen = n - start
+                return -1
+            if lf == scan or buf[lf - 1] != _CR:
+                raise RemoteProtocolError(self._BAD_STATUS, "bare LF in head")
+            if buf.find(b"\r", scan, lf - 1) >= 0:
+                raise RemoteProtocolError(self._BAD_STATUS, "bare CR in head")
+            if lines == 0:
+                self._check_start_line(buf, scan, lf - 1)
+                self._line_end = lf - 1 - start
+            elif lf - 1 == scan:
+                self._head_scan = self._head_lines = self._seen = 0
+                return lf + 1
+            elif lines > limits.max_headers:
+                raise RemoteProtocolError(self._SIZE_STATUS, "too many header fields")
+            lines += 1
+            scan = lf + 1
+
+    def _field_section(
+        self, buf: bytes | bytearray, start: int, head_end: int
+    ) -> list[tuple[bytes, bytes]]:
+        """Have llhttp validate and split the field lines of the head in
+        ``buf[start:head_end]`` (its start line is checked already; llhttp sees a
+        fixed one instead)."""
+        try:
+            return self._fields.parse(_slice(buf, start + self._line_end + 2, head_end))
+        except ValueError as exc:
+            raise RemoteProtocolError(self._BAD_STATUS, f"invalid field section: {exc}") from None
+
+    # -- chunked bodies ---------------------------------------------------------------
+
+    def _line(self, buf: bytes | bytearray, pos: int, limit: int, what: str, status: int) -> int:
+        """Find the LF ending a CRLF line at ``pos`` of at most ``limit`` bytes; -1 if
+        incomplete. Raises for a bare LF, or (with ``status``) for a line that cannot
+        end within the limit."""
+        n = len(buf)
+        window = pos + limit + 2
+        lf = buf.find(b"\n", pos + self._seen, min(n, window))
+        if lf < 0:
+            if n >= window:
+                raise RemoteProtocolError(status, f"{what} too long")
+            self._seen = n - pos
+            return -1
+        self._seen = 0
+        if lf == pos or buf[lf - 1] != _CR:
+            raise RemoteProtocolError(self._BAD_STATUS, f"bare LF in {what}")
+        return lf
+
+    def _chunk_size_line(self, buf: bytes | bytearray, pos: int) -> int:
+        lf = self._line(buf, pos, self._limits.max_chunk_line, "chunk-size line", self._BAD_STATUS)
+        if lf < 0:
+            return -1
+        m = _CHUNK_LINE_RE.fullmatch(buf, pos, lf - 1)
+        if m is None:
+            raise RemoteProtocolError(self._BAD_STATUS, "invalid chunk-size line")
+        size = int(m.group(1), 16)
+        if size > _MAX_LENGTH:
+            raise RemoteProtocolError(self._BAD_STATUS, "chunk size overflow")
+        if size:
+            self._remaining = size
+            self._go(_IN_CHUNK_HEADER)
+        else:
+            self._trailer_bytes = self._trailer_count = 0
+            self._go(_IN_LAST_CHUNK)
+        return lf + 1
+
+    def _trailer_line(self, buf: bytes | bytearray, pos: int) -> int:
+        limits = self._limits
+        room = limits.max_head - self._trailer_bytes
+        lf = self._line(buf, pos, room - 2, "trailer section", self._SIZE_STATUS)
+        if lf < 0:
+            return -1
+        if buf.find(b"\r", pos, lf - 1) >= 0:
+            raise RemoteProtocolError(self._BAD_STATUS, "bare CR in trailer section")
+        self._trailer_bytes += lf + 1 - pos
+        if lf - 1 == pos:
+            self._go(_IN_BLANK_LINE)
+            return lf + 1
+        m = _FIELD_LINE_RE.fullmatch(buf, pos, lf - 1)
+        if m is None:
+            raise RemoteProtocolError(self._BAD_STATUS, "invalid trailer field line")
+        if bytes(m.group(1)).lower() in _FORBIDDEN_TRAILERS:
+            raise RemoteProtocolError(self._BAD_STATUS, f"{m.group(1)!r} not allowed in trailers")
+        self._trailer_count += 1
+        if self._trailer_count > limits.max_headers:
+            raise RemoteProtocolError(self._SIZE_STATUS, "too many trailer fields")
+        self._go(_IN_TRAILER)
+        return lf + 1
+
+
+# -- the client side ------------------------------------------------------------------
+
+
+class RequestParser(_Parser):
+    """Parses the requests of one client connection, in the h11 style, without I/O.
+
+    Feed :meth:`receive_data` with whatever the socket produced and :meth:`receive_eof`
+    when the client half-closes. For each request you get a :class:`RequestHead`
+    (forward :func:`encode_head` of it), :class:`BodyChunk` events (forward their
+    bytes) and a :class:`RequestEnd`. After an upgrade request's end, call
+    :meth:`accept_upgrade` or :meth:`decline_upgrade` once the backend has answered.
+
+    Example:
+        >>> p = RequestParser()
+        >>> events = p.receive_data(b"GET / HTTP/1.1\\r\\nHost: a\\r\\n\\r\\nGET /2 HTTP/1.1\\r\\n")
+        >>> [type(e).__name__ for e in events]
+        ['RequestHead', 'RequestEnd']
+        >>> events[0].host, events[0].keep_alive
+        ('a', True)
+    """
+
+    __slots__ = ("_request_line", "_upgrade")
+
+    _LINE_STATUS = 414
+    _SIZE_STATUS = 431
+    _BAD_STATUS = 400
+
+    def __init__(self, limits: HttpLimits | None = None) -> None:
+        """Create a parser for one client connection.
+
+        Args:
+            limits: Size limits; the defaults of :class:`HttpLimits` if ``None``.
+        """
+        super().__init__(limits)
+        self._request_line: tuple[bytes, bytes, bytes, str | None] = (b"", b"", b"", None)
+        self._upgrade = False
+
+    def accept_upgrade(self) -> bytes:
+        """The backend answered the upgrade request with 101: switch to relaying.
+
+        Returns:
+            Bytes the client sent after the upgrade request (to relay to the backend).
+
+        Raises:
+            LocalProtocolError: No upgrade request is waiting for an answer.
+        """
+        self._go(_IN_ACCEPT)
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data
+
+    def decline_upgrade(self) -> list[Event]:
+        """The backend answered the upgrade request without switching: go on with HTTP.
+
+        Returns:
+            The events of the bytes held since the upgrade request.
+
+        Raises:
+            RemoteProtocolError: The held bytes break HTTP/1.x (or end a message early).
+            LocalProtocolError: No upgrade request is waiting for an answer.
+        """
+        self._go(_IN_DECLINE if self._keep_alive else _IN_DECLINE_CLOSE)
+        events = self.receive_data(b"")
+        if self._eof:
+            self._eof = False
+            try:
+                events += self.receive_eof()
+            except HttpError as exc:
+                exc.events = tuple(events) + exc.events
+                raise
+        return events
+
+    def _head_start(self, buf: bytes | bytearray, pos: int) -> int:
+        while buf.startswith(b"\r\n", pos):  # RFC 9112 §2.2: skip empty lines before
+            pos += 2
+        return pos
+
+    def _check_start_line(self, buf: bytes | bytearray, start: int, end: int) -> None:
+        m = _REQUEST_LINE_RE.fullmatch(_slice(buf, start, end))
+        if m is None:
+            raise RemoteProtocolError(400, "malformed request line")
+        method, target, major, minor = m.groups()
+        if major != b"1" or minor not in (b"0", b"1"):
+            raise RemoteProtocolError(505, f"HTTP/{major.decode()}.{minor.decode()} not supported")
+        if method == b"CONNECT":
+            raise RemoteProtocolError(501, "CONNECT is not supported")
+        if b"#" in target:
+            raise RemoteProtocolError(400, "fragment in request target")
+        host: str | None = None
+        if target[0] == 0x2F:  # "/": origin-form
+            pass
+        elif target == b"*":
+            if method != b"OPTIONS":
+                raise RemoteProtocolError(400, "asterisk-form target needs OPTIONS")
+        else:
+            absolute = _ABSOLUTE_RE.fullmatch(target)
+            if absolute is None or absolute.group(1).lower() not in (b"http", b"https"):
+                raise RemoteProtocolError(400, "invalid request target")
+            authority = absolute.group(2)
+            try:
+                host = None if b"@" in authority else _parse_authority(authority)
+            except ValueError:
+                host = None
+            if host is None:
+                raise RemoteProtocolError(400, "invalid authority in request target")
+        self._request_line = (method, target, major + b"." + minor, host)
+
+    def _on_head(self, buf: bytes | bytearray, start: int, end: int) -> tuple[Event, _Input]:
+        headers = self._field_section(buf, start, end)
+        method, target, version, host = self._request_line
+        hosts: list[bytes] = []
+        lengths: list[bytes] = []
+        codings: list[bytes] = []
+        connection: list[bytes] = []
+        expect: list[bytes] = []
+        upgrade: list[bytes] = []
+        for name, value in headers:
+            lname = name.lower()
+            if lname in _REQUEST_FIELDS:
+                if lname == b"host":
+                    hosts.append(value)
+                elif lname == b"content-length":
+                    lengths.append(value)
+                elif lname == b"transfer-encoding":
+                    codings.append(value)
+                elif lname == b"connection":
+                    connection.append(value)
+                elif lname == b"expect":
+                    expect.append(value)
+                else:
+                    upgrade.append(value)
+        http11 = version == b"1.1"
+        if len(hosts) > 1:
+            raise RemoteProtocolError(400, "more than one Host field")
+        if not hosts and http11:
+            raise RemoteProtocolError(400, "no Host field in an HTTP/1.1 request")
+        if hosts:
+            try:
+                field_host = _parse_authority(hosts[0])
+            except ValueError:
+                raise RemoteProtocolError(400, f"invalid Host {hosts[0]!r}") from None
+            if host is None:
+                host = field_host
+            elif field_host != host:
+                raise RemoteProtocolError(400, "Host does not match the request target")
+        length = _content_length(lengths, 400)
+        if codings:
+            if lengths:
+                raise RemoteProtocolError(400, "Content-Length with Transfer-Encoding")
+            if not http11:
+                raise RemoteProtocolError(400, "Transfer-Encoding in an HTTP/1.0 request")
+            if not _chunked_last(codings, 400):
+                raise RemoteProtocolError(400, "final transfer coding is not chunked")
+        options = [t.lower() for t in _tokens(connection)]
+        if http11:
+            keep_alive = b"close" not in options
+        else:
+            keep_alive = b"keep-alive" in options and b"close" not in options
+        expect_continue = False
+        if expect and http11:
+            for item in _tokens(expect):
+                if item.lower() != b"100-continue":
+                    raise RemoteProtocolError(417, f"unsupported expectation {item!r}")
+                expect_continue = True
+        upgrade_to = None
+        if http11 and upgrade and b"upgrade" in options:
+            upgrade_to = b", ".join(upgrade)
+        self._keep_alive = keep_alive
+        self._upgrade = upgrade_to is not None
+        if codings:
+            kind, inp = _BK_CHUNKED, _IN_HEAD_CHUNKED
+        elif length is not None:
+            kind, inp = _BK_LENGTH, _IN_HEAD_LENGTH if length else _IN_HEAD_NO_BODY
+            self._remaining = length
+        else:
+            kind, inp = _BK_NONE, _IN_HEAD_NO_BODY
+        head = RequestHead(
+            method=method,
+            target=target,
+            version=version,
+            headers=headers,
+            host=host,
+            keep_alive=keep_alive,
+            expect_continue=expect_continue,
+            upgrade=upgrade_to,
+            body_kind=kind,
+            content_length=length,
+        )
+        return head, inp
+
+    def _end_message(self) -> _Input:
+        if self._upgrade:
+            return _IN_UPGRADE
+        return _IN_KEEP_ALIVE if self._keep_alive else _IN_CLOSE
+
+    def _end_event(self) -> Event:
+        return RequestEnd()
+
+
+# -- the backend side -----------------------------------------------------------------
+
+
+class ResponseParser(_Parser):
+    """Parses the responses of one backend connection, in the h11 style, without I/O.
+
+    Call :meth:`expect_response` for every request sent on the connection, in order,
+    so the parser knows which responses have no body (HEAD) and which may switch
+    protocols. Feed :meth:`receive_data` and :meth:`receive_eof`. For each response
+    you get zero or more interim :class:`ResponseHead` (1xx), then a final
+    :class:`ResponseHead`, :class:`BodyChunk` events and a :class:`ResponseEnd` -
+    except after a 101, when :attr:`state` is :attr:`State.SWITCHED` and
+    :attr:`trailing_data` holds the first bytes of the new protocol.
+
+    Every :class:`RemoteProtocolError` has status 502: never reuse the connection.
+    """
+
+    __slots__ = ("_expected", "_status_line")
+
+    _LINE_STATUS = 502
+    _SIZE_STATUS = 502
+    _BAD_STATUS = 502
+
+    def __init__(self, limits: HttpLimits | None = None) -> None:
+        """Create a parser for one backend connection.
+
+        Args:
+            limits: Size limits; the defaults of :class:`HttpLimits` if ``None``.
+        """
+        super().__init__(limits)
+        self._expected: deque[tuple[bytes, bool]] = deque()
+        self._status_line: tuple[bytes, int, bytes] = (b"", 0, b"")
+
+    def expect_response(self, method: bytes, upgrade: bool = False) -> None:
+        """Announce a request sent on this connection (call once per request, in order).
+
+        Args:
+            method: The request's method (``b"HEAD"`` responses have no body).
+            upgrade: Whether it was an upgrade request (only then is 101 allowed).
+
+        Raises:
+            LocalProtocolError: ``CONNECT`` (not supported), or the connection is
+                switched, closed or broken.
+        """
+        if method == b"CONNECT":
+            raise LocalProtocolError("CONNECT is not supported")
+        if self._state in (_ST_SWITCHED, _ST_CLOSED, _ST_ERROR, _ST_MUST_CLOSE):
+            raise LocalProtocolError(f"no response can come in state {self._state.name}")
+        self._expected.append((method, upgrade))
+
+    @property
+    def pending(self) -> int:
+        """Requests announced whose final response has not begun yet."""
+        return len(self._expected)
+
+    @property
+    def trailing_data(self) -> bytes:
+        """After a 101: bytes of the new protocol that came with the response head."""
+        return bytes(self._buf) if self._state is _ST_SWITCHED else b""
+
+    def _at_boundary(self) -> bool:
+        return not self._expected
+
+    def _head_start(self, buf: bytes | bytearray, pos: int) -> int:
+        if pos < len(buf) and not self._expected:
+            raise RemoteProtocolError(502, "response bytes without a request")
+        return pos
+
+    def _truncated(self, state: State) -> RemoteProtocolError:
+        if state is _ST_HEAD and not self._buf:
+            return RemoteProtocolError(502, "backend closed the connection without responding")
+        return super()._truncated(state)
+
+    def _check_start_line(self, buf: bytes | bytearray, start: int, end: int) -> None:
+        m = _STATUS_LINE_RE.fullmatch(_slice(buf, start, end))
+        if m is None:
+            raise RemoteProtocolError(502, "malformed status line")
+        major, minor, code, reason = m.groups()
+        if major != b"1" or minor not in (b"0", b"1"):
+            raise RemoteProtocolError(502, "unsupported HTTP version in status line")
+        status = int(code)
+        if not 100 <= status <= 599:
+            raise RemoteProtocolError(502, f"invalid status code {status}")
+        self._status_line = (major + b"." + minor, status, reason or b"")
+
+    def _on_head(self, buf: bytes | bytearray, start: int, end: int) -> tuple[Event, _Input]:
+        headers = self._field_section(buf, start, end)
+        version, status, reason = self._status_line
+        method, upgrade_request = self._expected[0]
+        lengths: list[bytes] = []
+        codings: list[bytes] = []
+        connection: list[bytes] = []
+        upgrade: list[bytes] = []
+        for name, value in headers:
+            lname = name.lower()
+            if lname in _RESPONSE_FIELDS:
+                if lname == b"content-length":
+                    lengths.append(value)
+                elif lname == b"transfer-encoding":
+                    codings.append(value)
+                elif lname == b"connection":
+                    connection.append(value)
+                else:
+                    upgrade.append(value)
+        http11 = version == b"1.1"
+        length = _content_length(lengths, 502)
+        chunked = False
+        if codings:
+            if lengths:
+                raise RemoteProtocolError(502, "Content-Length with Transfer-Encoding")
+            if not http11:
+                raise RemoteProtocolError(502, "Transfer-Encoding in an HTTP/1.0 response")
+            chunked = _chunked_last(codings, 502)
+        options = [t.lower() for t in _tokens(connection)]
+        if http11:
+            keep_alive = b"close" not in options
+        else:
+            keep_alive = b"keep-alive" in options and b"close" not in options
+        if status < 200:
+            if status == 101:
+                if not upgrade_request or not upgrade:
+                    raise RemoteProtocolError(502, "101 without an upgrade to switch to")
+                self._expected.popleft()
+                inp = _IN_HEAD_SWITCH
+            else:
+                inp = _IN_HEAD_INTERIM
+            kind = _BK_NONE
+            length = None
+        else:
+            self._expected.popleft()
+            if method == b"HEAD" or status in (204, 304):
+                kind, inp, length = _BK_NONE, _IN_HEAD_NO_BODY, None
+            elif codings and chunked:
+                kind, inp, length = _BK_CHUNKED, _IN_HEAD_CHUNKED, None
+            elif length is not None:
+                kind = _BK_LENGTH
+                inp = _IN_HEAD_LENGTH if length else _IN_HEAD_NO_BODY
+                self._remaining = length
+            else:
+                kind, inp, length = _BK_UNTIL_CLOSE, _IN_HEAD_UNTIL_CLOSE, None
+                keep_alive = False
+        self._keep_alive = keep_alive
+        head = ResponseHead(
+            status=status,
+            reason=reason,
+            version=version,
+            headers=headers,
+            keep_alive=keep_alive,
+            body_kind=kind,
+            content_length=length,
+        )
+        return head, inp
+
+    def _end_message(self) -> _Input:
+        return _IN_KEEP_ALIVE if self._keep_alive else _IN_CLOSE
+
+    def _end_event(self) -> Event:
+        return ResponseEnd()
+
+
+# -- encoding -------------------------------------------------------------------------
+
+
+def _check_field(name: bytes, value: bytes) -> None:
+    if _TOKEN_RE.fullmatch(name) is None:
+        raise LocalProtocolError(f"invalid field name {name!r}")
+    if _FIELD_VALUE_RE.fullmatch(value) is None:
+        raise LocalProtocolError(f"invalid field value {value!r} for {name!r}")
+
+
+def _hop_by_hop(
+    headers: list[tuple[bytes, bytes]], keep: frozenset[bytes]
+) -> tuple[frozenset[bytes], list[bytes]]:
+    """The lowercased names to drop for a hop, and the Connection options (as sent)
+    that do not name a field in ``keep``."""
+    options = _tokens([v for n, v in headers if n.lower() == b"connection"])
+    kept = [o for o in options if o.lower() not in keep]
+    named = {o.lower() for o in kept} - {b"close", b"keep-alive", b"upgrade"}
+    return _HOP_BY_HOP | named, kept
+
+
+def encode_head(head: RequestHead, add_headers: Sequence[tuple[bytes, bytes]] = ()) -> bytes:
+    """Write the request head to send to a backend.
+
+    The request line and field lines are written in the client's order and casing
+    (values without surrounding whitespace). Hop-by-hop fields are handled as the
+    module docstring says. Each field in ``add_headers`` replaces the client's
+    fields of that name and is appended at the end; for ``X-Forwarded-For``,
+    ``Forwarded`` and ``Via`` the client's values are kept in front, joined by
+    ``", "`` (``X-Forwarded-For: client-sent, 10.0.0.1``).
+
+    Args:
+        head: A head from :class:`RequestParser`.
+        add_headers: Fields to add, e.g. ``[(b"x-forwarded-for", b"10.0.0.1"),
+            (b"x-client-port", b"51000")]``.
+
+    Returns:
+        The head bytes, ending with the empty line; the body follows unchanged.
+
+    Raises:
+        LocalProtocolError: A field in ``add_headers`` is not a valid field line.
+    """
+    added = {name.lower() for name, _ in add_headers}
+    for name, value in add_headers:
+        _check_field(name, value)
+    drop, options = _hop_by_hop(head.headers, _PROTECTED | added)
+    upgrading = head.upgrade is not None
+    # An upgrade keeps the fields its Connection names (e.g. HTTP2-Settings) and Upgrade.
+    drop = drop - {o.lower() for o in options} if upgrading else drop | {b"upgrade"}
+    if upgrading and options:
+        connection = b", ".join(options)
+    elif head.version == b"1.0" and head.keep_alive:
+        connection = b"keep-alive"
+    else:
+        connection = b""
+    previous: dict[bytes, list[bytes]] = {}
+    out = [head.method, b" ", head.target, b" HTTP/", head.version, b"\r\n"]
+    for name, value in head.headers:
+        lname = name.lower()
+        if lname in added:
+            previous.setdefault(lname, []).append(value)
+        elif lname == b"connection":
+            if connection:
+                out += (name, b": ", connection, b"\r\n")
+                connection = b""
+        elif lname not in drop:
+            out += (name, b": ", value, b"\r\n")
+    if connection:
+        out += (b"Connection: ", connection, b"\r\n")
+    for name, value in add_headers:
+        lname = name.lower()
+        if lname in _LIST_VALUED and lname in previous:
+            value = b", ".join([*previous[lname], value])
+        out += (name, b": ", value, b"\r\n")
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+def encode_response_head(head: ResponseHead, close: bool = False) -> bytes:
+    """Write a backend's response head to send to the client.
+
+    Status line and field lines are kept in order and casing. For a 101 the fields
+    go as they are (``Connection: upgrade`` is the point). Otherwise the backend's
+    hop-by-hop fields are dropped as in :func:`encode_head` and the proxy's own
+    intent is written: ``Connection: close`` if ``close``, or ``Connection:
+    keep-alive`` for an HTTP/1.0 response on a connection that stays open.
+
+    Args:
+        head: A head from :class:`ResponseParser`.
+        close: Whether the proxy closes the client connection after this response
+            (ignored for interim and 101 heads).
+
+    Returns:
+        The head bytes, ending with the empty line.
+    """
+    out = [b"HTTP/", head.version, b" %d " % head.status, head.reason, b"\r\n"]
+    if head.status < 200:
+        drop: frozenset[bytes] = frozenset() if head.status == 101 else _HOP_BY_HOP
+        connection = b""
+    else:
+        drop, _ = _hop_by_hop(head.headers, _PROTECTED)
+        if head.status != 426:  # 426 Upgrade Required must say which protocol
+            drop = drop | {b"upgrade"}
+        if close:
+            connection = b"close"
+        elif head.version == b"1.0":
+            connection = b"keep-alive"
+        else:
+            connection = b""
+    for name, value in head.headers:
+        if name.lower() not in drop:
+            out += (name, b": ", value, b"\r\n")
+    if connection:
+        out += (b"Connection: ", connection, b"\r\n")
+    out.append(b"\r\n")
+    return b"".join(out)
