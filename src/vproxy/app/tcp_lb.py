@@ -12,6 +12,7 @@ Must not: parse commands; the control plane calls this API.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import threading
@@ -19,13 +20,15 @@ from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 from vproxy.app.access_log import AcceptClock, AccessLog
+from vproxy.app.tls_frontend import serve_tls
+from vproxy.component.cert_key import CertKey, TlsServerConfig
 from vproxy.component.health_check import HealthCheckConfig
 from vproxy.component.proxy import Proxy
 from vproxy.component.security_group import SecurityGroup
 from vproxy.component.server_group import Method, ServerGroup
 from vproxy.component.upstream import Upstream
 from vproxy.net.connection import Session
-from vproxy.net.event_loop import EventLoopGroup
+from vproxy.net.event_loop import EventLoopError, EventLoopGroup
 from vproxy.net.server_sock import ServerSock, bind_listener, format_address, parse_address
 
 __all__ = ["DEFAULT_BUFFER_SIZE", "DEFAULT_TIMEOUT_MS", "TcpLB", "TcpLBError", "start_tcp_lb"]
@@ -34,6 +37,7 @@ _log = logging.getLogger("vproxy.app")
 
 DEFAULT_BUFFER_SIZE = 16384
 DEFAULT_TIMEOUT_MS = 900_000
+DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000
 MIN_BUFFER_SIZE = 256
 MAX_BUFFER_SIZE = 16 * 1024 * 1024
 SUPPORTED_PROTOCOLS = frozenset({"tcp"})
@@ -65,8 +69,15 @@ class TcpLB:
         timeout: int = DEFAULT_TIMEOUT_MS,
         protocol: str = "tcp",
         security_group: SecurityGroup | None = None,
+        cert_keys: Sequence[CertKey] = (),
+        handshake_timeout: int = DEFAULT_HANDSHAKE_TIMEOUT_MS,
     ) -> None:
         self.name = name
+        self.handshake_timeout = handshake_timeout
+        self.tls: TlsServerConfig | None = None
+        self.tls_tasks: set[asyncio.Task[None]] = set()  # handshakes and connects in flight
+        self.cert_keys: tuple[CertKey, ...] = ()
+        self._set_cert_keys(cert_keys)
         self.bind_address = parse_address(address) if isinstance(address, str) else address
         self.upstream = upstream
         self.acceptor_elg = acceptor_elg
@@ -96,7 +107,30 @@ class TcpLB:
             return
         if self.access_log is not None:
             self._accept_clock.accepted(addr)
-        self.proxy.on_accept(sock, addr)
+        tls = self.tls
+        if tls is None:
+            self.proxy.on_accept(sock, addr)
+            return
+        try:
+            el = self.worker_elg.next()
+        except EventLoopError:
+            sock.close()
+            return
+        el.call_soon(serve_tls, self, tls, el, sock, addr)
+
+    def _set_cert_keys(self, cert_keys: Sequence[CertKey]) -> None:
+        """Terminate TLS with these cert-keys (chosen by SNI); none: plain TCP."""
+        cks = tuple(cert_keys)
+        try:
+            tls = (
+                TlsServerConfig(cks, alpn=(), handshake_timeout=self.handshake_timeout / 1000)
+                if cks
+                else None
+            )
+        except ValueError as exc:
+            raise TcpLBError(str(exc)) from exc
+        self.cert_keys = cks
+        self.tls = tls
 
     def _count_closed(self, session: Session) -> None:
         with self._stats_lock:
@@ -189,6 +223,7 @@ class TcpLB:
         acceptor_elg: EventLoopGroup | None = None,
         protocol: str | None = None,
         security_group: SecurityGroup | bool | None = False,
+        cert_keys: Sequence[CertKey] | None = None,
     ) -> None:
         """Change options; new sessions use them (all-or-nothing).
 
@@ -199,6 +234,8 @@ class TcpLB:
         to = self._check_timeout(timeout) if timeout is not None else None
         if protocol is not None:
             self._check_protocol(protocol)
+        if cert_keys is not None:
+            self._set_cert_keys(cert_keys)
         if acceptor_elg is not None and acceptor_elg is not self.acceptor_elg:
             acceptor_elg.next()  # raises when the group has no loop: nothing changed yet
             self.acceptor_elg = acceptor_elg

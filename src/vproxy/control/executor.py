@@ -486,10 +486,6 @@ class Executor:
     def _lb_refs(
         self, cmd: Command, lb: TcpLB | None
     ) -> tuple[Upstream | None, EventLoopGroup | None, EventLoopGroup | None]:
-        if "cert-key" in cmd.params:
-            raise UnsupportedError(
-                "tcp-lb parameter cert-key (TLS termination) is not available in this build"
-            )
         proto = cmd.params.get("protocol")
         if proto is not None and proto not in SUPPORTED_PROTOCOLS:
             raise UnsupportedError(
@@ -511,6 +507,14 @@ class Executor:
             if g is not None and not g.loops:
                 raise CommandError(f"event-loop-group {g.name} has no event-loop")
         return ups, aelg, welg
+
+    def _cert_keys_param(self, cmd: Command) -> list[CertKey] | None:
+        """The cert-key parameter: the named cert-keys, or None when not given."""
+        if "cert-key" not in cmd.params:
+            return None
+        names = cmd.params["cert-key"]
+        assert isinstance(names, tuple)
+        return [self._ck(str(n)) for n in names]
 
     def _secg_param(self, cmd: Command) -> SecurityGroup | bool:
         """The security-group parameter: a group, or False when not given."""
@@ -540,6 +544,7 @@ class Executor:
                 timeout=_int(cmd, "timeout", DEFAULT_TIMEOUT_MS),
                 protocol=_str(cmd, "protocol", "tcp"),
                 security_group=secg if isinstance(secg, SecurityGroup) else None,
+                cert_keys=self._cert_keys_param(cmd) or (),
             )
         except TcpLBError as exc:
             raise CommandError(str(exc)) from exc
@@ -557,6 +562,7 @@ class Executor:
         secg = self._secg_param(cmd)
         try:
             lb.update(
+                cert_keys=self._cert_keys_param(cmd),
                 security_group=secg,
                 upstream=ups,
                 acceptor_elg=aelg,
@@ -714,7 +720,10 @@ class Executor:
 
     def _remove_ck(self, cmd: Command) -> Reply:
         name = self._name(cmd)
-        self._ck(name)
+        ck = self._ck(name)
+        users = [f"tcp-lb {lb.name}" for lb in self.app.tcp_lbs.values() if ck in lb.cert_keys]
+        if users:
+            raise InUseError(f"cert-key {name} is used by {', '.join(users)}")
         del self.app.cert_keys[name]
         return OK
 
@@ -926,6 +935,7 @@ class Executor:
                 "timeout": o.timeout,
                 "protocol": o.protocol,
                 "security-group": o.security_group.name if o.security_group else None,
+                "cert-key": [ck.name for ck in o.cert_keys],
                 "sessions": len(o.sessions),
                 "accepted": o.accepted,
             }
@@ -1087,6 +1097,8 @@ class Executor:
             }
             if lb.security_group is not None:
                 params["security-group"] = lb.security_group.name
+            if lb.cert_keys:
+                params["cert-key"] = tuple(ck.name for ck in lb.cert_keys)
             out.append(Command(Action.ADD, ResourceType.TCP_LB, lb.name, params=params))
         for s5 in app.socks5_servers.values():
             host, port = s5.address
