@@ -33,6 +33,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from importlib.metadata import version
 
 import h11
 import httptools
@@ -182,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(results, indent=2))
         return 0
     print(
-        f"Python {platform.python_version()}, httptools {httptools.__version__}, "
-        f"h11 {h11.__version__}; median of {args.runs}; {READ_SIZE // 1024} KiB reads"
+        f"Python {platform.python_version()}, httptools {version('httptools')}, "
+        f"h11 {version('h11')}; median of {args.runs}; {READ_SIZE // 1024} KiB reads"
     )
     print(f"GET is {len(GET)} bytes; POST is {len(POST)} bytes")
     print(f"{'workload':<12} {'parser':<10} {'requests/s':>12} {'MB/s':>9}")

@@ -14,6 +14,7 @@ Claims, each checked by hypothesis:
 
 from __future__ import annotations
 
+import functools
 import string
 from collections import deque
 from collections.abc import Callable
@@ -49,7 +50,7 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 PROPERTY = settings(
-    max_examples=400,
+    max_examples=300,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -72,8 +73,10 @@ PATH_CHARS = string.ascii_letters + string.digits + "-._~!$&'()*+,;=:@/%?"
 
 
 def random_case(draw: st.DrawFn, name: str) -> bytes:
-    flips = draw(st.lists(st.booleans(), min_size=len(name), max_size=len(name)))
-    return "".join(c.upper() if f else c.lower() for c, f in zip(name, flips, strict=True)).encode()
+    mask = draw(st.integers(0, 2 ** len(name) - 1))
+    return bytes(
+        c ^ 0x20 if mask >> i & 1 and chr(c).isalpha() else c for i, c in enumerate(name.encode())
+    )
 
 
 field_names = st.text(TOKEN_CHARS, min_size=1, max_size=12).filter(
@@ -134,11 +137,11 @@ def requests(draw: st.DrawFn, last: bool = True) -> Expected:
     fields: list[tuple[bytes, bytes]] = []
     host: str | None = None
     if version == b"1.1" or draw(st.booleans()):
-        name, port = draw(
+        host_name, port = draw(
             st.sampled_from([("a.example", ""), ("B.Example", ":8080"), ("[::1]", ":1")])
         )
-        host = name.lower()
-        fields.append((random_case(draw, "host"), (name + port).encode()))
+        host = host_name.lower()
+        fields.append((random_case(draw, "host"), (host_name + port).encode()))
     fields += draw(st.lists(st.tuples(field_names.map(str.encode), field_values), max_size=6))
     payload = draw(st.binary(max_size=300))
     kinds = ["none", "length"] + (["chunked"] if version == b"1.1" else [])
@@ -229,6 +232,7 @@ def drive(parser: RequestParser | ResponseParser, segments: list[bytes], eof: bo
     """Feed ``segments`` (then EOF), the way a proxy would; any error but
     RemoteProtocolError escapes and fails the test."""
     events: list[Event] = []
+    error: RemoteProtocolError | None = None
     try:
         for segment in segments:
             if parser.state is State.SWITCHED:
@@ -239,11 +243,13 @@ def drive(parser: RequestParser | ResponseParser, segments: list[bytes], eof: bo
         if eof and parser.state not in (State.SWITCHED, State.CLOSED):
             events += parser.receive_eof()
     except RemoteProtocolError as exc:
-        assert 400 <= exc.status <= 599
-        assert list(exc.events) == committed(list(exc.events))
-        events += exc.events
-        return Outcome(merged(committed(events)), exc.status, parser.state)
-    return Outcome(merged(events), None, parser.state)
+        error = exc
+    if error is None:
+        return Outcome(merged(events), None, parser.state)
+    assert 400 <= error.status <= 599
+    assert list(error.events) == committed(list(error.events))
+    events += error.events
+    return Outcome(merged(committed(events)), error.status, parser.state)
 
 
 def check_grammar(events: list[Event], response: bool) -> None:
@@ -290,11 +296,37 @@ def mutated(draw: st.DrawFn, base: bytes) -> bytes:
     return bytes(data)
 
 
+# Valid messages the fuzzers break: cheaper to draw than generated ones, and covering
+# every framing (the round-trip tests generate messages instead).
+REQUEST_TEMPLATES = [
+    b"GET /a?b HTTP/1.1\r\nHost: h\r\nAccept: */*\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
+    b"PUT /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b'3;e="q"\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nT: v\r\n\r\n',
+    b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok",
+    b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"\r\nGET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n",
+]
+RESPONSE_TEMPLATES = [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+    b"HTTP/1.1 100 Continue\r\n\r\n",
+    b"HTTP/1.1 204 No Content\r\n\r\n",
+    b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;e=1\r\nabc\r\n0\r\nT: v\r\n\r\n",
+    b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\nx",
+    b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\nraw",
+    b"HTTP/1.1 200 OK\r\n\r\nuntil close",
+]
+
+
 @st.composite
 def request_noise(draw: st.DrawFn) -> bytes:
     if draw(st.integers(0, 4)) == 0:
         return draw(st.binary(max_size=300))
-    base = b"".join(e.wire for e in draw(request_streams()))
+    base = b"".join(draw(st.lists(st.sampled_from(REQUEST_TEMPLATES), min_size=1, max_size=3)))
     return draw(mutated(base))
 
 
@@ -302,7 +334,7 @@ def request_noise(draw: st.DrawFn) -> bytes:
 def response_noise(draw: st.DrawFn) -> bytes:
     if draw(st.integers(0, 4)) == 0:
         return draw(st.binary(max_size=300))
-    base = b"".join(r.wire for r in draw(response_streams()))
+    base = b"".join(draw(st.lists(st.sampled_from(RESPONSE_TEMPLATES), min_size=1, max_size=3)))
     return draw(mutated(base))
 
 
@@ -312,7 +344,6 @@ def response_noise(draw: st.DrawFn) -> bytes:
 @dataclass
 class ExpectedResponse:
     method: bytes
-    upgrade: bool
     wire: bytes
     heads: list[ResponseHead]  # interim ones first
     body: bytes
@@ -343,25 +374,19 @@ def responses(draw: st.DrawFn, last: bool) -> ExpectedResponse:
         fields.append((b"Connection", b"keep-alive"))
     if kind == "length":
         fields.append((b"Content-Length", str(len(payload)).encode()))
-        if not no_body:
-            body, length = payload, len(payload)
-        body_kind = BodyKind.NONE if no_body or not payload else BodyKind.LENGTH
-        if body_kind is BodyKind.NONE:
-            length = None
+        if no_body:
+            body_kind = BodyKind.NONE
         else:
-            body_kind = BodyKind.LENGTH
+            body, length, body_kind = payload, len(payload), BodyKind.LENGTH
     elif kind == "chunked":
         fields.append((b"Transfer-Encoding", b"chunked"))
         body_kind = BodyKind.NONE if no_body else BodyKind.CHUNKED
         if not no_body:
             body = draw(chunked_bodies(payload))
+    elif no_body:
+        body_kind = BodyKind.NONE
     else:
-        body_kind = BodyKind.NONE if no_body else BodyKind.UNTIL_CLOSE
-        if not no_body:
-            body = payload
-            keep_alive = False
-    if body_kind is BodyKind.LENGTH and length == 0:
-        body_kind = BodyKind.LENGTH
+        body, body_kind, keep_alive = payload, BodyKind.UNTIL_CLOSE, False
     fields = draw(st.permutations(fields))
     wire += (
         b"HTTP/"
@@ -370,11 +395,8 @@ def responses(draw: st.DrawFn, last: bool) -> ExpectedResponse:
         + (b" " + reason if reason or draw(st.booleans()) else b"")
     )
     wire += b"\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in fields) + b"\r\n" + body
-    if kind == "length" and not no_body and not payload:
-        body_kind = BodyKind.LENGTH
-        length = 0
     heads.append(ResponseHead(status, reason, version, list(fields), keep_alive, body_kind, length))
-    return ExpectedResponse(method, False, wire, heads, body)
+    return ExpectedResponse(method, wire, heads, body)
 
 
 @st.composite
@@ -587,7 +609,7 @@ def test_parsers_move_along_the_table(data: st.DataObject) -> None:
     raw = data.draw(request_noise())
     calls: list[Callable[[], object]] = []
     for segment in data.draw(cut(raw)):
-        calls.append(lambda s=segment: parser.receive_data(s))
+        calls.append(functools.partial(parser.receive_data, segment))
         if data.draw(st.integers(0, 5)) == 0:
             calls.append(
                 data.draw(st.sampled_from([parser.accept_upgrade, parser.decline_upgrade]))
