@@ -12,7 +12,6 @@ and every new session reads it afresh.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 from collections.abc import Callable
@@ -27,6 +26,9 @@ __all__ = ["Connector", "Proxy", "ProxySettings"]
 _log = logging.getLogger("vproxy.component")
 
 MAX_CONNECT_ATTEMPTS = 3
+
+_IPPROTO_TCP = socket.IPPROTO_TCP
+_TCP_NODELAY = socket.TCP_NODELAY
 
 
 class Connector(Protocol):
@@ -69,85 +71,47 @@ class Proxy:
     def __init__(self, settings: ProxySettings) -> None:
         self.settings = settings
         self.sessions: set[Session] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
         self.failed_no_backend = 0
         self.on_session_closed: Callable[[Session], None] | None = None
 
     # Runs in the acceptor loop's thread.
     def on_accept(self, sock: socket.socket, addr: Any) -> None:
-        """Hand an accepted socket to the next worker loop."""
+        """Hand an accepted socket to the next worker loop.
+
+        When that loop is the acceptor's own (acceptor and worker groups share
+        loops), the session starts right here: no thread hand-off.
+        """
         try:
             el = self.settings.worker_elg.next()
         except EventLoopError:
             _log.error("%s: no worker event loop; closing accepted connection", self.settings.name)
             sock.close()
             return
-        el.call_soon(self._start, el, sock, addr)
+        if el.in_loop_thread:
+            self._start(el, sock, addr)
+        else:
+            el.call_soon(self._start, el, sock, addr)
 
-    # Runs in the worker loop's thread.
+    # Runs in the worker loop's thread from here on.
     def _start(self, el: EventLoop, sock: socket.socket, addr: Any) -> None:
-        task = el.loop.create_task(self._serve(el, sock, addr))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _serve(self, el: EventLoop, sock: socket.socket, addr: Any) -> None:
         cfg = self.settings
-        loop = el.loop
-        source = addr[0]
-        session = Session(
-            el, addr, cfg.in_buffer_size, cfg.out_buffer_size, cfg.timeout, self._closed
-        )
-        el.session_started()
-        self.sessions.add(session)
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            server = await self._connect(loop, session, source)
-            if server is None:
-                self.failed_no_backend += 1
-                sock.close()
-                self._closed(session)
-                return
-            session.server = server
-            server.session_opened(session)
-            await loop.connect_accepted_socket(lambda: session.front, sock)
-        except asyncio.CancelledError:
-            sock.close()
-            session.abort()
-            self._closed(session)
-            raise
-        except Exception as exc:
-            _log.debug("%s: session %s failed to start: %s", cfg.name, session.id, exc)
-            sock.close()
-            session.abort()
-            self._closed(session)
+            sock.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
+        except OSError:
+            sock.close()  # the client is already gone
             return
-        session.link()
-
-    async def _connect(
-        self, loop: asyncio.AbstractEventLoop, session: Session, source: str
-    ) -> Server | None:
-        """Connect the session's backend side; try other servers when one fails."""
-        upstream = self.settings.upstream
-        tried: list[Server] = []
-        for _ in range(MAX_CONNECT_ATTEMPTS):
-            server = upstream.next(source)
-            if server is None:
-                return None
-            if server in tried:
-                server = _untried(server, tried)
-                if server is None:
-                    return None
-            tried.append(server)
-            try:
-                async with asyncio.timeout(_connect_timeout_ms(server) / 1000):
-                    back = session.reset_backend()
-                    await loop.create_connection(back.itself, server.host, server.port)
-            except (OSError, TimeoutError) as exc:
-                server.connect_failed()
-                _log.debug("connect to %s failed: %r", server.address_text, exc)
-                continue
-            return server
-        return None
+        session = Session(
+            el,
+            addr,
+            cfg.in_buffer_size,
+            cfg.out_buffer_size,
+            cfg.timeout,
+            self._closed,
+            sock=sock,
+        )
+        el.session_started(session)
+        self.sessions.add(session)
+        _Attempt(self, session, addr[0]).next()
 
     def _closed(self, session: Session) -> None:
         if session not in self.sessions:
@@ -156,7 +120,7 @@ class Proxy:
         server = session.server
         if server is not None:
             server.session_closed(session, session.back.bytes_in, session.front.bytes_in)
-        session.el.session_done()
+        session.el.session_done(session)
         hook = self.on_session_closed
         if hook is not None:
             hook(session)
@@ -164,9 +128,62 @@ class Proxy:
     def close_sessions(self) -> None:
         """Abort every live session (thread-safe: each closes on its own loop)."""
         for s in list(self.sessions):
+            if s.el.in_loop_thread:
+                s.abort()
+                continue
             loop = s._loop
             if not loop.is_closed():
-                loop.call_soon_threadsafe(s.abort)
+                try:
+                    loop.call_soon_threadsafe(s.abort)
+                except RuntimeError:
+                    pass  # closed meanwhile
+
+
+class _Attempt:
+    """Connects one session's backend: a server from the connector, then others.
+
+    A failed connect counts against the server and the next one is tried, up to
+    :data:`MAX_CONNECT_ATTEMPTS`; a server is not tried twice.
+    """
+
+    __slots__ = ("proxy", "server", "session", "source", "tried")
+
+    def __init__(self, proxy: Proxy, session: Session, source: str) -> None:
+        self.proxy = proxy
+        self.session = session
+        self.source = source
+        self.tried: list[Server] = []
+        self.server: Server | None = None
+
+    def next(self) -> None:
+        session = self.session
+        tried = self.tried
+        server: Server | None = None
+        if len(tried) < MAX_CONNECT_ATTEMPTS:
+            server = self.proxy.settings.upstream.next(self.source)
+            if server is not None and server in tried:
+                server = _untried(server, tried)
+        if server is None:
+            self.proxy.failed_no_backend += 1
+            session.abort()
+            return
+        tried.append(server)
+        self.server = server
+        session.connect(server.host, server.port, _connect_timeout_ms(server) / 1000, self.done)
+
+    def done(self, error: OSError | None) -> None:
+        server = self.server
+        assert server is not None
+        session = self.session
+        if error is not None:
+            server.connect_failed()
+            _log.debug("connect to %s failed: %r", server.address_text, error)
+            if not session.closed:
+                self.next()
+            return
+        session.server = server
+        server.session_opened(session)
+        session.link()
 
 
 def _untried(server: Server, tried: list[Server]) -> Server | None:

@@ -1,25 +1,34 @@
 """Connections and the two-way relay between them (SPEC §1 "connection", "Proxy").
 
-Owns: :class:`Connection`, one non-blocking socket of a session with the bytes read
-from it, and :class:`Session`, the pair (frontend, backend) with its life cycle:
-connecting the backend (with a timeout), half-close passed through, both-sides-done
-close, error propagation and the idle timeout.
+Owns: :class:`Connection`, one side of a session with the bytes read from it, and
+:class:`Session`, the pair (frontend, backend) with its life cycle: connecting the
+backend (with a timeout), half-close passed through, both-sides-done close, error
+propagation and the idle timeout.
 
-The relay works on the sockets themselves (``add_reader``/``add_writer``), not on
-asyncio transports: a readable socket is read into a per-thread scratch buffer and
-the bytes are sent to the peer at once, so in the common case nothing is buffered
-in Python at all. Directions that carry bulk data switch to ``os.splice`` through a
-pipe (see :mod:`vproxy.net.splice`), which moves the bytes without copying them into
-the process. ``docs/performance.md`` has the measurements behind these choices.
+A session relays in one of two modes (``docs/performance.md`` has the measurements):
 
-Backpressure is explicit: each direction holds at most one *window* of bytes the
-peer has not taken yet (the rest of one read, or the content of its pipe). While it
-holds any, reading that side stops and the peer is watched for writability; once
-the peer took everything, reading resumes. The window is the tcp-lb's
-``in-buffer-size`` (client → backend) or ``out-buffer-size`` (backend → client),
-raised to :data:`MIN_WINDOW` so that bulk transfers do not pay one system call per
-few kilobytes. A session therefore holds at most two windows, however fast one side
-sends and slowly the other reads.
+* **socket mode** (``Session(..., sock=accepted)``, used by the tcp-lb): the relay
+  works on the non-blocking sockets, watched by the loop's
+  :class:`~vproxy.net.event_loop.FdWatcher` (one epoll set per loop). A readable
+  socket is read into a per-thread scratch buffer and the bytes are sent to the peer
+  at once, so in the common case nothing stays in Python. A direction that carries
+  bulk data (a read of a quarter window or more) switches to ``os.splice`` via a pipe
+  (:mod:`vproxy.net.splice`): the bytes no longer enter the process. Setting up and
+  tearing down a session needs no task, future or transport.
+* **transport mode** (no ``sock``; the caller makes asyncio transports with
+  :attr:`Connection.itself` as protocol, e.g. after a socks5 handshake): each
+  :class:`Connection` is the protocol of its transport and writes what it reads
+  straight into the peer's transport.
+
+Backpressure is explicit in both. Socket mode: a direction holds at most one window
+of bytes its destination has not taken (the rest of one read, or what is in its
+pipe); while it holds any it stops reading its source and watches the destination
+for writability. The window is the buffer size toward the destination (the tcp-lb's
+``in-buffer-size`` toward the backend, ``out-buffer-size`` toward the client) raised
+to :data:`MIN_WINDOW`, so that bulk transfers do not pay a system call per few KiB.
+Transport mode: each transport's write buffer has that buffer size as its high-water
+mark; above it ``pause_writing`` stops reading the peer, below half of it reading
+resumes (plus at most one 256 KiB read chunk per direction).
 
 Must not: choose backends or parse protocols; it moves bytes.
 """
@@ -32,15 +41,17 @@ import errno
 import itertools
 import logging
 import os
+import select
 import socket
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from vproxy.net import splice as _splice
+from vproxy.net.event_loop import READABLE, WRITABLE
 
 if TYPE_CHECKING:
-    from vproxy.net.event_loop import EventLoop
+    from vproxy.net.event_loop import EventLoop, FdWatcher
 
 __all__ = ["MIN_WINDOW", "Connection", "Session"]
 
@@ -48,10 +59,13 @@ _log = logging.getLogger("vproxy.net")
 
 _session_ids = itertools.count(1)
 
-#: Smallest per-direction window (bytes): one read, or one pipe.
+#: Smallest per-direction window in socket mode (bytes): one read, or one pipe.
 MIN_WINDOW = 256 * 1024
-#: A direction moves to splice after this many full-window reads in a row.
-SPLICE_AFTER_FULL_READS = 1
+#: A read of at least window / BULK_READ_FRACTION bytes switches a direction to splice:
+#: the data came in faster than one chunk per round, small messages never get there.
+BULK_READ_FRACTION = 4
+#: Reads after which a socket is handed to the loop's own watch (FdWatcher.promote).
+PROMOTE_AFTER_READS = 64
 
 _AF_INET = socket.AF_INET
 _AF_INET6 = socket.AF_INET6
@@ -62,104 +76,197 @@ _SOL_SOCKET = socket.SOL_SOCKET
 _SO_ERROR = socket.SO_ERROR
 _SHUT_WR = socket.SHUT_WR
 _EINPROGRESS = errno.EINPROGRESS
+_write = os.write
 _RETRY = (BlockingIOError, InterruptedError)
+_READABLE = READABLE
+_WRITABLE = WRITABLE
+_ERRORS = (select.EPOLLERR | select.EPOLLHUP) if hasattr(select, "EPOLLERR") else 0
+_READ_EVENTS = _READABLE | _ERRORS
+_WRITE_EVENTS = _WRITABLE | _ERRORS
 
 
 class _Scratch(threading.local):
-    """One read buffer per loop thread: bytes are sent on before the next read."""
+    """One read buffer per loop thread: what is read is sent on before the next read."""
 
     def __init__(self) -> None:
         self.view = memoryview(bytearray(MIN_WINDOW))
 
-    def at_least(self, size: int) -> memoryview:
+    def window(self, size: int) -> memoryview:
         if len(self.view) < size:
             self.view = memoryview(bytearray(size))
-        return self.view
+        return self.view[:size]
 
 
 _scratch = _Scratch()
+_EMPTY = memoryview(b"")
 
 
-class Connection:
-    """One side of a session: a non-blocking socket and the bytes read from it.
+def _not_linked(buf: memoryview) -> int:
+    raise OSError(errno.ENOTCONN, "not linked")
 
-    ``bytes_in`` counts bytes read from this socket; ``backlog`` (copy mode) or
-    ``piped`` (splice mode) is what was read here and the peer has not taken yet.
-    ``eof`` is set when this side sent its FIN, ``shut`` when we passed a FIN on to
-    it, ``closed`` once its socket is closed.
+
+class _SocketView(asyncio.Transport):
+    """What code written against transports may still ask a socket-mode side.
+
+    ``get_extra_info`` (``peername``, ``sockname``, ``socket``) and ``is_closing``
+    work; the I/O methods of :class:`asyncio.Transport` are not available.
+    """
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: Connection) -> None:
+        super().__init__()
+        self._conn = conn
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._conn.get_extra_info(name, default)
+
+    def is_closing(self) -> bool:
+        return self._conn.closed
+
+
+class Connection(asyncio.Protocol):
+    """One side of a session: its socket (or transport) and the bytes read from it.
+
+    ``bytes_in`` counts bytes read from this side; ``eof`` is set when this side sent
+    its FIN. ``high_water`` is the buffer size toward this side.
+
+    Socket mode: ``backlog`` (copied bytes) or ``piped`` (bytes in ``pipe``) is what
+    was read here and the peer has not taken yet; ``spliced`` is set once bytes from
+    this side went through a pipe; ``shut`` is set once a FIN was passed on to this
+    side, ``closed`` once its socket is closed.
+
+    Transport mode: ``writable`` is True while bytes may be written to this side:
+    from :meth:`Session.link` until this side is half-closed, closed or lost. Bytes
+    read before the session is linked wait in ``pending``; bytes for a side that is
+    no longer writable (it closed under us) are dropped, as the kernel would.
     """
 
     __slots__ = (
-        "_full_reads",
+        "_bulk_read",
+        "_mask",
+        "_peer_fd",
+        "_reads_left",
+        "_recv_into",
+        "_transport",
         "_view",
         "backlog",
         "bytes_in",
         "closed",
         "eof",
         "fd",
+        "high_water",
+        "lost",
         "peer",
+        "pending",
         "pipe",
         "piped",
         "reading",
         "session",
         "shut",
         "sock",
-        "window",
+        "spliced",
+        "writable",
         "writing",
     )
 
-    def __init__(self, session: Session, window: int, sock: _socket.socket | None = None) -> None:
+    def __init__(
+        self, session: Session, high_water: int, sock: _socket.socket | None = None
+    ) -> None:
         self.session = session
-        self.window = window
-        self.sock = sock
-        self.fd = sock.fileno() if sock is not None else -1
+        self.high_water = high_water
         self.peer: Connection | None = None
         self.bytes_in = 0
         self.eof = False
+        # transport mode
+        self._transport: asyncio.Transport | None = None
+        self.lost = False
+        self.writable = False
+        self.pending: list[bytes] = []
+        # socket mode
+        self.sock = sock
+        self.fd = sock.fileno() if sock is not None else -1
         self.shut = False
         self.closed = False
         self.reading = False
         self.writing = False
+        self._mask = 0  # what the watcher watches for now
         self.backlog: memoryview | None = None
         self.pipe: _splice.Pipe | None = None
         self.piped = 0
-        self._full_reads = 0
-        self._view: memoryview | None = None
+        self.spliced = False  # set once bytes from this side went through a pipe
+        # Set by Session.link(): the read window, the read method and the peer's fd
+        # that the copy path uses for every chunk.
+        self._view = _EMPTY
+        self._recv_into: Callable[[memoryview], int] = _not_linked
+        self._peer_fd = -1
+        self._bulk_read = 1 << 62  # a read this large switches to splice
+        # Reads until the socket counts as long-lived (see FdWatcher.promote); -1: never.
+        self._reads_left = -1
 
     def __repr__(self) -> str:
         return f"Connection(fd={self.fd}, bytes_in={self.bytes_in})"
 
+    def itself(self) -> Connection:
+        """A protocol factory that returns this connection (for create_connection)."""
+        return self
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        """The asyncio transport (transport mode), or a read-only view of the socket."""
+        if self._transport is not None:
+            return self._transport
+        if self.sock is not None:
+            return _SocketView(self)
+        return None
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """``peername``, ``sockname`` or ``socket`` of this side, in either mode."""
+        if self._transport is not None:
+            return self._transport.get_extra_info(name, default)
+        sock = self.sock
+        if sock is None or self.closed:
+            return default
+        try:
+            if name == "peername":
+                return sock.getpeername()
+            if name == "sockname":
+                return sock.getsockname()
+        except OSError:
+            return default
+        if name == "socket":
+            return sock
+        return default
+
     @property
     def bytes_out(self) -> int:
-        """Bytes written toward this side's socket (what the peer read)."""
-        return self.peer.bytes_in if self.peer is not None else 0
+        """Bytes written toward this side (what the peer read, minus what still waits)."""
+        peer = self.peer
+        if peer is None:
+            return 0
+        waiting = peer.piped + (len(peer.backlog) if peer.backlog is not None else 0)
+        return peer.bytes_in - waiting
 
-    @property
-    def spliced(self) -> bool:
-        """True once bytes from this side go through a pipe (zero-copy)."""
-        return self.pipe is not None
-
-    # -- readiness ----------------------------------------------------------------
-    def _on_readable(self) -> None:
-        if self.pipe is not None:
-            self._splice_in()
-            return
+    # == socket mode ==================================================================
+    # _on_readable runs once per chunk relayed: keep it short.
+    def _on_readable(self, events: int = 0) -> None:
         view = self._view
-        assert view is not None
         try:
-            n = self.sock.recv_into(view)  # type: ignore[union-attr]
+            n = self._recv_into(view)
         except _RETRY:
             return
         except OSError as exc:
             self.session._fail(exc)
             return
-        if n == 0:
+        if not n:
             self._on_eof()
             return
         self.bytes_in += n
-        peer = self.peer
+        self._reads_left -= 1
+        if not self._reads_left:
+            self._promote()
         try:
-            sent = peer.sock.send(view[:n])  # type: ignore[union-attr]
+            sent = _write(self._peer_fd, view[:n])  # os.write: cheaper than socket.send
         except _RETRY:
             sent = 0
         except OSError as exc:
@@ -167,16 +274,45 @@ class Connection:
             return
         if sent != n:
             self.backlog = memoryview(view[sent:n].tobytes())
-            self._stop_reading()
-            peer._start_writing()  # type: ignore[union-attr]
-        elif n == len(view):
-            self._full_reads += 1
-            if self._full_reads >= SPLICE_AFTER_FULL_READS and _splice.SPLICE_AVAILABLE:
-                self.pipe = _splice.new_pipe(self.window)
-        else:
-            self._full_reads = 0
+            self._hold()
+        elif n >= self._bulk_read:
+            self._bulk()
 
-    def _splice_in(self) -> None:
+    def _promote(self) -> None:
+        """A long-lived socket: let the loop watch it itself (cheaper per event)."""
+        if self._mask and not self.closed:
+            self.session._watcher.promote(self.fd, self._mask, self._handler())
+        peer = self.peer
+        if peer is not None and peer._reads_left > 0:
+            peer._reads_left = 1  # its next read promotes it too
+
+    def _handler(self) -> Callable[[int], object]:
+        if self._mask == _READABLE:
+            return self._on_readable if self.pipe is None else self._splice_in
+        return self._on_event
+
+    def _hold(self) -> None:
+        """The peer did not take everything: wait for it, read nothing meanwhile."""
+        self.reading = False
+        self._watch()
+        peer = self.peer
+        assert peer is not None
+        peer.writing = True
+        peer._watch()
+
+    def _bulk(self) -> None:
+        """A large read: this direction carries bulk data, splice it from now on."""
+        if not _splice.SPLICE_AVAILABLE or self.pipe is not None:
+            return
+        pipe = _splice.new_pipe(len(self._view))
+        if pipe is None:
+            return  # no descriptors left for a pipe: go on copying
+        self.pipe = pipe
+        self.spliced = True
+        if self._mask == _READABLE:
+            self.session._watcher.set_handler(self.fd, self._splice_in)
+
+    def _splice_in(self, events: int = 0) -> None:
         pipe = self.pipe
         assert pipe is not None
         try:
@@ -186,7 +322,7 @@ class Connection:
         except OSError as exc:
             self.session._fail(exc)
             return
-        if n == 0:
+        if not n:
             self._on_eof()
             return
         self.bytes_in += n
@@ -201,16 +337,27 @@ class Connection:
             return
         if sent != n:
             self.piped = n - sent
-            self._stop_reading()
-            peer._start_writing()
+            self._hold()
+
+    def _on_event(self, events: int) -> None:
+        """Readiness while this side waits for more than reading."""
+        if events & _READ_EVENTS and self.reading:
+            if self.pipe is None:
+                self._on_readable()
+            else:
+                self._splice_in()
+        if events & _WRITE_EVENTS and self.writing and not self.closed:
+            self._on_writable()
 
     def _on_writable(self) -> None:
         """This socket can take more of what the peer read."""
         src = self.peer
         assert src is not None
-        if src.pipe is not None and src.piped:
+        if src.piped:
+            pipe = src.pipe
+            assert pipe is not None
             try:
-                sent = _splice.splice(src.pipe.r, self.fd, src.piped, flags=_splice.SPLICE_FLAGS)
+                sent = _splice.splice(pipe.r, self.fd, src.piped, flags=_splice.SPLICE_FLAGS)
             except _RETRY:
                 return
             except OSError as exc:
@@ -232,71 +379,146 @@ class Connection:
                 src.backlog = data[sent:]
                 return
             src.backlog = None
-        self._stop_writing()
+        self.writing = False
+        self._watch()
         self.session._drained(src)
 
     def _on_eof(self) -> None:
         self.eof = True
         self._stop_reading()
-        self.session._on_eof(self)
+        self.session._on_sock_eof(self)
 
-    # -- registration -------------------------------------------------------------
+    def _watch(self) -> None:
+        """Tell the loop's watcher what this socket waits for now."""
+        mask = (_READABLE if self.reading else 0) | (_WRITABLE if self.writing else 0)
+        old = self._mask
+        if mask == old or self.closed:
+            return
+        self._mask = mask
+        watcher = self.session._watcher
+        if not mask:
+            watcher.remove(self.fd)
+            return
+        handler = self._handler()
+        if old:
+            watcher.modify(self.fd, mask, handler)
+        else:
+            watcher.add(self.fd, mask, handler)
+
     def _start_reading(self) -> None:
         if not self.reading and not self.closed:
             self.reading = True
-            self.session._loop.add_reader(self.fd, self._on_readable)
+            self._watch()
 
     def _stop_reading(self) -> None:
         if self.reading:
             self.reading = False
-            self.session._loop.remove_reader(self.fd)
-
-    def _start_writing(self) -> None:
-        if not self.writing and not self.closed:
-            self.writing = True
-            self.session._loop.add_writer(self.fd, self._on_writable)
-
-    def _stop_writing(self) -> None:
-        if self.writing:
-            self.writing = False
-            self.session._loop.remove_writer(self.fd)
+            self._watch()
 
     @property
     def _holding(self) -> bool:
-        """Bytes read from this side wait for the peer."""
+        """Bytes read from this side still wait for the peer."""
         return self.backlog is not None or self.piped > 0
 
-    def _shut_write(self) -> None:
-        """Pass a FIN on: no more bytes will be written to this side."""
-        self.shut = True
-        if self.sock is not None and not self.closed:
-            self.sock.shutdown(_SHUT_WR)
+    def _close_sock(self) -> None:
+        """Stop watching and close the socket now.
 
-    def _close(self) -> None:
-        """Unregister and close the socket now (dropping what waits for it)."""
+        What this side read and the peer has not taken yet stays (the peer may still
+        be flushing it); :meth:`_release` drops it.
+        """
         if self.closed:
             return
         self.closed = True
-        try:
-            self._stop_reading()
-            self._stop_writing()
-        except RuntimeError:  # the loop is closed already: nothing is registered
-            self.reading = self.writing = False
+        self.reading = self.writing = False
+        if self._mask:
+            self._mask = 0
+            self.session._watcher.remove(self.fd)
         if self.sock is not None:
             self.sock.close()
+
+    def _release(self) -> None:
+        """Drop what this side read and the peer has not taken (and its pipe)."""
         if self.pipe is not None:
             self.pipe.close()
+            self.pipe = None
         self.backlog = None
         self.piped = 0
+
+    # == transport mode (asyncio.Protocol) ==============================================
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses but behave as one.
+        t = cast(asyncio.Transport, transport)
+        self._transport = t
+        t.set_write_buffer_limits(high=self.high_water, low=self.high_water // 2)
+        if not self.session.linked:
+            t.pause_reading()  # read nothing until both ends exist
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        peer = self.peer
+        if peer is not None and peer.writable:
+            peer._transport.write(data)  # type: ignore[union-attr]
+        elif not self.session.linked:
+            # Some loops start reading right after connection_made even when it
+            # paused: keep the bytes for link() and stop reading.
+            self.pending.append(data)
+            if self._transport is not None:
+                self._transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self.session._on_eof(self)
+        return True  # keep the transport open: the other direction may go on
+
+    def pause_writing(self) -> None:
+        # Our output is full: stop reading from the side that fills it.
+        peer = self.peer
+        if peer is not None and peer._transport is not None and not peer.lost:
+            peer._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        peer = self.peer
+        if peer is not None and peer._transport is not None and not peer.lost:
+            peer._transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.writable = False
+        self.session._on_lost(self, exc)
+
+    def _shut_write(self) -> None:
+        """Pass a FIN on (after what is buffered); no more writes to this side."""
+        self.writable = False
+        self.shut = True
+        t = self._transport
+        if t is not None:
+            if not self.lost:
+                t.write_eof()
+        elif self.sock is not None and not self.closed:
+            self.sock.shutdown(_SHUT_WR)
+
+    def _close(self, abort: bool) -> None:
+        t = self._transport
+        self.writable = False
+        if t is not None and not self.lost:
+            if abort:
+                t.abort()
+            else:
+                t.close()
 
 
 class Session:
     """A frontend and a backend connection relaying to each other.
 
-    Create it in the loop's thread with the accepted socket, call :meth:`connect`
-    (again after a failure, to try another server), then :meth:`link` once
-    connected. ``on_close(session)`` runs once, in the loop thread, when both sockets
-    are closed.
+    Socket mode: create it in the loop's thread with the accepted socket
+    (``sock=``), call :meth:`connect` (again after a failure, to try another
+    server), then :meth:`link` once connected.
+
+    Transport mode: create it, connect the backend with :attr:`back` as its protocol
+    (:meth:`reset_backend` before each attempt), wrap the client's transport with
+    :attr:`front` as its protocol, then call :meth:`link`.
+
+    ``on_close(session)`` runs once, in the loop thread, when both sides are gone.
     """
 
     __slots__ = (
@@ -307,6 +529,7 @@ class Session:
         "_idle_handle",
         "_idle_mark",
         "_loop",
+        "_watcher",
         "back",
         "client",
         "closed",
@@ -317,28 +540,33 @@ class Session:
         "linked",
         "on_close",
         "server",
+        "socket_mode",
         "timeout",
     )
 
     def __init__(
         self,
         el: EventLoop,
-        sock: _socket.socket | None,
         client: tuple[Any, ...],
         in_buffer_size: int,
         out_buffer_size: int,
         timeout_ms: int,
         on_close: Callable[[Session], None],
+        *,
+        sock: _socket.socket | None = None,
     ) -> None:
         self.id = next(_session_ids)
         self.el = el
         self._loop = el.loop
         self.client = client
-        # Bytes from the client wait for the backend: their window is the "in" buffer.
-        self.front = Connection(self, max(in_buffer_size, MIN_WINDOW), sock)
-        self.back = Connection(self, max(out_buffer_size, MIN_WINDOW))
+        # Data from the client is written to the backend: its buffer is the "in" one.
+        self.front = Connection(self, out_buffer_size, sock)
+        self.back = Connection(self, in_buffer_size)
         self.front.peer = self.back
         self.back.peer = self.front
+        self.socket_mode = sock is not None
+        # Socket mode only (a transport-mode session never touches it).
+        self._watcher: FdWatcher = el.watcher if sock is not None else cast("FdWatcher", None)
         self.server: Any = None
         self.timeout = timeout_ms
         self.on_close = on_close
@@ -364,18 +592,18 @@ class Session:
         """Bytes read from the backend."""
         return self.back.bytes_in
 
-    # -- connecting ---------------------------------------------------------------
+    # -- connecting (socket mode) -----------------------------------------------------
     def connect(
         self, host: str, port: int, timeout: float, on_done: Callable[[OSError | None], None]
     ) -> None:
-        """Connect the backend side to ``host:port`` (an IP address).
+        """Connect the backend side to ``host:port`` (an IP address), socket mode.
 
         ``on_done(None)`` runs in the loop once connected; ``on_done(error)`` when
-        the connect failed or took longer than ``timeout`` seconds (then a later call
-        may try another server). Nothing is read from either side before :meth:`link`.
+        the connect failed or took longer than ``timeout`` seconds (a later call may
+        then try another server). Nothing is read from either side before
+        :meth:`link`. ``on_done`` is not called once the session is closed.
         """
         if self.closed or self.closing:
-            on_done(ConnectionAbortedError(errno.ECONNABORTED, "session closed"))
             return
         try:
             sock = _socket.socket(_AF_INET6 if ":" in host else _AF_INET, _SOCK_STREAM_NB)
@@ -395,18 +623,21 @@ class Session:
             return
         self._connecting = sock
         self._connect_cb = on_done
-        loop = self._loop
-        loop.add_writer(sock.fileno(), self._connect_ready)
-        self._connect_timer = loop.call_later(timeout, self._connect_timed_out)
+        self._watcher.add(sock.fileno(), _WRITABLE, self._connect_ready)
+        self._connect_timer = self._loop.call_later(timeout, self._connect_timed_out)
 
-    def _connect_ready(self) -> None:
-        sock = self._end_connect()
+    def _connect_ready(self, events: int) -> None:
+        sock = self._connecting
         if sock is None:
+            # Connected, but link() has not been called yet: stop watching.
+            back = self.back
+            back.writing = False
+            back._watch()
             return
         err = sock.getsockopt(_SOL_SOCKET, _SO_ERROR)
         cb = self._connect_cb
-        self._connect_cb = None
         if err:
+            self._end_connect()
             sock.close()
             if cb is not None:
                 cb(OSError(err, os.strerror(err)))
@@ -414,48 +645,96 @@ class Session:
         back = self.back
         back.sock = sock
         back.fd = sock.fileno()
+        # The connect watch stays registered, now as the backend's, until link()
+        # turns it into the reader: one change instead of a removal and an addition.
+        back.writing = True
+        back._mask = _WRITABLE
+        self._connecting = None
+        self._connect_cb = None
+        if self._connect_timer is not None:
+            self._connect_timer.cancel()
+            self._connect_timer = None
         if cb is not None:
             cb(None)
 
     def _connect_timed_out(self) -> None:
         self._connect_timer = None
-        sock = self._end_connect()
+        sock = self._connecting
         if sock is None:
             return
-        sock.close()
         cb = self._connect_cb
-        self._connect_cb = None
+        self._end_connect()
+        sock.close()
         if cb is not None:
             cb(TimeoutError(errno.ETIMEDOUT, "connect timed out"))
 
-    def _end_connect(self) -> _socket.socket | None:
+    def _end_connect(self) -> None:
         sock = self._connecting
-        if sock is None:
-            return None
         self._connecting = None
-        try:
-            self._loop.remove_writer(sock.fileno())
-        except RuntimeError:
-            pass
+        self._connect_cb = None
+        if sock is not None:
+            self._watcher.remove(sock.fileno())
         if self._connect_timer is not None:
             self._connect_timer.cancel()
             self._connect_timer = None
-        return sock
 
-    # -- relaying -----------------------------------------------------------------
+    # -- relaying ---------------------------------------------------------------------
+    def reset_backend(self) -> Connection:
+        """A fresh backend side (transport mode, before a connect attempt)."""
+        self.back = Connection(self, self.back.high_water)
+        self.back.peer = self.front
+        self.front.peer = self.back
+        return self.back
+
     def link(self) -> None:
-        """Both sockets exist: start relaying and the idle timer."""
-        front, back = self.front, self.back
-        if self.closed or self.closing or front.sock is None or back.sock is None:
+        """Both sides exist: start relaying and the idle timer."""
+        if self.closed or self.closing or self.linked:
             return
-        self.linked = True
-        scratch = _scratch
-        front._view = scratch.at_least(front.window)[: front.window]
-        back._view = scratch.at_least(back.window)[: back.window]
-        front._start_reading()
-        back._start_reading()
+        if self.socket_mode:
+            self._link_sockets()
+        else:
+            self._link_transports()
         if self.timeout > 0:
             self._idle_handle = self._loop.call_later(self.timeout / 1000, self._check_idle)
+
+    def _link_sockets(self) -> None:
+        front, back = self.front, self.back
+        fs, bs = front.sock, back.sock
+        if fs is None or bs is None:
+            raise RuntimeError("link() before both sockets exist")
+        self.linked = True
+        # A direction's window is the buffer toward its destination.
+        front._view = _scratch.window(max(back.high_water, MIN_WINDOW))
+        back._view = _scratch.window(max(front.high_water, MIN_WINDOW))
+        front._recv_into, front._peer_fd = fs.recv_into, back.fd
+        back._recv_into, back._peer_fd = bs.recv_into, front.fd
+        if _splice.SPLICE_AVAILABLE:
+            front._bulk_read = len(front._view) // BULK_READ_FRACTION
+            back._bulk_read = len(back._view) // BULK_READ_FRACTION
+        if self._watcher.kind == "epoll":
+            front._reads_left = back._reads_left = PROMOTE_AFTER_READS
+        front._start_reading()
+        back.reading = True
+        back.writing = False  # the connect watch becomes the reader
+        back._watch()
+
+    def _link_transports(self) -> None:
+        front, back = self.front, self.back
+        self.linked = True
+        for c in (front, back):
+            c.writable = c._transport is not None and not c.lost
+        for c in (back, front):
+            peer = c.peer
+            assert peer is not None
+            if c.pending:
+                if peer.writable:
+                    peer._transport.write(b"".join(c.pending))  # type: ignore[union-attr]
+                c.pending.clear()
+            if c.eof:  # a FIN that came before both ends existed
+                self._on_eof(c)
+        for c in (front, back):
+            if c._transport is not None and not c.lost:
+                c._transport.resume_reading()
 
     def _check_idle(self) -> None:
         self._idle_handle = None
@@ -469,8 +748,9 @@ class Session:
         self._idle_mark = mark
         self._idle_handle = self._loop.call_later(self.timeout / 1000, self._check_idle)
 
-    def _on_eof(self, conn: Connection) -> None:
-        """``conn`` sent its FIN; nothing it sent is waiting (we were reading it)."""
+    # socket mode
+    def _on_sock_eof(self, conn: Connection) -> None:
+        """``conn`` sent its FIN; nothing it sent waits (we were reading it)."""
         peer = conn.peer
         assert peer is not None
         if peer.eof:
@@ -486,7 +766,7 @@ class Session:
         if self.closing:
             peer = src.peer
             assert peer is not None
-            peer._close()
+            peer._close_sock()  # it was kept open for this flush
             self._finish_if_closed()
         else:
             src._start_reading()
@@ -495,19 +775,47 @@ class Session:
         _log.debug("session %s: %s", self.id, exc)
         self.abort()
 
+    # transport mode
+    def _on_eof(self, conn: Connection) -> None:
+        if not self.linked:
+            return  # link() passes it on
+        peer = conn.peer
+        assert peer is not None
+        if conn.eof and peer.eof:
+            self.close()
+        elif peer._transport is not None and peer._transport.can_write_eof():
+            peer._shut_write()
+        else:
+            self.close()
+
+    def _on_lost(self, conn: Connection, exc: Exception | None) -> None:
+        peer = conn.peer
+        assert peer is not None
+        # A clean close flushes what is buffered toward the peer; a broken side
+        # passes the reset on.
+        peer._close(abort=exc is not None)
+        if peer.lost or peer._transport is None:
+            self._finish()
+
+    # -- closing ----------------------------------------------------------------------
     def close(self) -> None:
         """Close both sides after flushing what is waiting for them."""
         if self.closed:
+            return
+        if not self.socket_mode:
+            self.front._close(abort=False)
+            self.back._close(abort=False)
+            self._finish_if_unlinked()
             return
         self.closing = True
         front, back = self.front, self.back
         front._stop_reading()
         back._stop_reading()
-        # A side closes now unless its peer's bytes are still on their way to it.
+        # A side closes now unless bytes from its peer are still on their way to it.
         if not back._holding:
-            front._close()
+            front._close_sock()
         if not front._holding:
-            back._close()
+            back._close_sock()
         self._abandon_connect()
         self._finish_if_closed()
 
@@ -515,27 +823,45 @@ class Session:
         """Close both sides now, dropping what is waiting."""
         if self.closed:
             return
+        if not self.socket_mode:
+            self.front._close(abort=True)
+            self.back._close(abort=True)
+            self._finish_if_unlinked()
+            return
         self.closing = True
-        self.front._close()
-        self.back._close()
+        self.front._close_sock()
+        self.back._close_sock()
         self._abandon_connect()
-        self._finish()
+        self._finish()  # (releases what was still held)
 
     def _abandon_connect(self) -> None:
-        sock = self._end_connect()
+        sock = self._connecting
         if sock is not None:
+            self._end_connect()
             sock.close()
-        self._connect_cb = None
 
     def _finish_if_closed(self) -> None:
         front, back = self.front, self.back
         if (front.closed or front.sock is None) and (back.closed or back.sock is None):
             self._finish()
 
+    def _finish_if_unlinked(self) -> None:
+        # A side that never got a transport will never report connection_lost.
+        front, back = self.front, self.back
+        if front._transport is None or back._transport is None:
+            front_done = front._transport is None or front.lost
+            back_done = back._transport is None or back.lost
+            if front_done and back_done:
+                self._finish()
+
     def _finish(self) -> None:
         if self.closed:
             return
         self.closed = True
+        self.closing = True
+        if self.socket_mode:
+            self.front._release()
+            self.back._release()
         if self._idle_handle is not None:
             self._idle_handle.cancel()
             self._idle_handle = None

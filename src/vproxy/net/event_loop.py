@@ -1,9 +1,10 @@
 """Event loops and event-loop groups (SPEC §1 "event loop", "EventLoopWrapper/Group").
 
 Owns: one OS thread per :class:`EventLoop`, each running an asyncio loop (uvloop when
-importable), and named :class:`EventLoopGroup` collections that hand loops out
-round-robin. Resources bound to a loop or group (listeners, health checks, sessions)
-are told when the loop leaves so that nothing dangles.
+importable), each loop's :class:`FdWatcher` for raw sockets, and named
+:class:`EventLoopGroup` collections that hand loops out round-robin. Resources bound
+to a loop or group (listeners, health checks, sessions) are told when the loop leaves
+so that nothing dangles.
 
 Must not: know about commands, protocols or load-balancing policy.
 
@@ -19,14 +20,17 @@ import asyncio
 import concurrent.futures
 import logging
 import os
+import select
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
 __all__ = [
+    "Abortable",
     "EventLoop",
     "EventLoopError",
     "EventLoopGroup",
+    "FdWatcher",
     "LoopResource",
     "loop_kind",
     "new_asyncio_loop",
@@ -69,6 +73,152 @@ def new_asyncio_loop() -> asyncio.AbstractEventLoop:
     return asyncio.SelectorEventLoop()
 
 
+#: Event bits for :class:`FdWatcher` (the epoll values, also used by the fallback).
+READABLE = select.EPOLLIN if hasattr(select, "EPOLLIN") else 1
+WRITABLE = select.EPOLLOUT if hasattr(select, "EPOLLOUT") else 4
+
+FdHandler = Callable[[int], object]
+
+
+class FdWatcher:
+    """Readiness of raw sockets for one loop; use it from the loop's thread only.
+
+    ``add(fd, events, handler)`` watches ``fd`` for ``READABLE``/``WRITABLE``;
+    ``handler(events)`` runs in the loop when it is ready (an error or hang-up is
+    reported as both). A socket must be removed before it is closed.
+
+    On Linux the sockets go into one private epoll set whose descriptor is the only
+    thing the asyncio loop watches: adding, changing or removing a socket is then one
+    ``epoll_ctl``, where uvloop's ``add_reader`` costs a poll handle and half a dozen
+    system calls per socket. Each event, though, then costs a little more (a nested
+    wake-up and a dispatch in Python), so a socket that turns out to be long-lived
+    is :meth:`promote`-d to the loop's own ``add_reader``/``add_writer``
+    (``docs/performance.md`` has the figures). Elsewhere, or with
+    ``VPROXY_FD_WATCHER=loop``, every socket uses the loop's own.
+    """
+
+    __slots__ = ("_dead", "_ep", "_handlers", "_loop", "_masks", "_promoted")
+
+    #: events fetched per round (more wait for the next one: the set is level-triggered)
+    BATCH = 64
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._handlers: dict[int, FdHandler] = {}
+        # fds removed since the round began: a stale event of theirs in the batch
+        # being handled must not reach a new socket that got the same number.
+        self._dead: set[int] = set()
+        self._masks: dict[int, int] = {}  # sockets the loop itself watches
+        self._promoted: set[int] = set()
+        self._ep: Any = None
+        use_epoll = os.environ.get("VPROXY_FD_WATCHER", "").strip().lower() != "loop"
+        if use_epoll and hasattr(select, "epoll"):
+            self._ep = select.epoll()
+            loop.add_reader(self._ep.fileno(), self._dispatch)
+
+    @property
+    def kind(self) -> str:
+        """``"epoll"`` or ``"loop"`` (the fallback)."""
+        return "epoll" if self._ep is not None else "loop"
+
+    def _dispatch(self) -> None:
+        dead = self._dead
+        dead.clear()
+        handlers = self._handlers
+        for fd, events in self._ep.poll(0, self.BATCH):
+            if dead and fd in dead:
+                continue
+            handler = handlers.get(fd)
+            if handler is None:
+                continue
+            try:
+                handler(events)
+            except Exception as exc:
+                self._loop.call_exception_handler(
+                    {"message": f"fd {fd} handler failed", "exception": exc}
+                )
+
+    def add(self, fd: int, events: int, handler: FdHandler) -> None:
+        """Start watching ``fd``."""
+        if self._ep is not None:
+            self._ep.register(fd, events)
+            self._handlers[fd] = handler
+        else:
+            self._set(fd, events, handler)
+
+    def modify(self, fd: int, events: int, handler: FdHandler) -> None:
+        """Watch ``fd`` for other ``events`` (and/or with another handler)."""
+        if self._ep is not None and fd not in self._promoted:
+            self._ep.modify(fd, events)
+            self._handlers[fd] = handler
+        else:
+            self._set(fd, events, handler)
+
+    def set_handler(self, fd: int, handler: FdHandler) -> None:
+        """Same events, another handler."""
+        if self._ep is not None and fd not in self._promoted:
+            self._handlers[fd] = handler
+        else:
+            self._set(fd, self._masks.get(fd, 0), handler)
+
+    def remove(self, fd: int) -> None:
+        """Stop watching ``fd`` (call it before closing the socket)."""
+        if self._ep is not None and fd not in self._promoted:
+            if self._handlers.pop(fd, None) is not None:
+                self._dead.add(fd)
+                try:
+                    self._ep.unregister(fd)
+                except (OSError, ValueError):
+                    pass
+        else:
+            self._set(fd, 0, None)
+            self._promoted.discard(fd)
+
+    def promote(self, fd: int, events: int, handler: FdHandler) -> None:
+        """Hand a long-lived ``fd`` (watched for ``events``) to the loop's own watch."""
+        if self._ep is None or fd in self._promoted:
+            return
+        if self._handlers.pop(fd, None) is not None:
+            self._dead.add(fd)
+            self._ep.unregister(fd)
+        self._promoted.add(fd)
+        self._set(fd, events, handler)
+
+    def _set(self, fd: int, events: int, handler: FdHandler | None) -> None:
+        loop = self._loop
+        old = self._masks.pop(fd, 0)
+        if events & READABLE:
+            loop.add_reader(fd, handler, READABLE)  # type: ignore[arg-type]
+        elif old & READABLE:
+            loop.remove_reader(fd)
+        if events & WRITABLE:
+            loop.add_writer(fd, handler, WRITABLE)  # type: ignore[arg-type]
+        elif old & WRITABLE:
+            loop.remove_writer(fd)
+        if events:
+            self._masks[fd] = events
+
+    def close(self) -> None:
+        """Stop watching everything (the loop is ending)."""
+        handlers, self._handlers = self._handlers, {}
+        if not self._loop.is_closed():
+            for fd in list(self._masks):
+                self._set(fd, 0, None)
+            if self._ep is not None:
+                self._loop.remove_reader(self._ep.fileno())
+        if self._ep is not None:
+            self._ep.close()
+        self._promoted.clear()
+        handlers.clear()
+
+
+class Abortable(Protocol):
+    """A unit of work on a loop (a session) that can be closed at once."""
+
+    def abort(self) -> None:
+        """Close now, dropping buffered data; called in the loop thread."""
+
+
 class LoopResource(Protocol):
     """Something bound to a loop that must hear when the loop goes away."""
 
@@ -86,10 +236,14 @@ class EventLoop:
     __slots__ = (
         "_closing",
         "_finished",
+        "_ident",
+        "_live",
         "_resources",
         "_sessions",
         "_started",
         "_thread",
+        "_thread_running",
+        "_watcher",
         "group",
         "loop",
         "name",
@@ -103,10 +257,19 @@ class EventLoop:
         self._started = threading.Event()
         self._closing = False
         self._finished = False
+        # Kept by the loop thread itself so that the per-connection checks (running,
+        # in_loop_thread) cost an attribute read, not Thread.is_alive() and
+        # threading.current_thread().
+        self._thread_running = False
+        self._ident = -1
         self._resources: list[LoopResource] = []
         # Sessions (or any short-lived unit of work) running here; a retired loop
         # stops when this drops to zero. Only touched from the loop's own thread.
         self._sessions = 0
+        # The sessions among them that were named: aborted when the loop stops, so
+        # that their sockets do not outlive it.
+        self._live: set[Abortable] = set()
+        self._watcher: FdWatcher | None = None
 
     def __repr__(self) -> str:
         return f"EventLoop({self.name!r})"
@@ -120,6 +283,8 @@ class EventLoop:
         self._started.wait()
 
     def _run(self) -> None:
+        self._ident = threading.get_ident()
+        self._thread_running = True
         asyncio.set_event_loop(self.loop)
         self.loop.call_soon(self._started.set)
         try:
@@ -127,6 +292,9 @@ class EventLoop:
         finally:
             self._closing = True
             self._finished = True  # late stop() calls must not cut the clean-up short
+            self._abort_live()
+            if self._watcher is not None:
+                self._watcher.close()
             try:
                 _cancel_all(self.loop)
                 self.loop.run_until_complete(self.loop.shutdown_asyncgens())
@@ -134,21 +302,31 @@ class EventLoop:
                 _log.debug("event-loop %s: clean-up interrupted", self.name)
             finally:
                 self.loop.close()
+                self._thread_running = False
+                self._ident = -1  # thread ids are reused once a thread ends
 
     @property
     def running(self) -> bool:
         """True while the loop's thread is alive and the loop accepts work."""
-        return self._thread.is_alive() and not self._closing
+        return self._thread_running and not self._closing
 
     @property
     def alive(self) -> bool:
         """True while the loop's thread runs (also while retiring)."""
-        return self._thread.is_alive() and not self._finished
+        return self._thread_running and not self._finished
+
+    @property
+    def watcher(self) -> FdWatcher:
+        """This loop's :class:`FdWatcher` (made on first use, in the loop's thread)."""
+        w = self._watcher
+        if w is None:
+            w = self._watcher = FdWatcher(self.loop)
+        return w
 
     @property
     def in_loop_thread(self) -> bool:
         """True when called from this loop's own thread."""
-        return threading.current_thread() is self._thread
+        return threading.get_ident() == self._ident
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the loop now: pending tasks are cancelled, transports closed."""
@@ -177,6 +355,8 @@ class EventLoop:
             self.loop.call_soon_threadsafe(self._stop_when_idle, force_close_sessions)
 
     def _stop_when_idle(self, force: bool) -> None:
+        if force:
+            self._abort_live()
         if (force or self._sessions <= 0) and not self._finished:
             self.loop.stop()
         # else: session_done() stops the loop when the last session ends.
@@ -198,15 +378,31 @@ class EventLoop:
         except ValueError:
             pass
 
-    def session_started(self) -> None:
-        """Count a session running on this loop (call from the loop thread)."""
-        self._sessions += 1
+    def session_started(self, session: Abortable | None = None) -> None:
+        """Count a session running on this loop (call from the loop thread).
 
-    def session_done(self) -> None:
+        A ``session`` given here is aborted if the loop stops before it ends (pass
+        the same object to :meth:`session_done`).
+        """
+        self._sessions += 1
+        if session is not None:
+            self._live.add(session)
+
+    def session_done(self, session: Abortable | None = None) -> None:
         """Uncount a session; a retired loop stops after its last one."""
         self._sessions -= 1
+        if session is not None:
+            self._live.discard(session)
         if self._closing and self._sessions <= 0 and not self._finished:
             self.loop.stop()
+
+    def _abort_live(self) -> None:
+        for session in list(self._live):
+            try:
+                session.abort()
+            except Exception:
+                _log.exception("event-loop %s: aborting %r failed", self.name, session)
+        self._live.clear()
 
     @property
     def session_count(self) -> int:

@@ -1,0 +1,333 @@
+"""The socket-mode relay: exact byte counts, bounded buffering, forced closes, fallbacks.
+
+Backends here are plain threads on blocking sockets (no asyncio), and servers are
+marked healthy by hand (no health checks), so that nothing but the relay is timed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from helpers import fd_count, vproxy_process, wait_until
+from vproxy import ServerGroup, TcpLB, Upstream
+from vproxy.net import splice
+from vproxy.net.connection import MIN_WINDOW, PROMOTE_AFTER_READS, Session
+from vproxy.net.event_loop import EventLoopGroup
+
+ElgFactory = Callable[..., EventLoopGroup]
+MiB = 1 << 20
+
+
+def _pattern(n: int, seed: int) -> bytes:
+    block = bytes((i * 7 + seed) % 256 for i in range(4096))
+    return (block * (n // len(block) + 1))[:n]
+
+
+class ThreadBackend:
+    """A listener whose every connection runs ``handler(conn)`` in its own thread."""
+
+    def __init__(self, handler: Callable[[socket.socket], None]) -> None:
+        self.lsock = socket.create_server(("127.0.0.1", 0))
+        self.handler = handler
+        self.errors: list[BaseException] = []
+        self.conns: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._accepting = threading.Thread(target=self._accept, daemon=True)
+        self._accepting.start()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.lsock.getsockname()[:2]
+        return host, port
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.lsock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            self.handler(conn)
+        except OSError:
+            pass  # the proxy closed or reset it: what some tests do on purpose
+        except BaseException as exc:
+            self.errors.append(exc)
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.lsock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        self.lsock.close()
+        for c in self.conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+        for t in self._threads:
+            t.join(10)
+        self._accepting.join(10)
+
+
+def _recv_all(sock: socket.socket) -> tuple[int, str]:
+    h = hashlib.sha256()
+    n = 0
+    buf = bytearray(MiB)
+    view = memoryview(buf)
+    while k := sock.recv_into(buf):
+        h.update(view[:k])
+        n += k
+    return n, h.hexdigest()
+
+
+def _send_all(sock: socket.socket, data: bytes) -> None:
+    sock.sendall(data)
+    sock.shutdown(socket.SHUT_WR)
+
+
+@contextlib.contextmanager
+def relay(
+    elg_factory: ElgFactory, backend: ThreadBackend, workers: int = 1
+) -> Iterator[tuple[TcpLB, ServerGroup]]:
+    group = ServerGroup("sg")  # no health checks: marked up by hand
+    server = group.add("s0", backend.address, weight=10)
+    group.set_healthy(server, True)
+    ups = Upstream("u")
+    ups.add(group)
+    lb = TcpLB(
+        "lb",
+        ("127.0.0.1", 0),
+        ups,
+        acceptor_elg=elg_factory("a", 1),
+        worker_elg=elg_factory("w", workers),
+    ).start()
+    try:
+        yield lb, group
+    finally:
+        lb.stop(close_sessions=True)
+        wait_until(lambda: not lb.sessions, 10)
+        backend.close()
+
+
+@pytest.mark.parametrize(
+    ("up", "down"),
+    [(100, 300), (0, 5000), (3 * MiB + 17, 5 * MiB + 3)],
+    ids=["small", "one-way", "bulk"],
+)
+def test_byte_counts_exact_and_data_intact(
+    loop_kind: str, elg_factory: ElgFactory, up: int, down: int
+) -> None:
+    sent_down = _pattern(down, 1)
+    got_up: dict[str, object] = {}
+
+    def handler(conn: socket.socket) -> None:
+        t = threading.Thread(target=_send_all, args=(conn, sent_down))
+        t.start()
+        got_up["n"], got_up["hash"] = _recv_all(conn)
+        t.join()
+
+    backend = ThreadBackend(handler)
+    with relay(elg_factory, backend) as (lb, group):
+        ended: list[tuple[int, int, bool, bool]] = []
+        hook = lb.proxy.on_session_closed
+
+        def record(s: Session) -> None:
+            ended.append((s.front.bytes_in, s.back.bytes_in, s.front.spliced, s.back.spliced))
+            if hook is not None:
+                hook(s)
+
+        lb.proxy.on_session_closed = record
+        sent_up = _pattern(up, 2)
+        with socket.create_connection(lb.address, timeout=30) as c:
+            t = threading.Thread(target=_send_all, args=(c, sent_up))
+            t.start()
+            n, digest = _recv_all(c)
+            t.join()
+        wait_until(lambda: ended and got_up, 10)
+        assert (n, digest) == (down, hashlib.sha256(sent_down).hexdigest())
+        assert got_up == {"n": up, "hash": hashlib.sha256(sent_up).hexdigest()}
+        front_in, back_in, front_spliced, back_spliced = ended[0]
+        assert (front_in, back_in) == (up, down)  # exact, copy or splice
+        s0 = group.get("s0")
+        assert (s0.closed_bytes_out, s0.closed_bytes_in) == (up, down)
+        if up > 2 * MIN_WINDOW:  # bulk both ways: large reads switch to splice
+            assert front_spliced == back_spliced == splice.SPLICE_AVAILABLE
+        assert not backend.errors
+
+
+def test_backpressure_holds_at_most_one_window(loop_kind: str, elg_factory: ElgFactory) -> None:
+    """A backend that does not read: the proxy stops reading the client."""
+    release = threading.Event()
+    received: list[tuple[int, str]] = []
+
+    def handler(conn: socket.socket) -> None:
+        release.wait(30)
+        received.append(_recv_all(conn))
+
+    backend = ThreadBackend(handler)
+    with relay(elg_factory, backend) as (lb, _):
+        c = socket.create_connection(lb.address, timeout=30)
+        c.setblocking(False)
+        digest = hashlib.sha256()
+        sent = 0
+        block = _pattern(MiB, 3)
+        idle_since = time.monotonic()
+        while time.monotonic() - idle_since < 0.5 and sent < 256 * MiB:
+            try:
+                k = c.send(block)
+            except BlockingIOError:
+                time.sleep(0.01)
+                continue
+            digest.update(block[:k])
+            sent += k
+            idle_since = time.monotonic()
+        # Socket buffers on the way hold a few MiB; the proxy itself one window.
+        assert sent < 64 * MiB, f"{sent} bytes accepted: nothing pushed back"
+        (session,) = lb.sessions
+        held = session.el.call(lambda: session.front.piped + len(session.front.backlog or b""))
+        assert held <= max(lb.in_buffer_size, MIN_WINDOW)
+        release.set()
+        c.setblocking(True)
+        c.shutdown(socket.SHUT_WR)
+        assert c.recv(1) == b""  # the backend closes after reading everything
+        c.close()
+        wait_until(lambda: received, 10)
+        assert received[0] == (sent, digest.hexdigest())
+
+
+def _echo(conn: socket.socket) -> None:
+    while data := conn.recv(65536):
+        conn.sendall(data)
+
+
+def _round_trips(c: socket.socket, n: int) -> None:
+    for i in range(n):
+        msg = b"%08d" % i * 8
+        c.sendall(msg)
+        got = b""
+        while len(got) < len(msg):
+            chunk = c.recv(len(msg) - len(got))
+            assert chunk, "closed early"
+            got += chunk
+        assert got == msg
+
+
+def test_long_lived_sessions_end_cleanly(loop_kind: str, elg_factory: ElgFactory) -> None:
+    """Sessions long enough to be handed to the loop's own watch, closed by either side."""
+    backend = ThreadBackend(_echo)
+    with relay(elg_factory, backend) as (lb, _):
+        with socket.create_connection(lb.address, timeout=10) as c:  # warm-up
+            _round_trips(c, 2)
+        wait_until(lambda: not lb.sessions)
+        base = fd_count()
+        clients = [socket.create_connection(lb.address, timeout=10) for _ in range(8)]
+        for c in clients:
+            _round_trips(c, PROMOTE_AFTER_READS + 40)
+        for i, c in enumerate(clients):
+            if i % 2:
+                c.shutdown(socket.SHUT_WR)  # half-close: the echo backend closes after
+                assert c.recv(10) == b""
+            c.close()
+        wait_until(lambda: not lb.sessions, 10)
+        wait_until(lambda: fd_count() <= base, 5)
+    assert not backend.errors
+
+
+def test_force_close_and_forced_retire_release_everything(
+    loop_kind: str, elg_factory: ElgFactory
+) -> None:
+    backend = ThreadBackend(_echo)
+    with relay(elg_factory, backend, workers=2) as (lb, _):
+        for _ in range(2):  # warm-up: both loops make their watcher
+            with socket.create_connection(lb.address, timeout=10) as c:
+                _round_trips(c, 1)
+        wait_until(lambda: not lb.sessions)
+        base = fd_count()
+        clients = [socket.create_connection(lb.address, timeout=10) for _ in range(6)]
+        for c in clients:
+            _round_trips(c, 3)
+        doomed = lb.worker_elg.loops[0]
+        on_doomed = {s for s in lb.sessions if s.el is doomed}
+        assert 0 < len(on_doomed) < 6
+        lb.worker_elg.remove(doomed.name, force_close_sessions=True)
+        wait_until(lambda: not (on_doomed & lb.sessions), 10)
+        doomed.join(10)
+        assert not doomed.alive
+        alive = 0
+        for c in clients:
+            try:
+                _round_trips(c, 1)
+                alive += 1
+            except (AssertionError, OSError):
+                pass
+        assert alive == 6 - len(on_doomed)
+        lb.proxy.close_sessions()
+        wait_until(lambda: not lb.sessions, 10)
+        for c in clients:
+            c.close()
+        wait_until(lambda: fd_count() <= base, 5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"VPROXY_SPLICE": "0"},
+        {"VPROXY_FD_WATCHER": "loop"},
+        {"VPROXY_EVENT_LOOP": "asyncio", "VPROXY_FD_WATCHER": "loop", "VPROXY_SPLICE": "0"},
+    ],
+    ids=["copy-only", "loop-watcher", "asyncio-plain"],
+)
+def test_fallbacks_relay_byte_exact(env: dict[str, str]) -> None:
+    size = 24 * MiB
+    sent_down = _pattern(size, 4)
+    sent_up = _pattern(size, 5)
+    got_up: list[tuple[int, str]] = []
+
+    def handler(conn: socket.socket) -> None:
+        kind = conn.recv(1)  # health checks send nothing
+        if kind == b"P":
+            conn.sendall(b"K")
+        elif kind == b"H":
+            t = threading.Thread(target=_send_all, args=(conn, sent_down))
+            t.start()
+            got_up.append(_recv_all(conn))
+            t.join()
+
+    def probe(port: int) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+                c.sendall(b"P")
+                return c.recv(1) == b"K"
+        except OSError:  # no backend yet: closed (or reset: "P" was unread)
+            return False
+
+    backend = ThreadBackend(handler)
+    host, port = backend.address
+    try:
+        with vproxy_process(
+            "simple", "bind", "0", "address", "127.0.0.1", "backend", f"{host}:{port}", env=env
+        ) as vp:
+            wait_until(lambda: probe(vp.port), 15, 0.1)  # DOWN until the first health check
+            with socket.create_connection(("127.0.0.1", vp.port), timeout=30) as c:
+                c.sendall(b"H")
+                t = threading.Thread(target=_send_all, args=(c, sent_up))
+                t.start()
+                got_down = _recv_all(c)
+                t.join()
+            wait_until(lambda: got_up, 10)
+    finally:
+        backend.close()
+    assert got_down == (size, hashlib.sha256(sent_down).hexdigest())
+    assert got_up == [(size, hashlib.sha256(sent_up).hexdigest())]
