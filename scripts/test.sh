@@ -5,12 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Tools the tests drive as independent clients/servers (Debian packages):
-# iperf3 and wrk through the tcp-lb, redis-cli against the RESP controller, chromium
+# iperf3 and wrk through the tcp-lb, curl and openssl s_client against TLS and socks5,
+# redis-cli against the RESP controller, chromium
 # (driven by Playwright's Python package) against the dashboard.
 need=()
 command -v iperf3 >/dev/null || need+=(iperf3)
 command -v wrk >/dev/null || need+=(wrk)
 command -v curl >/dev/null || need+=(curl)
+command -v openssl >/dev/null || need+=(openssl)
 command -v redis-cli >/dev/null || need+=(redis-tools)
 command -v chromium >/dev/null || need+=(chromium)
 if ((${#need[@]})); then
