@@ -52,6 +52,11 @@ class LoopThread:
                     b.stop()
 
         async def _shutdown() -> None:
+            # Let handler tasks of just-accepted connections take their first step, so
+            # that cancelling them runs their `finally: w.close()` (a task cancelled
+            # before it starts never closes its transport: "unclosed transport").
+            for _ in range(3):
+                await asyncio.sleep(0)
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for t in tasks:
                 t.cancel()
@@ -113,6 +118,8 @@ class Backend:
         async def _stop() -> None:
             assert self.server is not None
             self.server.close()
+            for _ in range(3):  # handlers of just-accepted connections register first
+                await asyncio.sleep(0)
             for w in list(self._writers):
                 w.transport.abort()
             await self.server.wait_closed()
