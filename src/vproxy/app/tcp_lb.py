@@ -20,6 +20,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 from vproxy.app.access_log import AcceptClock, AccessLog
+from vproxy.app.l7 import UnknownProtocol, make_mode
+from vproxy.app.l7.base import L7Mode, L7Session, start_l7
 from vproxy.app.tls_frontend import serve_tls
 from vproxy.component.cert_key import CertKey, TlsServerConfig
 from vproxy.component.health_check import HealthCheckConfig
@@ -31,7 +33,17 @@ from vproxy.net.connection import Session
 from vproxy.net.event_loop import EventLoopError, EventLoopGroup
 from vproxy.net.server_sock import ServerSock, bind_listener, format_address, parse_address
 
-__all__ = ["DEFAULT_BUFFER_SIZE", "DEFAULT_TIMEOUT_MS", "TcpLB", "TcpLBError", "start_tcp_lb"]
+__all__ = [
+    "DEFAULT_BUFFER_SIZE",
+    "DEFAULT_TIMEOUT_MS",
+    "AnySession",
+    "TcpLB",
+    "TcpLBError",
+    "start_tcp_lb",
+]
+
+AnySession = Session | L7Session
+"""A live session of a tcp-lb: an L4 relay, or one client connection of an L7 mode."""
 
 _log = logging.getLogger("vproxy.app")
 
@@ -40,7 +52,6 @@ DEFAULT_TIMEOUT_MS = 900_000
 DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000
 MIN_BUFFER_SIZE = 256
 MAX_BUFFER_SIZE = 16 * 1024 * 1024
-SUPPORTED_PROTOCOLS = frozenset({"tcp"})
 
 
 class TcpLBError(ValueError):
@@ -77,7 +88,9 @@ class TcpLB:
         self.tls: TlsServerConfig | None = None
         self.tls_tasks: set[asyncio.Task[None]] = set()  # handshakes and connects in flight
         self.cert_keys: tuple[CertKey, ...] = ()
-        self._set_cert_keys(cert_keys)
+        self.protocol = protocol
+        self.mode: L7Mode | None = self._make_mode(protocol)
+        self._set_cert_keys(cert_keys, self.mode)
         self.bind_address = parse_address(address) if isinstance(address, str) else address
         self.upstream = upstream
         self.acceptor_elg = acceptor_elg
@@ -85,12 +98,12 @@ class TcpLB:
         self.in_buffer_size = _check_buffer("in-buffer-size", in_buffer_size)
         self.out_buffer_size = _check_buffer("out-buffer-size", out_buffer_size)
         self.timeout = self._check_timeout(timeout)
-        self.protocol = self._check_protocol(protocol)
         self.security_group: SecurityGroup | None = security_group
         self.denied = 0
         self.proxy = Proxy(self)
         self.proxy.on_session_closed = self._count_closed
         self.server_sock: ServerSock | None = None
+        self.l7_sessions: set[L7Session] = set()
         # Bytes of ended sessions; live ones are summed at read time (no hot-path cost).
         self._stats_lock = threading.Lock()
         self.closed_bytes_from_client = 0
@@ -108,7 +121,8 @@ class TcpLB:
         if self.access_log is not None:
             self._accept_clock.accepted(addr)
         tls = self.tls
-        if tls is None:
+        mode = self.mode
+        if tls is None and mode is None:
             self.proxy.on_accept(sock, addr)
             return
         try:
@@ -116,14 +130,32 @@ class TcpLB:
         except EventLoopError:
             sock.close()
             return
+        if mode is not None:
+            if el.in_loop_thread:
+                start_l7(self, mode, el, sock, addr)
+            else:
+                el.call_soon(start_l7, self, mode, el, sock, addr)
+            return
+        assert tls is not None
         el.call_soon(serve_tls, self, tls, el, sock, addr)
 
-    def _set_cert_keys(self, cert_keys: Sequence[CertKey]) -> None:
-        """Terminate TLS with these cert-keys (chosen by SNI); none: plain TCP."""
+    @staticmethod
+    def _make_mode(protocol: str) -> L7Mode | None:
+        try:
+            return make_mode(protocol)
+        except UnknownProtocol as exc:
+            raise TcpLBError(str(exc)) from None
+
+    def _set_cert_keys(self, cert_keys: Sequence[CertKey], mode: L7Mode | None) -> None:
+        """Terminate TLS with these cert-keys (chosen by SNI); none: plain TCP.
+
+        ALPN offers what ``mode`` speaks (nothing for the L4 relay).
+        """
         cks = tuple(cert_keys)
+        alpn = mode.alpn if mode is not None else ()
         try:
             tls = (
-                TlsServerConfig(cks, alpn=(), handshake_timeout=self.handshake_timeout / 1000)
+                TlsServerConfig(cks, alpn=alpn, handshake_timeout=self.handshake_timeout / 1000)
                 if cks
                 else None
             )
@@ -131,6 +163,14 @@ class TcpLB:
             raise TcpLBError(str(exc)) from exc
         self.cert_keys = cks
         self.tls = tls
+
+    def l7_closed(self, session: L7Session) -> None:
+        """An L7 client connection ended (its mode calls this through the session)."""
+        self.l7_sessions.discard(session)
+        session.el.session_done(session)
+        with self._stats_lock:
+            self.closed_bytes_from_client += session.front.bytes_in
+            self.closed_bytes_from_server += session.back.bytes_in
 
     def _count_closed(self, session: Session) -> None:
         with self._stats_lock:
@@ -153,13 +193,13 @@ class TcpLB:
     @property
     def bytes_from_clients(self) -> int:
         """Bytes read from clients, ended and live sessions."""
-        live = sum(s.front.bytes_in for s in list(self.proxy.sessions))
+        live = sum(s.front.bytes_in for s in self.sessions)
         return self.closed_bytes_from_client + live
 
     @property
     def bytes_from_servers(self) -> int:
         """Bytes read from backends, ended and live sessions."""
-        live = sum(s.back.bytes_in for s in list(self.proxy.sessions))
+        live = sum(s.back.bytes_in for s in self.sessions)
         return self.closed_bytes_from_server + live
 
     def __repr__(self) -> str:
@@ -171,15 +211,6 @@ class TcpLB:
             raise TcpLBError(f"timeout must be 1..86400000 ms, got {timeout!r}")
         return timeout
 
-    @staticmethod
-    def _check_protocol(protocol: str) -> str:
-        if protocol not in SUPPORTED_PROTOCOLS:
-            raise TcpLBError(
-                f"protocol {protocol!r} is not supported; expected one of: "
-                + ", ".join(sorted(SUPPORTED_PROTOCOLS))
-            )
-        return protocol
-
     @property
     def address(self) -> tuple[str, int]:
         """The bound address (with the real port once started on port 0)."""
@@ -188,9 +219,9 @@ class TcpLB:
         return self.bind_address
 
     @property
-    def sessions(self) -> set[Session]:
-        """The live sessions."""
-        return self.proxy.sessions
+    def sessions(self) -> list[AnySession]:
+        """The live sessions (a snapshot): L4 relays and L7 client connections."""
+        return [*self.proxy.sessions, *self.l7_sessions]
 
     @property
     def accepted(self) -> int:
@@ -232,10 +263,13 @@ class TcpLB:
         ib = _check_buffer("in-buffer-size", in_buffer_size) if in_buffer_size else None
         ob = _check_buffer("out-buffer-size", out_buffer_size) if out_buffer_size else None
         to = self._check_timeout(timeout) if timeout is not None else None
-        if protocol is not None:
-            self._check_protocol(protocol)
-        if cert_keys is not None:
-            self._set_cert_keys(cert_keys)
+        new_mode = protocol is not None and protocol != self.protocol
+        mode = self._make_mode(protocol) if protocol is not None and new_mode else self.mode
+        if cert_keys is not None or new_mode:
+            self._set_cert_keys(self.cert_keys if cert_keys is None else cert_keys, mode)
+        if protocol is not None and new_mode:
+            self.protocol = protocol
+            self.mode = mode
         if acceptor_elg is not None and acceptor_elg is not self.acceptor_elg:
             acceptor_elg.next()  # raises when the group has no loop: nothing changed yet
             self.acceptor_elg = acceptor_elg
@@ -265,6 +299,14 @@ class TcpLB:
             self.server_sock.close()
         if close_sessions:
             self.proxy.close_sessions()
+            for s in list(self.l7_sessions):
+                if s.el.in_loop_thread:
+                    s.abort()
+                elif not s._loop.is_closed():
+                    try:
+                        s._loop.call_soon_threadsafe(s.abort)
+                    except RuntimeError:
+                        pass  # closed meanwhile
 
 
 def start_tcp_lb(

@@ -24,11 +24,13 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from vproxy.app.l7 import UnknownProtocol, check_protocol
+from vproxy.app.l7.base import L7End, L7Session
 from vproxy.app.socks5_server import Socks5Server, Socks5ServerError
 from vproxy.app.tcp_lb import (
     DEFAULT_BUFFER_SIZE,
+    AnySession,
     DEFAULT_TIMEOUT_MS,
-    SUPPORTED_PROTOCOLS,
     TcpLB,
     TcpLBError,
 )
@@ -109,7 +111,7 @@ def _addr(a: tuple[str, int] | Address) -> str:
     return format_address(a[0], a[1])
 
 
-def _conn_name(c: Connection, fallback_peer: Any = None) -> str:
+def _conn_name(c: Connection | L7End, fallback_peer: Any = None) -> str:
     """``remote/local`` as in the original, e.g. ``127.0.0.1:40000/127.0.0.1:18080``."""
     t = c.transport
     peer = sock = None
@@ -487,11 +489,11 @@ class Executor:
         self, cmd: Command, lb: TcpLB | None
     ) -> tuple[Upstream | None, EventLoopGroup | None, EventLoopGroup | None]:
         proto = cmd.params.get("protocol")
-        if proto is not None and proto not in SUPPORTED_PROTOCOLS:
-            raise UnsupportedError(
-                f"protocol {proto} is not available in this build; expected one of: "
-                + ", ".join(sorted(SUPPORTED_PROTOCOLS))
-            )
+        if proto is not None:
+            try:
+                check_protocol(str(proto))
+            except UnknownProtocol as exc:
+                raise CommandError(str(exc)) from None
         ups = self._ups(_str(cmd, "upstream", "")) if "upstream" in cmd.params else None
         aelg = (
             self._elg(_str(cmd, "acceptor-elg", ""))
@@ -728,7 +730,7 @@ class Executor:
         return OK
 
     # -- observables --------------------------------------------------------------------
-    def _sessions_of(self, cmd: Command) -> list[Session]:
+    def _sessions_of(self, cmd: Command) -> list[AnySession]:
         """Sessions under the parent chain of an observable command."""
         ps = cmd.parents
         if not ps:
@@ -747,13 +749,14 @@ class Executor:
             return [s for s in list(srv.sessions) if isinstance(s, Session)]
         raise UnsupportedError(f"{cmd.type.value} in {head.type.value} is not available")
 
-    def _connections_of(self, cmd: Command) -> list[tuple[str, Connection, Session]]:
+    def _connections_of(self, cmd: Command) -> list[tuple[str, Connection | L7End, AnySession]]:
         out = []
         by_server = bool(cmd.parents) and cmd.parents[0].type is ResourceType.SERVER
         for s in self._sessions_of(cmd):
             if not by_server:
                 out.append((_conn_name(s.front, s.client), s.front, s))
-            out.append((_conn_name(s.back), s.back, s))
+            if isinstance(s, Session):
+                out.append((_conn_name(s.back), s.back, s))
         return out
 
     def _server_socks_of(self, cmd: Command) -> list[TcpLB | Socks5Server]:
@@ -1353,7 +1356,9 @@ def _kind(x: TcpLB | Socks5Server) -> str:
     return f"{'socks5-server' if isinstance(x, Socks5Server) else 'tcp-lb'} {x.name}"
 
 
-def _session_name(s: Session) -> str:
+def _session_name(s: AnySession) -> str:
+    if isinstance(s, L7Session):  # its requests go to many backend connections
+        return f"{_conn_name(s.front, s.client)}->*"
     return f"{_conn_name(s.front, s.client)}->{_conn_name(s.back)}"
 
 

@@ -53,11 +53,16 @@ from vproxy.net.event_loop import READABLE, WRITABLE
 if TYPE_CHECKING:
     from vproxy.net.event_loop import EventLoop, FdWatcher
 
-__all__ = ["MIN_WINDOW", "Connection", "Session"]
+__all__ = ["MIN_WINDOW", "Connection", "Session", "next_session_id"]
 
 _log = logging.getLogger("vproxy.net")
 
 _session_ids = itertools.count(1)
+
+
+def next_session_id() -> int:
+    """A process-wide unique id for a new session (L4 or L7)."""
+    return next(_session_ids)
 
 #: Smallest per-direction window in socket mode (bytes): one read, or one pipe.
 MIN_WINDOW = 256 * 1024
