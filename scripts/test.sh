@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # Tools the tests drive as independent clients/servers (Debian packages):
 # iperf3 and wrk through the tcp-lb, curl and openssl s_client against TLS and socks5,
-# redis-cli against the RESP controller, chromium
+# redis-cli against the RESP controller, h2load and nghttp through the h2 modes, chromium
 # (driven by Playwright's Python package) against the dashboard.
 need=()
 command -v iperf3 >/dev/null || need+=(iperf3)
@@ -15,6 +15,7 @@ command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
 command -v redis-cli >/dev/null || need+=(redis-tools)
 command -v chromium >/dev/null || need+=(chromium)
+command -v h2load >/dev/null || need+=(nghttp2-client)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     SUDO=""

@@ -21,7 +21,7 @@ from typing import Any, cast
 
 from vproxy.app.access_log import AcceptClock, AccessLog
 from vproxy.app.l7 import UnknownProtocol, make_mode
-from vproxy.app.l7.base import L7Mode, L7Session, start_l7
+from vproxy.app.l7.base import L7Limits, L7Mode, L7Session, start_l7
 from vproxy.app.tls_frontend import serve_tls
 from vproxy.component.cert_key import CertKey, TlsServerConfig
 from vproxy.component.health_check import HealthCheckConfig
@@ -104,6 +104,7 @@ class TcpLB:
         self.proxy.on_session_closed = self._count_closed
         self.server_sock: ServerSock | None = None
         self.l7_sessions: set[L7Session] = set()
+        self.l7_limits = L7Limits()
         # Bytes of ended sessions; live ones are summed at read time (no hot-path cost).
         self._stats_lock = threading.Lock()
         self.closed_bytes_from_client = 0

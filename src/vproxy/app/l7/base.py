@@ -22,6 +22,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from vproxy.component.server_group import Server
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_CONNECT_ATTEMPTS",
     "L7End",
+    "L7Limits",
     "L7Mode",
     "L7Session",
     "NoBackend",
@@ -50,6 +52,31 @@ MAX_CONNECT_ATTEMPTS = 3
 """Servers tried for one request before it fails (a server is not tried twice)."""
 
 _P = TypeVar("_P", bound=asyncio.BaseProtocol)
+
+
+@dataclass(frozen=True, slots=True)
+class L7Limits:
+    """Limits of the L7 modes, per tcp-lb (``TcpLB.l7_limits``; modes read it per
+    connection, so a change applies to new connections).
+
+    Attributes:
+        head_timeout: ms a client has for a whole request head (HTTP/1.x: from the
+            first byte of the request, or from the end of the previous response on
+            an idle keep-alive connection; h2: the preface and SETTINGS). Past it:
+            408 (HTTP/1.x) or GOAWAY, then close.
+        max_head_size: Bytes of one request head (HTTP/1.x) or decoded header list
+            (h2, SETTINGS_MAX_HEADER_LIST_SIZE).
+        max_headers: Fields in one request head.
+        max_concurrent_streams: h2 streams a client may have open at once.
+        max_pipelined: Requests (or frames) of one client in flight at once; beyond
+            it the proxy stops reading that client until responses go out.
+    """
+
+    head_timeout: int = 10_000
+    max_head_size: int = 32 * 1024
+    max_headers: int = 100
+    max_concurrent_streams: int = 100
+    max_pipelined: int = 64
 
 
 class NoBackend(Exception):
