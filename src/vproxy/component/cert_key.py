@@ -34,11 +34,13 @@ import threading
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import NameOID
+if TYPE_CHECKING:
+    from cryptography import x509
+
+# cryptography is imported where certificates are read, not here: it adds about
+# 10 MiB to every process, and most (a plain tcp-lb) never load a cert-key.
 
 __all__ = [
     "CertKey",
@@ -228,6 +230,10 @@ def _read(name: str, path: str, what: str) -> bytes:
 
 
 def _load(name: str, cert_paths: tuple[str, ...], key_path: str) -> _Material:
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import hashes, serialization
+
     certs: list[x509.Certificate] = []
     for path in cert_paths:
         data = _read(name, path, "certificate")
@@ -318,6 +324,9 @@ def _load(name: str, cert_paths: tuple[str, ...], key_path: str) -> _Material:
 
 
 def _leaf_names(leaf: x509.Certificate) -> tuple[str, ...]:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     raw: list[str] = []
     try:
         san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)

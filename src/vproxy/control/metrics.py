@@ -28,15 +28,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from prometheus_client.exposition import generate_latest
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.process_collector import ProcessCollector
-
 from vproxy.app.socks5_server import Socks5Server
 from vproxy.component.server_group import Server, ServerGroup
 from vproxy.net.server_sock import format_address
 
 if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.process_collector import ProcessCollector
+
     from vproxy.app.tcp_lb import TcpLB
     from vproxy.control.application import Application
     from vproxy.control.reply import JsonValue
@@ -193,10 +192,16 @@ class AppCollector:
     def __init__(self, app: Application) -> None:
         """Collect from ``app``, plus the process's own metrics (``/proc/self``)."""
         self.app = app
-        self._process = ProcessCollector(registry=None)
+        # prometheus_client is imported at the first scrape: a process nobody
+        # scrapes does not carry it.
+        self._process: ProcessCollector | None = None
 
     def collect(self) -> Iterator[Metric]:
         """Yield every metric family (the ``Collector`` protocol)."""
+        if self._process is None:
+            from prometheus_client.process_collector import ProcessCollector
+
+            self._process = ProcessCollector(registry=None)
         with self.app.lock:
             yield from self._listeners()
             yield from self._servers()
@@ -205,6 +210,8 @@ class AppCollector:
         yield from self._process.collect()
 
     def _listeners(self) -> Iterable[Metric]:
+        from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+
         labels = ["kind", "listener", "address"]
         accepted = CounterMetricFamily(
             "vproxy_listener_accepted_connections",
@@ -238,6 +245,8 @@ class AppCollector:
         return (accepted, active, bytes_in, bytes_out, denied)
 
     def _servers(self) -> Iterable[Metric]:
+        from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+
         labels = ["group", "server", "address"]
         up = GaugeMetricFamily(
             "vproxy_server_up", "1 when the last health edge was UP, else 0.", labels=labels
@@ -280,6 +289,8 @@ class AppCollector:
         return (up, weight, active, failures, bytes_in, bytes_out, latency)
 
     def _loops(self) -> Iterable[Metric]:
+        from prometheus_client.metrics_core import GaugeMetricFamily
+
         sessions = GaugeMetricFamily(
             "vproxy_event_loop_sessions",
             "Sessions running on the event loop.",
@@ -294,6 +305,8 @@ class AppCollector:
         log = self.app.access_log
         if log is None:
             return ()
+        from prometheus_client.metrics_core import CounterMetricFamily
+
         written = CounterMetricFamily(
             "vproxy_access_log_lines_written", "Access-log lines written.", value=log.written
         )
@@ -307,6 +320,8 @@ class AppCollector:
 
 def render_metrics(collector: AppCollector) -> bytes:
     """The text exposition of everything ``collector`` reads."""
+    from prometheus_client.exposition import generate_latest
+
     return generate_latest(collector)
 
 
