@@ -25,6 +25,7 @@ import socket
 import threading
 from typing import Any, cast
 
+from vproxy.app.accept_gate import DEFAULT_MAX_CONNECTIONS, AcceptGate, check_max_connections
 from vproxy.app.access_log import AcceptClock, AccessLog
 from vproxy.component.security_group import SecurityGroup
 from vproxy.component.server_group import Server
@@ -50,6 +51,7 @@ DEFAULT_BUFFER_SIZE = 16384
 DEFAULT_TIMEOUT_MS = 900_000
 DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000
 DEFAULT_CONNECT_TIMEOUT_MS = 3_000
+MAX_HANDSHAKE_TIMEOUT_MS = 3_600_000
 
 
 class Socks5ServerError(ValueError):
@@ -60,6 +62,21 @@ def _check_buffer(name: str, value: int) -> int:
     if not isinstance(value, int) or not 256 <= value <= 16 * 1024 * 1024:
         raise Socks5ServerError(f"{name} must be 256..16777216, got {value!r}")
     return value
+
+
+def _check_handshake_timeout(value: int) -> int:
+    if not isinstance(value, int) or not 0 < value <= MAX_HANDSHAKE_TIMEOUT_MS:
+        raise Socks5ServerError(
+            f"handshake-timeout must be 1..{MAX_HANDSHAKE_TIMEOUT_MS} ms, got {value!r}"
+        )
+    return value
+
+
+def _check_max_connections(value: int) -> int:
+    try:
+        return check_max_connections(value)
+    except ValueError as exc:
+        raise Socks5ServerError(str(exc)) from None
 
 
 class Socks5Server:
@@ -80,8 +97,11 @@ class Socks5Server:
         allow_non_backend: bool = False,
         users: dict[str, str] | None = None,
         handshake_timeout: int = DEFAULT_HANDSHAKE_TIMEOUT_MS,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         self.name = name
+        self.max_connections = _check_max_connections(max_connections)
+        self.gate = AcceptGate(f"socks5-server {name}")
         self.bind_address = parse_address(address) if isinstance(address, str) else address
         self.upstream = upstream
         self.acceptor_elg = acceptor_elg
@@ -94,7 +114,7 @@ class Socks5Server:
         self.security_group = security_group
         self.allow_non_backend = allow_non_backend
         self.users = dict(users) if users else None
-        self.handshake_timeout = handshake_timeout
+        self.handshake_timeout = _check_handshake_timeout(handshake_timeout)
         self.server_sock: ServerSock | None = None
         self.sessions: set[Session] = set()
         self.denied = 0
@@ -157,15 +177,25 @@ class Socks5Server:
         worker_elg: EventLoopGroup | None = None,
         security_group: SecurityGroup | bool | None = False,
         allow_non_backend: bool | None = None,
+        max_connections: int | None = None,
+        handshake_timeout: int | None = None,
     ) -> None:
         """Change options for new connections (all-or-nothing).
 
         ``security_group=None`` removes the group; the default ``False`` keeps it.
+        A lower ``max_connections`` closes nothing: it refuses new connections
+        until the live ones are under it.
         """
         ib = _check_buffer("in-buffer-size", in_buffer_size) if in_buffer_size else None
         ob = _check_buffer("out-buffer-size", out_buffer_size) if out_buffer_size else None
         if timeout is not None and not 0 < timeout <= 86_400_000:
             raise Socks5ServerError(f"timeout must be 1..86400000 ms, got {timeout!r}")
+        mc = _check_max_connections(max_connections) if max_connections is not None else None
+        hs = _check_handshake_timeout(handshake_timeout) if handshake_timeout is not None else None
+        if mc is not None:
+            self.max_connections = mc
+        if hs is not None:
+            self.handshake_timeout = hs
         if upstream is not None:
             self.upstream = upstream
         if ib is not None:
@@ -180,6 +210,11 @@ class Socks5Server:
             self.security_group = cast(SecurityGroup | None, security_group)
         if allow_non_backend is not None:
             self.allow_non_backend = allow_non_backend
+
+    @property
+    def refused(self) -> int:
+        """Connections closed at accept because ``max_connections`` were live."""
+        return self.gate.refused
 
     def stop(self, close_sessions: bool = False) -> None:
         """Stop accepting; running sessions finish unless ``close_sessions``."""
@@ -198,6 +233,8 @@ class Socks5Server:
             self.denied += 1
             sock.close()  # before reading a single byte
             return
+        if not self.gate.admit(sock, len(self.sessions), self.max_connections):
+            return  # closed: over max-connections, before reading a byte
         if self.access_log is not None:
             self._accept_clock.accepted(addr)
         try:
@@ -205,20 +242,21 @@ class Socks5Server:
         except EventLoopError:
             sock.close()
             return
-        el.call_soon(self._start, el, sock, addr)
+        self.gate.hand_off(el, self._start, el, sock, addr)
 
     # -- per connection (worker thread) ----------------------------------------------------
     def _start(self, el: EventLoop, sock: socket.socket, addr: Any) -> None:
-        task = el.loop.create_task(self._serve(el, sock, addr))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _serve(self, el: EventLoop, sock: socket.socket, addr: Any) -> None:
+        # The session is registered here, before the hand-off counts as done.
         session = Session(
             el, addr, self.in_buffer_size, self.out_buffer_size, self.timeout, self._closed
         )
         el.session_started()
         self.sessions.add(session)
+        task = el.loop.create_task(self._serve(el, sock, session))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, el: EventLoop, sock: socket.socket, session: Session) -> None:
         hs = _Handshake(self, session)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

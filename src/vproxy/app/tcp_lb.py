@@ -17,8 +17,10 @@ import logging
 import socket
 import threading
 from collections.abc import Iterable, Sequence
+from dataclasses import fields
 from typing import Any, cast
 
+from vproxy.app.accept_gate import DEFAULT_MAX_CONNECTIONS, AcceptGate, check_max_connections
 from vproxy.app.access_log import AcceptClock, AccessLog
 from vproxy.app.l7 import UnknownProtocol, make_mode
 from vproxy.app.l7.base import L7Limits, L7Mode, L7Session, start_l7
@@ -35,7 +37,10 @@ from vproxy.net.server_sock import ServerSock, bind_listener, format_address, pa
 
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
+    "DEFAULT_HANDSHAKE_TIMEOUT_MS",
+    "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_TIMEOUT_MS",
+    "L7_LIMIT_RANGES",
     "AnySession",
     "TcpLB",
     "TcpLBError",
@@ -52,6 +57,16 @@ DEFAULT_TIMEOUT_MS = 900_000
 DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000
 MIN_BUFFER_SIZE = 256
 MAX_BUFFER_SIZE = 16 * 1024 * 1024
+MAX_HANDSHAKE_TIMEOUT_MS = 3_600_000
+
+L7_LIMIT_RANGES: dict[str, tuple[int, int]] = {
+    "head_timeout": (1, 3_600_000),
+    "max_head_size": (1024, 1024 * 1024),
+    "max_headers": (1, 10_000),
+    "max_concurrent_streams": (1, 10_000),
+    "max_pipelined": (1, 10_000),
+}
+"""Accepted values of each :class:`L7Limits` field (the command grammar's ranges)."""
 
 
 class TcpLBError(ValueError):
@@ -62,6 +77,32 @@ def _check_buffer(name: str, value: int) -> int:
     if not isinstance(value, int) or not MIN_BUFFER_SIZE <= value <= MAX_BUFFER_SIZE:
         raise TcpLBError(f"{name} must be {MIN_BUFFER_SIZE}..{MAX_BUFFER_SIZE}, got {value!r}")
     return value
+
+
+def _check_handshake_timeout(value: int) -> int:
+    if not isinstance(value, int) or not 0 < value <= MAX_HANDSHAKE_TIMEOUT_MS:
+        raise TcpLBError(
+            f"handshake-timeout must be 1..{MAX_HANDSHAKE_TIMEOUT_MS} ms, got {value!r}"
+        )
+    return value
+
+
+def _check_l7_limits(limits: L7Limits) -> L7Limits:
+    if not isinstance(limits, L7Limits):
+        raise TcpLBError(f"l7 limits must be an L7Limits, got {limits!r}")
+    for f in fields(limits):
+        value = getattr(limits, f.name)
+        low, high = L7_LIMIT_RANGES[f.name]
+        if not isinstance(value, int) or not low <= value <= high:
+            raise TcpLBError(f"{f.name} must be {low}..{high}, got {value!r}")
+    return limits
+
+
+def _check_max_connections(value: int) -> int:
+    try:
+        return check_max_connections(value)
+    except ValueError as exc:
+        raise TcpLBError(str(exc)) from None
 
 
 class TcpLB:
@@ -82,9 +123,13 @@ class TcpLB:
         security_group: SecurityGroup | None = None,
         cert_keys: Sequence[CertKey] = (),
         handshake_timeout: int = DEFAULT_HANDSHAKE_TIMEOUT_MS,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        l7_limits: L7Limits | None = None,
     ) -> None:
         self.name = name
-        self.handshake_timeout = handshake_timeout
+        self.handshake_timeout = _check_handshake_timeout(handshake_timeout)
+        self.max_connections = _check_max_connections(max_connections)
+        self.gate = AcceptGate(f"tcp-lb {name}")
         self.tls: TlsServerConfig | None = None
         self.tls_tasks: set[asyncio.Task[None]] = set()  # handshakes and connects in flight
         self.cert_keys: tuple[CertKey, ...] = ()
@@ -104,7 +149,7 @@ class TcpLB:
         self.proxy.on_session_closed = self._count_closed
         self.server_sock: ServerSock | None = None
         self.l7_sessions: set[L7Session] = set()
-        self.l7_limits = L7Limits()
+        self.l7_limits = _check_l7_limits(l7_limits) if l7_limits is not None else L7Limits()
         # Bytes of ended sessions; live ones are summed at read time (no hot-path cost).
         self._stats_lock = threading.Lock()
         self.closed_bytes_from_client = 0
@@ -119,26 +164,32 @@ class TcpLB:
             self.denied += 1
             sock.close()  # before reading a single byte, and no backend connection
             return
+        live = len(self.proxy.sessions) + len(self.l7_sessions)
+        if not self.gate.admit(sock, live, self.max_connections):
+            return  # closed: over max-connections, before any backend connect
         if self.access_log is not None:
             self._accept_clock.accepted(addr)
-        tls = self.tls
-        mode = self.mode
-        if tls is None and mode is None:
-            self.proxy.on_accept(sock, addr)
-            return
         try:
             el = self.worker_elg.next()
         except EventLoopError:
+            _log.error("%s: no worker event loop; closing accepted connection", self.name)
             sock.close()
             return
+        tls = self.tls
+        mode = self.mode
+        # Each start below registers its session before returning: until then the
+        # gate counts the socket as in flight.
         if mode is not None:
             if el.in_loop_thread:
                 start_l7(self, mode, el, sock, addr)
             else:
-                el.call_soon(start_l7, self, mode, el, sock, addr)
-            return
-        assert tls is not None
-        el.call_soon(serve_tls, self, tls, el, sock, addr)
+                self.gate.hand_off(el, start_l7, self, mode, el, sock, addr)
+        elif tls is not None:
+            self.gate.hand_off(el, serve_tls, self, tls, el, sock, addr)
+        elif el.in_loop_thread:
+            self.proxy._start(el, sock, addr)
+        else:
+            self.gate.hand_off(el, self.proxy._start, el, sock, addr)
 
     @staticmethod
     def _make_mode(protocol: str) -> L7Mode | None:
@@ -147,19 +198,19 @@ class TcpLB:
         except UnknownProtocol as exc:
             raise TcpLBError(str(exc)) from None
 
-    def _set_cert_keys(self, cert_keys: Sequence[CertKey], mode: L7Mode | None) -> None:
+    def _set_cert_keys(
+        self, cert_keys: Sequence[CertKey], mode: L7Mode | None, handshake_timeout: int = 0
+    ) -> None:
         """Terminate TLS with these cert-keys (chosen by SNI); none: plain TCP.
 
-        ALPN offers what ``mode`` speaks (nothing for the L4 relay).
+        ALPN offers what ``mode`` speaks (nothing for the L4 relay); the handshake
+        deadline is ``handshake_timeout`` ms (0: the current one).
         """
         cks = tuple(cert_keys)
         alpn = mode.alpn if mode is not None else ()
+        hs = handshake_timeout or self.handshake_timeout
         try:
-            tls = (
-                TlsServerConfig(cks, alpn=alpn, handshake_timeout=self.handshake_timeout / 1000)
-                if cks
-                else None
-            )
+            tls = TlsServerConfig(cks, alpn=alpn, handshake_timeout=hs / 1000) if cks else None
         except ValueError as exc:
             raise TcpLBError(str(exc)) from exc
         self.cert_keys = cks
@@ -256,18 +307,27 @@ class TcpLB:
         protocol: str | None = None,
         security_group: SecurityGroup | bool | None = False,
         cert_keys: Sequence[CertKey] | None = None,
+        max_connections: int | None = None,
+        handshake_timeout: int | None = None,
+        l7_limits: L7Limits | None = None,
     ) -> None:
         """Change options; new sessions use them (all-or-nothing).
 
         ``security_group=None`` removes the group; the default ``False`` keeps it.
+        A lower ``max_connections`` closes nothing: it refuses new connections
+        until the live ones are under it. ``l7_limits`` replaces the whole set
+        (build it with ``dataclasses.replace(lb.l7_limits, ...)``).
         """
         ib = _check_buffer("in-buffer-size", in_buffer_size) if in_buffer_size else None
         ob = _check_buffer("out-buffer-size", out_buffer_size) if out_buffer_size else None
         to = self._check_timeout(timeout) if timeout is not None else None
+        mc = _check_max_connections(max_connections) if max_connections is not None else None
+        hs = _check_handshake_timeout(handshake_timeout) if handshake_timeout is not None else None
+        limits = _check_l7_limits(l7_limits) if l7_limits is not None else None
         new_mode = protocol is not None and protocol != self.protocol
         mode = self._make_mode(protocol) if protocol is not None and new_mode else self.mode
-        if cert_keys is not None or new_mode:
-            self._set_cert_keys(self.cert_keys if cert_keys is None else cert_keys, mode)
+        if cert_keys is not None or new_mode or (hs is not None and self.cert_keys):
+            self._set_cert_keys(self.cert_keys if cert_keys is None else cert_keys, mode, hs or 0)
         if protocol is not None and new_mode:
             self.protocol = protocol
             self.mode = mode
@@ -289,10 +349,21 @@ class TcpLB:
             self.out_buffer_size = ob
         if to is not None:
             self.timeout = to
+        if mc is not None:
+            self.max_connections = mc
+        if hs is not None:
+            self.handshake_timeout = hs
+        if limits is not None:
+            self.l7_limits = limits  # frozen: modes read it once per new connection
         if worker_elg is not None:
             self.worker_elg = worker_elg
         if security_group is not False:
             self.security_group = cast(SecurityGroup | None, security_group)
+
+    @property
+    def refused(self) -> int:
+        """Connections closed at accept because ``max_connections`` were live."""
+        return self.gate.refused
 
     def stop(self, close_sessions: bool = False) -> None:
         """Stop accepting; running sessions finish unless ``close_sessions``."""
@@ -300,6 +371,8 @@ class TcpLB:
             self.server_sock.close()
         if close_sessions:
             self.proxy.close_sessions()
+            if self.mode is not None:
+                self.mode.close()
             for s in list(self.l7_sessions):
                 if s.el.in_loop_thread:
                     s.abort()

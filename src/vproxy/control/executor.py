@@ -21,16 +21,19 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from vproxy.app.accept_gate import DEFAULT_MAX_CONNECTIONS
 from vproxy.app.l7 import UnknownProtocol, check_protocol
-from vproxy.app.l7.base import L7End, L7Session
+from vproxy.app.l7.base import L7End, L7Limits, L7Session
 from vproxy.app.socks5_server import Socks5Server, Socks5ServerError
 from vproxy.app.tcp_lb import (
     DEFAULT_BUFFER_SIZE,
-    AnySession,
+    DEFAULT_HANDSHAKE_TIMEOUT_MS,
     DEFAULT_TIMEOUT_MS,
+    AnySession,
     TcpLB,
     TcpLBError,
 )
@@ -91,6 +94,16 @@ class Origin(enum.Enum):
     RESP = "resp"
     HTTP = "http"
     FILE = "file"
+
+
+L7_LIMIT_PARAMS: dict[str, str] = {
+    "request-head-timeout": "head_timeout",
+    "max-head-size": "max_head_size",
+    "max-headers": "max_headers",
+    "max-concurrent-streams": "max_concurrent_streams",
+    "max-pipelined": "max_pipelined",
+}
+"""tcp-lb parameters that set a field of its :class:`L7Limits`."""
 
 
 class UnsupportedError(CommandError):
@@ -547,6 +560,9 @@ class Executor:
                 protocol=_str(cmd, "protocol", "tcp"),
                 security_group=secg if isinstance(secg, SecurityGroup) else None,
                 cert_keys=self._cert_keys_param(cmd) or (),
+                max_connections=_int(cmd, "max-connections", DEFAULT_MAX_CONNECTIONS),
+                handshake_timeout=_int(cmd, "handshake-timeout", DEFAULT_HANDSHAKE_TIMEOUT_MS),
+                l7_limits=_l7_limits(cmd, L7Limits()),
             )
         except TcpLBError as exc:
             raise CommandError(str(exc)) from exc
@@ -573,6 +589,9 @@ class Executor:
                 out_buffer_size=_opt_int(cmd, "out-buffer-size"),
                 timeout=_opt_int(cmd, "timeout"),
                 protocol=_opt_str(cmd, "protocol"),
+                max_connections=_opt_int(cmd, "max-connections"),
+                handshake_timeout=_opt_int(cmd, "handshake-timeout"),
+                l7_limits=_l7_limits(cmd, lb.l7_limits),
             )
         except (TcpLBError, EventLoopError) as exc:
             raise CommandError(str(exc)) from exc
@@ -608,6 +627,8 @@ class Executor:
                 timeout=_int(cmd, "timeout", DEFAULT_TIMEOUT_MS),
                 security_group=secg if isinstance(secg, SecurityGroup) else None,
                 allow_non_backend="allow-non-backend" in cmd.flags,
+                max_connections=_int(cmd, "max-connections", DEFAULT_MAX_CONNECTIONS),
+                handshake_timeout=_int(cmd, "handshake-timeout", DEFAULT_HANDSHAKE_TIMEOUT_MS),
             )
         except Socks5ServerError as exc:
             raise CommandError(str(exc)) from exc
@@ -639,6 +660,8 @@ class Executor:
                 timeout=_opt_int(cmd, "timeout"),
                 security_group=secg,
                 allow_non_backend=allow,
+                max_connections=_opt_int(cmd, "max-connections"),
+                handshake_timeout=_opt_int(cmd, "handshake-timeout"),
             )
         except Socks5ServerError as exc:
             raise CommandError(str(exc)) from exc
@@ -939,8 +962,12 @@ class Executor:
                 "protocol": o.protocol,
                 "security-group": o.security_group.name if o.security_group else None,
                 "cert-key": [ck.name for ck in o.cert_keys],
+                "max-connections": o.max_connections,
+                "handshake-timeout": o.handshake_timeout,
+                **{p: getattr(o.l7_limits, f) for p, f in L7_LIMIT_PARAMS.items()},
                 "sessions": len(o.sessions),
                 "accepted": o.accepted,
+                "refused": o.refused,
             }
         if t is ResourceType.SOCKS5_SERVER:
             assert isinstance(o, Socks5Server)
@@ -955,8 +982,11 @@ class Executor:
                 "timeout": o.timeout,
                 "security-group": o.security_group.name if o.security_group else None,
                 "allow-non-backend": o.allow_non_backend,
+                "max-connections": o.max_connections,
+                "handshake-timeout": o.handshake_timeout,
                 "sessions": len(o.sessions),
                 "accepted": o.accepted,
+                "refused": o.refused,
             }
         if t is ResourceType.SECURITY_GROUP:
             assert isinstance(o, SecurityGroup)
@@ -1102,6 +1132,11 @@ class Executor:
                 params["security-group"] = lb.security_group.name
             if lb.cert_keys:
                 params["cert-key"] = tuple(ck.name for ck in lb.cert_keys)
+            params.update(_listener_limits(lb))
+            defaults = L7Limits()
+            for p, f in L7_LIMIT_PARAMS.items():
+                if getattr(lb.l7_limits, f) != getattr(defaults, f):
+                    params[p] = getattr(lb.l7_limits, f)
             out.append(Command(Action.ADD, ResourceType.TCP_LB, lb.name, params=params))
         for s5 in app.socks5_servers.values():
             host, port = s5.address
@@ -1116,6 +1151,7 @@ class Executor:
             }
             if s5.security_group is not None:
                 params["security-group"] = s5.security_group.name
+            params.update(_listener_limits(s5))
             flags = frozenset({"allow-non-backend" if s5.allow_non_backend else "deny-non-backend"})
             out.append(
                 Command(Action.ADD, ResourceType.SOCKS5_SERVER, s5.name, params=params, flags=flags)
@@ -1296,6 +1332,22 @@ def _opt_int(cmd: Command, key: str) -> int | None:
 def _str(cmd: Command, key: str, default: str) -> str:
     v = cmd.params.get(key, default)
     return str(v.value if isinstance(v, enum.Enum) else v)
+
+
+def _l7_limits(cmd: Command, base: L7Limits) -> L7Limits | None:
+    """``base`` with the L7 limit parameters of ``cmd`` applied (None: none given)."""
+    changes = {f: _int(cmd, p, 0) for p, f in L7_LIMIT_PARAMS.items() if p in cmd.params}
+    return replace(base, **changes) if changes else None
+
+
+def _listener_limits(lb: TcpLB | Socks5Server) -> dict[str, Any]:
+    """``max-connections`` and ``handshake-timeout`` for ``list config``, when not default."""
+    out: dict[str, Any] = {}
+    if lb.max_connections != DEFAULT_MAX_CONNECTIONS:
+        out["max-connections"] = lb.max_connections
+    if lb.handshake_timeout != DEFAULT_HANDSHAKE_TIMEOUT_MS:
+        out["handshake-timeout"] = lb.handshake_timeout
+    return out
 
 
 def _opt_str(cmd: Command, key: str) -> str | None:

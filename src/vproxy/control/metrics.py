@@ -235,6 +235,16 @@ class AppCollector:
             "are not allowed.",
             labels=labels,
         )
+        refused = CounterMetricFamily(
+            "vproxy_listener_refused_connections",
+            "Connections closed at accept because the listener had max-connections sessions.",
+            labels=labels,
+        )
+        limit = GaugeMetricFamily(
+            "vproxy_listener_max_connections",
+            "The listener's max-connections setting.",
+            labels=labels,
+        )
         for lb in self.app.listeners():
             values = [listener_kind(lb), lb.name, format_address(*lb.address)]
             accepted.add_metric(values, lb.accepted)
@@ -242,7 +252,9 @@ class AppCollector:
             bytes_in.add_metric(values, lb.bytes_from_clients)
             bytes_out.add_metric(values, lb.bytes_from_servers)
             denied.add_metric(values, lb.denied)
-        return (accepted, active, bytes_in, bytes_out, denied)
+            refused.add_metric(values, lb.refused)
+            limit.add_metric(values, lb.max_connections)
+        return (accepted, active, bytes_in, bytes_out, denied, refused, limit)
 
     def _servers(self) -> Iterable[Metric]:
         from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
@@ -375,6 +387,8 @@ def _listener_json(lb: TcpLB | Socks5Server) -> dict[str, JsonValue]:
         "bytes_in": lb.bytes_from_clients,
         "bytes_out": lb.bytes_from_servers,
         "denied": lb.denied,
+        "refused": lb.refused,
+        "max_connections": lb.max_connections,
     }
 
 

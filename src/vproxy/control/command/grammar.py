@@ -388,6 +388,63 @@ _IDLE_TIMEOUT = ParamSpec(
     maximum=_DAY_MS,
     doc="idle timeout of a connection, in milliseconds",
 )
+_MAX_CONNECTIONS = ParamSpec(
+    "max-connections",
+    ValueKind.INT,
+    default="100000",
+    minimum=1,
+    maximum=10_000_000,
+    doc="live sessions allowed; one more is closed at accept and counted as refused",
+)
+_HANDSHAKE_TIMEOUT = ParamSpec(
+    "handshake-timeout",
+    ValueKind.INT,
+    default="10000",
+    minimum=1,
+    maximum=_HOUR_MS,
+    doc="milliseconds a client has for its TLS (tcp-lb) or socks5 handshake",
+)
+_HEAD_TIMEOUT = ParamSpec(
+    "request-head-timeout",
+    ValueKind.INT,
+    default="10000",
+    minimum=1,
+    maximum=_HOUR_MS,
+    doc="L7 modes: milliseconds a client has for a whole request head (or h2 preface)",
+)
+_MAX_HEAD_SIZE = ParamSpec(
+    "max-head-size",
+    ValueKind.INT,
+    default="32768",
+    minimum=1024,
+    maximum=_MIB,
+    doc="L7 modes: bytes of one request head (h2: decoded header list)",
+)
+_MAX_HEADERS = ParamSpec(
+    "max-headers",
+    ValueKind.INT,
+    default="100",
+    minimum=1,
+    maximum=10_000,
+    doc="L7 modes: header fields in one request head",
+)
+_MAX_STREAMS = ParamSpec(
+    "max-concurrent-streams",
+    ValueKind.INT,
+    default="100",
+    minimum=1,
+    maximum=10_000,
+    doc="h2: streams a client may have open at once",
+)
+_MAX_PIPELINED = ParamSpec(
+    "max-pipelined",
+    ValueKind.INT,
+    default="64",
+    minimum=1,
+    maximum=10_000,
+    doc="L7 modes: requests (or frames) of one client in flight before reading pauses",
+)
+_L7_LIMIT_PARAMS = (_HEAD_TIMEOUT, _MAX_HEAD_SIZE, _MAX_HEADERS, _MAX_STREAMS, _MAX_PIPELINED)
 _PROTOCOL = ParamSpec(
     "protocol",
     ValueKind.PROTOCOL,
@@ -572,6 +629,15 @@ _LISTENER_PARAMS = (
     _OUT_BUFFER,
     _IDLE_TIMEOUT,
 )
+_TCP_LB_PARAMS = (
+    _PROTOCOL,
+    _SECURITY_GROUP,
+    _CERT_KEYS,
+    _MAX_CONNECTIONS,
+    _HANDSHAKE_TIMEOUT,
+    *_L7_LIMIT_PARAMS,
+)
+_SOCKS5_PARAMS = (_SECURITY_GROUP, _MAX_CONNECTIONS, _HANDSHAKE_TIMEOUT)
 
 # ------------------------------------------------------------------------ the table
 
@@ -585,15 +651,12 @@ _TYPES: tuple[TypeSpec, ...] = (
         (
             Form(
                 Action.ADD,
-                params=(*_LISTENER_PARAMS, _PROTOCOL, _SECURITY_GROUP, _CERT_KEYS),
+                params=(*_LISTENER_PARAMS, *_TCP_LB_PARAMS),
                 summary="start listening and balancing to the upstream",
             ),
             Form(
                 Action.UPDATE,
-                params=tuple(
-                    _optional(p)
-                    for p in (*_LISTENER_PARAMS[1:], _PROTOCOL, _SECURITY_GROUP, _CERT_KEYS)
-                ),
+                params=tuple(_optional(p) for p in (*_LISTENER_PARAMS[1:], *_TCP_LB_PARAMS)),
                 needs_change=True,
                 summary="change any setting but the address",
             ),
@@ -609,14 +672,14 @@ _TYPES: tuple[TypeSpec, ...] = (
         (
             Form(
                 Action.ADD,
-                params=(*_LISTENER_PARAMS, _SECURITY_GROUP),
+                params=(*_LISTENER_PARAMS, *_SOCKS5_PARAMS),
                 flags=(_ALLOW_NON_BACKEND, _DENY_NON_BACKEND),
                 exclusive_flags=(("allow-non-backend", "deny-non-backend"),),
                 summary="start a socks5 server",
             ),
             Form(
                 Action.UPDATE,
-                params=tuple(_optional(p) for p in (*_LISTENER_PARAMS[1:], _SECURITY_GROUP)),
+                params=tuple(_optional(p) for p in (*_LISTENER_PARAMS[1:], *_SOCKS5_PARAMS)),
                 flags=(_ALLOW_NON_BACKEND, _DENY_NON_BACKEND),
                 exclusive_flags=(("allow-non-backend", "deny-non-backend"),),
                 needs_change=True,

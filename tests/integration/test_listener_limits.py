@@ -1,0 +1,324 @@
+"""max-connections of tcp-lb and socks5-server, and the limit parameters as commands."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from helpers import Backend, LoopThread, echo_handler, wait_until
+from vproxy import HealthCheckConfig, ServerGroup, TcpLB, Upstream
+from vproxy.app.l7.base import L7Limits
+from vproxy.app.socks5_server import Socks5Server
+from vproxy.app.tcp_lb import TcpLBError
+from vproxy.control.application import Application
+from vproxy.control.command import parse
+from vproxy.control.executor import Executor, Origin
+from vproxy.control.reply import Array, ErrorReply, String
+from vproxy.net.event_loop import EventLoopGroup
+
+ElgFactory = Callable[..., EventLoopGroup]
+
+
+class CountingBackend:
+    """An echo backend that counts the connections it accepted (not health checks)."""
+
+    def __init__(self, lt: LoopThread) -> None:
+        self.accepted = 0
+        self.checks = 0
+
+        async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            self.accepted += 1
+            await echo_handler(r, w)
+
+        self.backend = Backend(lt, handler)
+
+    @property
+    def connections(self) -> int:
+        return self.accepted - self.checks
+
+
+def _upstream(elg: EventLoopGroup, addr: tuple[str, int]) -> Upstream:
+    g = ServerGroup("g", health_check=HealthCheckConfig(500, 60_000, 1, 2), event_loop_group=elg)
+    g.add("s0", addr)
+    u = Upstream("u")
+    u.add(g)
+    wait_until(lambda: bool(g.healthy_servers))
+    return u
+
+
+def _echo(c: socket.socket, msg: bytes = b"ping") -> bool:
+    c.sendall(msg)
+    got = b""
+    while len(got) < len(msg):
+        chunk = c.recv(len(msg) - len(got))
+        if not chunk:
+            return False
+        got += chunk
+    return got == msg
+
+
+def _closed_at_once(c: socket.socket) -> float:
+    """Seconds until the proxy closed ``c`` (without sending anything to it)."""
+    t0 = time.monotonic()
+    c.settimeout(5)
+    try:
+        data = c.recv(1)
+    except ConnectionResetError:
+        data = b""
+    assert data == b"", f"the refused connection got {data!r}"
+    return time.monotonic() - t0
+
+
+@pytest.fixture
+def lb_parts(
+    backend_loop: LoopThread, elg_factory: ElgFactory
+) -> tuple[CountingBackend, EventLoopGroup, EventLoopGroup, Upstream]:
+    backend = CountingBackend(backend_loop)
+    aelg, welg = elg_factory("a", 1), elg_factory("w", 2)
+    ups = _upstream(welg, backend.backend.address)  # one health check, then none for 60 s
+    wait_until(lambda: backend.accepted >= 1)
+    backend.checks = backend.accepted
+    return backend, aelg, welg, ups
+
+
+def test_tcp_lb_refuses_connection_over_max_at_accept(
+    loop_kind: str, lb_parts: tuple[CountingBackend, EventLoopGroup, EventLoopGroup, Upstream]
+) -> None:
+    backend, aelg, welg, ups = lb_parts
+    lb = TcpLB(
+        "lb", ("127.0.0.1", 0), ups, acceptor_elg=aelg, worker_elg=welg, max_connections=3
+    ).start()
+    clients: list[socket.socket] = []
+    try:
+        for _ in range(3):
+            c = socket.create_connection(lb.address, timeout=5)
+            clients.append(c)
+            assert _echo(c)
+        assert backend.connections == 3
+        extra = socket.create_connection(lb.address, timeout=5)
+        assert _closed_at_once(extra) < 1.0
+        extra.close()
+        assert lb.refused == 1
+        assert backend.connections == 3  # no backend connect for the refused one
+        assert all(_echo(c, b"still") for c in clients)  # the others keep working
+
+        clients.pop().close()
+        wait_until(lambda: len(lb.sessions) == 2)
+        c = socket.create_connection(lb.address, timeout=5)
+        clients.append(c)
+        assert _echo(c, b"again")
+        assert lb.refused == 1
+
+        lb.update(max_connections=1)  # lower: nothing is closed, new ones are refused
+        assert all(_echo(c, b"kept") for c in clients)
+        extra = socket.create_connection(lb.address, timeout=5)
+        assert _closed_at_once(extra) < 1.0
+        extra.close()
+        assert lb.refused == 2
+    finally:
+        for c in clients:
+            c.close()
+        lb.stop(close_sessions=True)
+
+
+def test_tcp_lb_burst_never_exceeds_max(
+    lb_parts: tuple[CountingBackend, EventLoopGroup, EventLoopGroup, Upstream],
+) -> None:
+    """Many connections at once: the sessions started never exceed the limit."""
+    backend, aelg, welg, ups = lb_parts
+    lb = TcpLB(
+        "lb", ("127.0.0.1", 0), ups, acceptor_elg=aelg, worker_elg=welg, max_connections=10
+    ).start()
+    clients = []
+    try:
+        for _ in range(60):  # before any session could start, most of them
+            clients.append(socket.create_connection(lb.address, timeout=5))
+        wait_until(lambda: lb.refused + len(lb.sessions) == 60)
+        assert len(lb.sessions) == 10
+        assert lb.refused == 50
+        wait_until(lambda: backend.connections == 10)
+        time.sleep(0.2)
+        assert backend.connections == 10
+    finally:
+        for c in clients:
+            c.close()
+        lb.stop(close_sessions=True)
+
+
+def _socks5_connect(addr: tuple[str, int], target: tuple[str, int]) -> socket.socket:
+    c = socket.create_connection(addr, timeout=5)
+    c.sendall(b"\x05\x01\x00")
+    assert c.recv(2) == b"\x05\x00"
+    c.sendall(b"\x05\x01\x00\x01" + socket.inet_aton(target[0]) + target[1].to_bytes(2, "big"))
+    reply = c.recv(10)
+    assert reply[:2] == b"\x05\x00", reply
+    return c
+
+
+def test_socks5_refuses_connection_over_max_at_accept(
+    loop_kind: str, lb_parts: tuple[CountingBackend, EventLoopGroup, EventLoopGroup, Upstream]
+) -> None:
+    backend, aelg, welg, ups = lb_parts
+    target = backend.backend.address
+    s5 = Socks5Server(
+        "s5", ("127.0.0.1", 0), ups, acceptor_elg=aelg, worker_elg=welg, max_connections=2
+    ).start()
+    clients: list[socket.socket] = []
+    try:
+        for _ in range(2):
+            c = _socks5_connect(s5.address, target)
+            clients.append(c)
+            assert _echo(c)
+        extra = socket.create_connection(s5.address, timeout=5)
+        assert _closed_at_once(extra) < 1.0  # no method-selection reply either
+        extra.close()
+        assert s5.refused == 1
+        assert backend.connections == 2
+        assert all(_echo(c, b"still") for c in clients)
+        clients.pop().close()
+        wait_until(lambda: len(s5.sessions) == 1)
+        c = _socks5_connect(s5.address, target)
+        clients.append(c)
+        assert _echo(c, b"again")
+    finally:
+        for c in clients:
+            c.close()
+        s5.stop(close_sessions=True)
+
+
+# -- the parameters as commands -------------------------------------------------------
+
+
+@pytest.fixture
+def app() -> Iterator[Application]:
+    a = Application.create_default()
+    yield a
+    a.close()
+
+
+def _ok(ex: Executor, line: str) -> None:
+    r = ex.execute_line(line, Origin.STDIO)
+    assert not isinstance(r, ErrorReply), f"{line}: {r}"
+
+
+def _config(ex: Executor) -> list[str]:
+    r = ex.execute_line("System: list config", Origin.STDIO)
+    assert isinstance(r, Array)
+    return [i.value for i in r.items if isinstance(i, String)]
+
+
+LIMIT_WORDS = (
+    "max-connections 7 handshake-timeout 1500 request-head-timeout 2500 max-head-size 4096 "
+    "max-headers 20 max-concurrent-streams 30 max-pipelined 4"
+)
+
+
+def test_limit_params_add_update_detail_and_round_trip(app: Application) -> None:
+    ex = Executor(app)
+    _ok(ex, "add upstream u")
+    _ok(ex, f"add tcp-lb lb address 127.0.0.1:0 upstream u protocol http/1.x {LIMIT_WORDS}")
+    _ok(ex, "add socks5-server s5 address 127.0.0.1:0 upstream u max-connections 9")
+    lb = app.tcp_lbs["lb"]
+    assert lb.max_connections == 7
+    assert lb.handshake_timeout == 1500
+    assert lb.l7_limits == L7Limits(2500, 4096, 20, 30, 4)
+    [d] = ex.detail(parse("list-detail tcp-lb lb"))  # type: ignore[arg-type]
+    assert d["max-connections"] == 7
+    assert d["request-head-timeout"] == 2500
+    assert d["max-pipelined"] == 4
+    assert d["refused"] == 0
+    [d5] = ex.detail(parse("list-detail socks5-server s5"))  # type: ignore[arg-type]
+    assert (d5["max-connections"], d5["handshake-timeout"], d5["refused"]) == (9, 10_000, 0)
+
+    before = lb.l7_limits
+    _ok(ex, "update tcp-lb lb max-headers 50 max-connections 8")
+    assert lb.l7_limits == L7Limits(2500, 4096, 50, 30, 4)
+    assert lb.l7_limits is not before  # replaced, never mutated
+    assert lb.max_connections == 8
+    _ok(ex, "update socks5-server s5 handshake-timeout 700")
+    assert app.socks5_servers["s5"].handshake_timeout == 700
+
+    lines = _config(ex)
+    lb_line = next(x for x in lines if x.startswith("add tcp-lb"))
+    for word in ("max-connections 8", "max-headers 50", "request-head-timeout 2500"):
+        assert word in lb_line
+    fresh = Application.create_default()
+    try:
+        ex2 = Executor(fresh)
+        for line in lines:
+            _ok(
+                ex2,
+                line.replace(":" + str(lb.address[1]), ":0").replace(
+                    ":" + str(app.socks5_servers["s5"].address[1]), ":0"
+                ),
+            )
+        assert fresh.tcp_lbs["lb"].l7_limits == lb.l7_limits
+        assert fresh.tcp_lbs["lb"].max_connections == 8
+        assert fresh.socks5_servers["s5"].handshake_timeout == 700
+        assert fresh.socks5_servers["s5"].max_connections == 9
+    finally:
+        fresh.close()
+
+
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        ("max-connections 0", "max-connections"),
+        ("max-head-size 100", "max-head-size"),
+        ("max-headers 10001", "max-headers"),
+        ("request-head-timeout 0", "request-head-timeout"),
+        ("max-concurrent-streams -1", "max-concurrent-streams"),
+        ("max-pipelined x", "max-pipelined"),
+        ("handshake-timeout 3600001", "handshake-timeout"),
+    ],
+)
+def test_bad_limit_changes_nothing(app: Application, words: str, message: str) -> None:
+    ex = Executor(app)
+    _ok(ex, "add upstream u")
+    _ok(ex, "add tcp-lb lb address 127.0.0.1:0 upstream u max-connections 5")
+    before = _config(ex)
+    # A valid change next to the bad one is not applied either.
+    r = ex.execute_line(f"update tcp-lb lb timeout 1234 {words}", Origin.STDIO)
+    assert isinstance(r, ErrorReply)
+    assert message in r.message
+    assert _config(ex) == before
+    r = ex.execute_line(f"add tcp-lb lb2 address 127.0.0.1:0 upstream u {words}", Origin.STDIO)
+    assert isinstance(r, ErrorReply)
+    assert "lb2" not in app.tcp_lbs
+
+
+def test_library_api_validates_limits(elg_factory: ElgFactory) -> None:
+    aelg, welg = elg_factory("a", 1), elg_factory("w", 1)
+    u = Upstream("u")
+    with pytest.raises(TcpLBError, match="max-connections"):
+        TcpLB("x", ("127.0.0.1", 0), u, acceptor_elg=aelg, worker_elg=welg, max_connections=0)
+    lb = TcpLB("x", ("127.0.0.1", 0), u, acceptor_elg=aelg, worker_elg=welg)
+    with pytest.raises(TcpLBError, match="max_headers"):
+        lb.update(timeout=5, l7_limits=L7Limits(max_headers=0))
+    assert lb.timeout != 5  # all-or-nothing
+    assert lb.l7_limits == L7Limits()
+
+
+def test_refused_counter_in_metrics(app: Application, backend_loop: LoopThread) -> None:
+    ex = Executor(app)
+    b = Backend(backend_loop, echo_handler)
+    _ok(ex, "add server-group g timeout 500 period 60000 up 1 down 2")
+    _ok(ex, f"add server s to server-group g address 127.0.0.1:{b.port}")
+    _ok(ex, "add upstream u")
+    _ok(ex, "add server-group g to upstream u")
+    _ok(ex, "add tcp-lb lb address 127.0.0.1:0 upstream u max-connections 1")
+    lb = app.tcp_lbs["lb"]
+    wait_until(lambda: bool(app.server_groups["g"].healthy_servers))
+    with socket.create_connection(lb.address, timeout=5) as c:
+        assert _echo(c)
+        with socket.create_connection(lb.address, timeout=5) as extra:
+            _closed_at_once(extra)
+    text = ex.metrics_text().decode()
+    assert "vproxy_listener_refused_connections_total{address=" in text
+    line = next(x for x in text.splitlines() if x.startswith("vproxy_listener_refused_conn"))
+    assert line.endswith(" 1.0")
+    assert "vproxy_listener_max_connections{" in text
