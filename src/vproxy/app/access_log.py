@@ -1,4 +1,4 @@
-"""Access logs: one JSON line per L4 session when it ends.
+"""Access logs: one JSON line per L4 session, and one per L7 request, when it ends.
 
 Owns: the bounded queue between the listeners' session-end hooks and one writer
 thread, the line format (:func:`format_entry`, documented in ``docs/operations.md``),
@@ -39,7 +39,9 @@ __all__ = [
     "AcceptClock",
     "AccessLog",
     "Entry",
+    "RequestEntry",
     "format_entry",
+    "format_request",
 ]
 
 _log = logging.getLogger("vproxy.app")
@@ -66,6 +68,12 @@ class _Backend(Protocol):
 #  None, socks5 target "host:port" or None, bytes from client, bytes from server,
 #  duration in seconds or None)
 Entry = tuple[float, str, str, Any, "_Backend | None", "str | None", int, int, "float | None"]
+# (end time (epoch s), listener kind, listener name, client address, backend server or
+#  None, method, host or None, target, status (0: none was given), bytes to the client,
+#  duration in seconds)
+RequestEntry = tuple[
+    float, str, str, Any, "_Backend | None", str, "str | None", str, int, int, float
+]
 
 
 def _iso(t: float) -> str:
@@ -106,6 +114,41 @@ def format_entry(entry: Entry) -> str:
         "reason": "closed" if connected else "error",
     }
     return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+
+
+def format_request(entry: RequestEntry) -> str:
+    """The JSON line (without the newline) for one L7 request.
+
+    Fields, always all present: ``time`` (end of the response, ISO 8601 UTC,
+    milliseconds), ``listener_kind``, ``listener``, ``client``, ``backend`` and
+    ``backend_address`` (null when no server answered), ``method``, ``host`` (the
+    routing hint: Host or ``:authority`` without port, or null), ``target`` (the
+    request target or ``:path``), ``status`` (the status the client got; 0 when the
+    connection ended before one), ``bytes_to_client`` (the response, head and body)
+    and ``duration_ms`` (from the request head to the end of the response).
+    """
+    end, kind, name, client, server, method, host, target, status, to_client, duration = entry
+    record = {
+        "time": _iso(end),
+        "listener_kind": kind,
+        "listener": name,
+        "client": _addr(client),
+        "backend": server.name if server is not None else None,
+        "backend_address": server.address_text if server is not None else None,
+        "method": method,
+        "host": host,
+        "target": target,
+        "status": status,
+        "bytes_to_client": to_client,
+        "duration_ms": round(duration * 1000, 3),
+    }
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+
+
+def _format(entry: Entry | RequestEntry) -> str:
+    if len(entry) == 11:
+        return format_request(entry)  # type: ignore[arg-type]
+    return format_entry(entry)  # type: ignore[arg-type]
 
 
 class AcceptClock:
@@ -162,7 +205,7 @@ class AccessLog:
     def __init__(self, destination: str | Path, *, capacity: int = DEFAULT_CAPACITY) -> None:
         self.destination = str(destination)
         self._to_stdout = self.destination == STDOUT
-        self._queue: queue.Queue[Entry | None] = queue.Queue(maxsize=capacity)
+        self._queue: queue.Queue[Entry | RequestEntry | None] = queue.Queue(maxsize=capacity)
         self._stream: IO[str] = self._open()
         self._reopen = threading.Event()
         self._drop_lock = threading.Lock()
@@ -212,6 +255,40 @@ class AccessLog:
             with self._drop_lock:
                 self.dropped += 1
 
+    def request_ended(
+        self,
+        kind: str,
+        listener: str,
+        client: Any,
+        server: _Backend | None,
+        method: str,
+        host: str | None,
+        target: str,
+        status: int,
+        bytes_to_client: int,
+        duration: float,
+    ) -> None:
+        """Queue one finished L7 request; never blocks (a full queue drops and counts)."""
+        try:
+            self._queue.put_nowait(
+                (
+                    time.time(),
+                    kind,
+                    listener,
+                    client,
+                    server,
+                    method,
+                    host,
+                    target,
+                    status,
+                    bytes_to_client,
+                    duration,
+                )
+            )
+        except queue.Full:
+            with self._drop_lock:
+                self.dropped += 1
+
     @property
     def pending(self) -> int:
         """Entries waiting for the writer now."""
@@ -240,11 +317,11 @@ class AccessLog:
                 self._stream.close()
 
     # -- the writer thread ---------------------------------------------------------------
-    def _batches(self) -> Iterator[list[Entry]]:
+    def _batches(self) -> Iterator[list[Entry | RequestEntry]]:
         q = self._queue
         while True:
             first = q.get()
-            batch: list[Entry] = [] if first is None else [first]
+            batch: list[Entry | RequestEntry] = [] if first is None else [first]
             stop = first is None and self._closed
             while len(batch) < _BATCH and not stop:
                 try:
@@ -266,7 +343,7 @@ class AccessLog:
                 self._do_reopen()
             if not batch:
                 continue
-            text = "".join(format_entry(e) + "\n" for e in batch)
+            text = "".join(_format(e) + "\n" for e in batch)
             try:
                 self._stream.write(text)
                 self._stream.flush()

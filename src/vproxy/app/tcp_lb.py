@@ -150,6 +150,9 @@ class TcpLB:
         self.server_sock: ServerSock | None = None
         self.l7_sessions: set[L7Session] = set()
         self.l7_limits = _check_l7_limits(l7_limits) if l7_limits is not None else L7Limits()
+        self.l7_refused = 0  # requests refused as malformed (4xx from the proxy)
+        # L7 responses by status class: [no status, 1xx, 2xx, 3xx, 4xx, 5xx].
+        self.http_responses = [0, 0, 0, 0, 0, 0]
         # Bytes of ended sessions; live ones are summed at read time (no hot-path cost).
         self._stats_lock = threading.Lock()
         self.closed_bytes_from_client = 0
@@ -215,6 +218,10 @@ class TcpLB:
             raise TcpLBError(str(exc)) from exc
         self.cert_keys = cks
         self.tls = tls
+
+    def count_status(self, status: int) -> None:
+        """Count one L7 response by status class (0: the client got no status)."""
+        self.http_responses[status // 100 if 100 <= status <= 599 else 0] += 1
 
     def l7_closed(self, session: L7Session) -> None:
         """An L7 client connection ended (its mode calls this through the session)."""

@@ -760,6 +760,11 @@ class _Parser:
         """The limits this parser enforces."""
         return self._limits
 
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not handed out yet (e.g. part of a head)."""
+        return len(self._buf)
+
     # -- the public feeding API ------------------------------------------------------
 
     def receive_data(self, data: bytes) -> list[Event]:

@@ -97,6 +97,9 @@ class L7Mode(Protocol):
     def new_frontend(self, lb: TcpLB, el: EventLoop, session: L7Session) -> asyncio.Protocol:
         """The protocol for one accepted client connection."""
 
+    def close(self) -> None:
+        """Close idle pooled backend connections (thread-safe: on their own loops)."""
+
 
 class L7End:
     """Byte counters of one side of an L7 session (what ``bytes-in``/``-out`` read).
