@@ -70,7 +70,13 @@ from vproxy.control.command import (
     parse_words,
 )
 from vproxy.control.command.values import Address, NamePattern, PortRange
-from vproxy.control.metrics import AppCollector, listener_kind, render_metrics, status_snapshot
+from vproxy.control.metrics import (
+    AppCollector,
+    listener_kind,
+    render_metrics,
+    server_bytes,
+    status_snapshot,
+)
 from vproxy.control.persist import ConfigFileError, read_config, save_atomic
 from vproxy.control.reply import OK, Array, ErrorReply, Integer, JsonValue, Reply, String
 from vproxy.net.connection import Connection, Session
@@ -814,10 +820,8 @@ class Executor:
             return Integer(sum(lb.bytes_from_servers for lb in lbs))
         if head.type is ResourceType.SERVER:
             srv = self._svr(head.name, cmd.parents[1].name)
-            live = [s for s in list(srv.sessions) if isinstance(s, Session)]
-            if incoming:  # bytes read from the server
-                return Integer(srv.closed_bytes_in + sum(s.back.bytes_in for s in live))
-            return Integer(srv.closed_bytes_out + sum(s.front.bytes_in for s in live))
+            from_server, to_server = server_bytes(srv)
+            return Integer(from_server if incoming else to_server)
         if head.type is ResourceType.CONNECTION:
             sub = _strip_first(cmd)
             for name, conn, _ in self._connections_of(sub):

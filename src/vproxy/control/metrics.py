@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Final
 
 from vproxy.app.socks5_server import Socks5Server
 from vproxy.component.server_group import Server, ServerGroup
+from vproxy.net.connection import Session
 from vproxy.net.server_sock import format_address
 
 if TYPE_CHECKING:
@@ -168,9 +169,15 @@ def server_bytes(server: Server) -> tuple[int, int]:
 
     The same numbers as ``list bytes-in|bytes-out in server ...``.
     """
-    live = list(server.sessions)
-    from_server = server.closed_bytes_in + sum(s.back.bytes_in for s in live)
-    to_server = server.closed_bytes_out + sum(s.front.bytes_in for s in live)
+    from_server = server.closed_bytes_in
+    to_server = server.closed_bytes_out
+    for s in list(server.sessions):
+        if isinstance(s, Session):  # an L4 relay to this server
+            from_server += s.back.bytes_in
+            to_server += s.front.bytes_in
+        else:  # a backend connection of an L7 mode (may carry many clients' requests)
+            from_server += s.bytes_in
+            to_server += s.bytes_out
     return from_server, to_server
 
 
@@ -245,8 +252,23 @@ class AppCollector:
             "The listener's max-connections setting.",
             labels=labels,
         )
+        responses = CounterMetricFamily(
+            "vproxy_listener_http_responses",
+            "L7 responses given to clients, by status class (1xx..5xx; 'none' when the "
+            "connection ended before a status).",
+            labels=[*labels, "code"],
+        )
+        malformed = CounterMetricFamily(
+            "vproxy_listener_http_refused_requests",
+            "L7 requests refused as malformed or over a limit (answered 4xx by vproxy).",
+            labels=labels,
+        )
         for lb in self.app.listeners():
             values = [listener_kind(lb), lb.name, format_address(*lb.address)]
+            if not isinstance(lb, Socks5Server) and lb.protocol != "tcp":
+                for i, n in enumerate(list(lb.http_responses)):
+                    responses.add_metric([*values, f"{i}xx" if i else "none"], n)
+                malformed.add_metric(values, lb.l7_refused)
             accepted.add_metric(values, lb.accepted)
             active.add_metric(values, len(lb.sessions))
             bytes_in.add_metric(values, lb.bytes_from_clients)
@@ -254,7 +276,7 @@ class AppCollector:
             denied.add_metric(values, lb.denied)
             refused.add_metric(values, lb.refused)
             limit.add_metric(values, lb.max_connections)
-        return (accepted, active, bytes_in, bytes_out, denied, refused, limit)
+        return (accepted, active, bytes_in, bytes_out, denied, refused, limit, responses, malformed)
 
     def _servers(self) -> Iterable[Metric]:
         from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
