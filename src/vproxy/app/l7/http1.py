@@ -118,13 +118,18 @@ class Http1Mode:
 
 
 class _Pool:
-    """Idle keep-alive backend connections of one event loop, by server."""
+    """Idle keep-alive backend connections of one event loop, by server.
 
-    __slots__ = ("_idle", "_loop")
+    One sweep timer per pool (not one per connection) closes connections idle past
+    their deadline; it runs about once a second while the pool is not empty.
+    """
+
+    __slots__ = ("_idle", "_loop", "_sweep")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._idle: dict[Server, list[_Backend]] = {}
+        self._sweep: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
         return sum(len(c) for c in list(self._idle.values()))
@@ -138,39 +143,58 @@ class _Pool:
         conns = self._idle.get(server)
         while conns:
             conn = conns.pop()
-            conn.cancel_idle()
+            conn.pool = None
             if not conn.closed:
                 return conn
         return None
 
     def put(self, conn: _Backend, idle_s: float) -> None:
-        conns = self._idle.setdefault(conn.server, [])
-        if len(conns) >= MAX_IDLE_PER_SERVER:
+        conns = self._idle.get(conn.server)
+        if conns is None:
+            conns = self._idle[conn.server] = []
+        elif len(conns) >= MAX_IDLE_PER_SERVER:
             conn.close()
             return
         conns.append(conn)
-        conn.park(self, min(idle_s, MAX_POOL_IDLE_S))
+        conn.frontend = None
+        conn.pool = self
+        conn.idle_until = self._loop.time() + min(idle_s, MAX_POOL_IDLE_S)
+        if self._sweep is None:
+            self._sweep = self._loop.call_later(1.0, self._expire)
 
     def discard(self, conn: _Backend) -> None:
         conns = self._idle.get(conn.server)
         if conns is not None and conn in conns:
             conns.remove(conn)
+
+    def _expire(self) -> None:
+        self._sweep = None
+        now = self._loop.time()
+        for server, conns in list(self._idle.items()):
+            for conn in [c for c in conns if c.idle_until <= now]:
+                conn.close()  # discards itself
             if not conns:
-                del self._idle[conn.server]
+                del self._idle[server]
+        if self._idle:
+            self._sweep = self._loop.call_later(1.0, self._expire)
 
 
 class _Backend(asyncio.Protocol):
-    """One backend connection: attached to one client's exchange, or idle in a pool."""
+    """One backend connection: attached to one client's exchange, or idle in a pool.
+
+    While idle it keeps reading: a server never speaks first, so bytes or an EOF on
+    an idle connection drop it.
+    """
 
     __slots__ = (
-        "_idle_handle",
-        "_pool",
         "bytes_in",
         "bytes_out",
         "closed",
         "frontend",
         "got_bytes",
+        "idle_until",
         "parser",
+        "pool",
         "reused",
         "server",
         "transport",
@@ -186,23 +210,8 @@ class _Backend(asyncio.Protocol):
         self.got_bytes = False  # response bytes in the current exchange
         self.bytes_in = 0
         self.bytes_out = 0
-        self._pool: _Pool | None = None
-        self._idle_handle: asyncio.TimerHandle | None = None
-
-    # -- pool life ----------------------------------------------------------------------
-    def park(self, pool: _Pool, idle_s: float) -> None:
-        self.frontend = None
-        self._pool = pool
-        t = self.transport
-        if t is not None:
-            t.resume_reading()  # an idle connection that speaks or closes is dropped
-        self._idle_handle = asyncio.get_running_loop().call_later(idle_s, self.close)
-
-    def cancel_idle(self) -> None:
-        self._pool = None
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
-            self._idle_handle = None
+        self.pool: _Pool | None = None
+        self.idle_until = 0.0
 
     def close(self) -> None:
         t = self.transport
@@ -260,10 +269,10 @@ class _Backend(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
-        pool = self._pool
+        pool = self.pool
         if pool is not None:
+            self.pool = None
             pool.discard(self)
-        self.cancel_idle()
         self.server.session_closed(self, self.bytes_in, self.bytes_out)
 
 
@@ -314,6 +323,7 @@ class Http1Frontend(asyncio.Protocol):
         self.status = 0
         self.started = 0.0
         self.bytes_to_client = 0
+        self.batch: list[bytes] | None = None  # client output held while one read is handled
         self.connect_task: asyncio.Task[None] | None = None
         # Deadlines: one timer, moved lazily.
         self.head_deadline: float | None = None
@@ -532,8 +542,9 @@ class Http1Frontend(asyncio.Protocol):
         conn.got_bytes = False
         self.session.server = conn.server
         t = conn.transport
-        if t is not None and not (self.transport is not None and self.transport.is_closing()):
-            t.resume_reading()
+        ct = self.transport
+        if t is not None and ct is not None and ct.get_write_buffer_size() > HIGH_WATER:
+            t.pause_reading()  # the client is still behind: its resume_writing resumes
         try:
             conn.parser.expect_response(head.method, upgrade=head.upgrade is not None)
         except HttpError:
@@ -554,13 +565,29 @@ class Http1Frontend(asyncio.Protocol):
         if self.relaying:
             self._to_client(data)
             return
+        # What this read produces for the client (a head and a body, often) goes out
+        # in one write: one send(2) per response instead of one per event.
+        self.batch = []
         try:
             events = b.parser.receive_data(data)
         except HttpError as exc:
             self._responses(b, exc.events)
             self._backend_failed(b, exc)
+            self._flush()
             return
         self._responses(b, events)
+        self._flush()
+
+    def _flush(self) -> None:
+        batch = self.batch
+        if batch is None:
+            return
+        self.batch = None
+        if not batch:
+            return
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.write(batch[0] if len(batch) == 1 else b"".join(batch))
 
     def backend_eof(self, b: _Backend) -> None:
         if self.relaying:
@@ -666,7 +693,11 @@ class Http1Frontend(asyncio.Protocol):
             n = len(data)
             self.bytes_to_client += n
             self.session.front.bytes_out += n
-            t.write(data)
+            batch = self.batch
+            if batch is not None:
+                batch.append(data)
+            else:
+                t.write(data)
 
     def _finish_exchange(self) -> None:
         b = self.backend
@@ -685,6 +716,9 @@ class Http1Frontend(asyncio.Protocol):
                 and b.transport is not None
                 and not b.transport.is_closing()
             ):
+                t = b.transport
+                if not t.is_reading():
+                    t.resume_reading()  # idle connections read: to see the server close
                 self.pool.put(b, self.idle_timeout)
             else:
                 b.close()
@@ -741,6 +775,7 @@ class Http1Frontend(asyncio.Protocol):
 
     # -- ending -----------------------------------------------------------------------------
     def _close_client(self) -> None:
+        self._flush()
         t = self.transport
         if t is not None and not t.is_closing():
             t.close()  # after what is written (a truncated body stays truncated)
