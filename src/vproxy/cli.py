@@ -163,7 +163,10 @@ def simple_config(args: SimpleArgs) -> str:
     lines += [
         "add upstream backend",
         "add server-group backend to upstream backend weight 10",
+        # One loop accepts and relays: no thread hand-off per connection (a third
+        # less CPU per short connection, docs/performance.md).
         f"add tcp-lb lb0 address {format_address(args.host, args.port)} upstream backend"
+        " acceptor-elg (worker-elg)"
         f" protocol {args.protocol} in-buffer-size {args.in_buffer_size}"
         f" out-buffer-size {args.out_buffer_size} timeout {args.timeout}",
     ]

@@ -261,7 +261,7 @@ def test_force_close_and_forced_retire_release_everything(
         on_doomed = {s for s in lb.sessions if s.el is doomed}
         assert 0 < len(on_doomed) < 6
         lb.worker_elg.remove(doomed.name, force_close_sessions=True)
-        wait_until(lambda: not (on_doomed & lb.sessions), 10)
+        wait_until(lambda: not (on_doomed & set(lb.sessions)), 10)
         doomed.join(10)
         assert not doomed.alive
         alive = 0

@@ -131,6 +131,12 @@ class Upstream:
             best = self._match(normalize_host(hint))
             if best is not None:
                 return best
+        handles = self._handles
+        if len(handles) == 1:
+            # The common case (one group): WRR over one item is that item, and the
+            # lock and the usable-set bookkeeping cost more than the choice.
+            h0 = handles[0]
+            return h0.group if _usable(h0) else None
         with self._lock:
             # WRR over the usable groups only: skipping unusable picks of a WRR over
             # all groups could miss a usable light group behind a long run of a heavy

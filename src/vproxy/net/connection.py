@@ -51,7 +51,7 @@ from vproxy.net import splice as _splice
 from vproxy.net.event_loop import READABLE, WRITABLE
 
 if TYPE_CHECKING:
-    from vproxy.net.event_loop import EventLoop, FdWatcher
+    from vproxy.net.event_loop import CoarseTimers, EventLoop, FdWatcher
 
 __all__ = ["MIN_WINDOW", "Connection", "Session", "next_session_id"]
 
@@ -63,6 +63,7 @@ _session_ids = itertools.count(1)
 def next_session_id() -> int:
     """A process-wide unique id for a new session (L4 or L7)."""
     return next(_session_ids)
+
 
 #: Smallest per-direction window in socket mode (bytes): one read, or one pipe.
 MIN_WINDOW = 256 * 1024
@@ -437,7 +438,8 @@ class Connection(asyncio.Protocol):
         self.reading = self.writing = False
         if self._mask:
             self._mask = 0
-            self.session._watcher.remove(self.fd)
+            # The socket is never duplicated: closing it leaves the epoll set.
+            self.session._watcher.remove_closing(self.fd)
         if self.sock is not None:
             self.sock.close()
 
@@ -534,6 +536,7 @@ class Session:
         "_idle_handle",
         "_idle_mark",
         "_loop",
+        "_timers",
         "_watcher",
         "back",
         "client",
@@ -578,10 +581,11 @@ class Session:
         self.closed = False
         self.closing = False
         self.linked = False
-        self._idle_handle: asyncio.TimerHandle | None = None
+        self._timers: CoarseTimers = el.timers
+        self._idle_handle = -1  # key in _timers of the idle check, -1: none
         self._idle_mark = -1
         self._connecting: _socket.socket | None = None
-        self._connect_timer: asyncio.TimerHandle | None = None
+        self._connect_timer = -1  # key in _timers of the connect deadline, -1: none
         self._connect_cb: Callable[[OSError | None], None] | None = None
 
     def __repr__(self) -> str:
@@ -629,7 +633,7 @@ class Session:
         self._connecting = sock
         self._connect_cb = on_done
         self._watcher.add(sock.fileno(), _WRITABLE, self._connect_ready)
-        self._connect_timer = self._loop.call_later(timeout, self._connect_timed_out)
+        self._connect_timer = self._timers.add(timeout, self._connect_timed_out)
 
     def _connect_ready(self, events: int) -> None:
         sock = self._connecting
@@ -656,14 +660,14 @@ class Session:
         back._mask = _WRITABLE
         self._connecting = None
         self._connect_cb = None
-        if self._connect_timer is not None:
-            self._connect_timer.cancel()
-            self._connect_timer = None
+        if self._connect_timer >= 0:
+            self._timers.cancel(self._connect_timer, self._connect_timed_out)
+            self._connect_timer = -1
         if cb is not None:
             cb(None)
 
     def _connect_timed_out(self) -> None:
-        self._connect_timer = None
+        self._connect_timer = -1
         sock = self._connecting
         if sock is None:
             return
@@ -679,9 +683,9 @@ class Session:
         self._connect_cb = None
         if sock is not None:
             self._watcher.remove(sock.fileno())
-        if self._connect_timer is not None:
-            self._connect_timer.cancel()
-            self._connect_timer = None
+        if self._connect_timer >= 0:
+            self._timers.cancel(self._connect_timer, self._connect_timed_out)
+            self._connect_timer = -1
 
     # -- relaying ---------------------------------------------------------------------
     def reset_backend(self) -> Connection:
@@ -700,7 +704,7 @@ class Session:
         else:
             self._link_transports()
         if self.timeout > 0:
-            self._idle_handle = self._loop.call_later(self.timeout / 1000, self._check_idle)
+            self._idle_handle = self._timers.add(self.timeout / 1000, self._check_idle)
 
     def _link_sockets(self) -> None:
         front, back = self.front, self.back
@@ -742,7 +746,7 @@ class Session:
                 c._transport.resume_reading()
 
     def _check_idle(self) -> None:
-        self._idle_handle = None
+        self._idle_handle = -1
         if self.closed:
             return
         mark = self.front.bytes_in + self.back.bytes_in
@@ -751,7 +755,7 @@ class Session:
             self.abort()
             return
         self._idle_mark = mark
-        self._idle_handle = self._loop.call_later(self.timeout / 1000, self._check_idle)
+        self._idle_handle = self._timers.add(self.timeout / 1000, self._check_idle)
 
     # socket mode
     def _on_sock_eof(self, conn: Connection) -> None:
@@ -867,9 +871,9 @@ class Session:
         if self.socket_mode:
             self.front._release()
             self.back._release()
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
-            self._idle_handle = None
+        if self._idle_handle >= 0:
+            self._timers.cancel(self._idle_handle, self._check_idle)
+            self._idle_handle = -1
         try:
             self.on_close(self)
         except Exception:

@@ -27,6 +27,7 @@ from typing import Any, Protocol, TypeVar
 
 __all__ = [
     "Abortable",
+    "CoarseTimers",
     "EventLoop",
     "EventLoopError",
     "EventLoopGroup",
@@ -174,6 +175,18 @@ class FdWatcher:
             self._set(fd, 0, None)
             self._promoted.discard(fd)
 
+    def remove_closing(self, fd: int) -> None:
+        """Stop watching ``fd`` that the caller closes right after, and holds no copy of.
+
+        Closing the last descriptor of a socket takes it out of the epoll set: no
+        ``epoll_ctl`` is needed, only forgetting the handler.
+        """
+        if self._ep is not None and fd not in self._promoted:
+            if self._handlers.pop(fd, None) is not None:
+                self._dead.add(fd)
+        else:
+            self.remove(fd)
+
     def promote(self, fd: int, events: int, handler: FdHandler) -> None:
         """Hand a long-lived ``fd`` (watched for ``events``) to the loop's own watch."""
         if self._ep is None or fd in self._promoted:
@@ -212,6 +225,75 @@ class FdWatcher:
         handlers.clear()
 
 
+class CoarseTimers:
+    """Per-session deadlines of one loop, rounded up to :attr:`TICK` seconds.
+
+    Connect and idle timeouts need no precision, and almost all of them are
+    cancelled: a loop timer per session (create, then cancel) cost more than the
+    rest of setting up a ``Connection: close`` session's timers. Here a deadline is
+    a dict entry in the bucket of its tick, and one loop timer serves a whole
+    bucket: :meth:`add` and :meth:`cancel` are a dict operation each. A callback runs
+    at most one tick late, never early. Use it from the loop's thread only.
+    """
+
+    __slots__ = ("_buckets", "_firing", "_firing_key", "_loop", "_time")
+
+    #: bucket width in seconds
+    TICK = 1 / 32
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._time = loop.time
+        self._buckets: dict[int, dict[Callable[[], object], None]] = {}
+        self._firing: dict[Callable[[], object], None] | None = None
+        self._firing_key = -1
+
+    def add(self, delay: float, callback: Callable[[], object]) -> int:
+        """Call ``callback()`` in ``delay`` seconds (or up to a tick later).
+
+        Returns the key to :meth:`cancel` it with. ``callback`` is also its identity:
+        add a callback to one deadline at a time.
+        """
+        key = int((self._time() + delay) / self.TICK) + 1
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = {}
+            self._loop.call_at(key * self.TICK, self._fire, key)
+        bucket[callback] = None
+        return key
+
+    def cancel(self, key: int, callback: Callable[[], object]) -> None:
+        """Forget ``callback`` added with ``key`` (no-op if it ran or was cancelled)."""
+        bucket = self._buckets.get(key)
+        if bucket is None and key == self._firing_key:
+            bucket = self._firing
+        if bucket is not None:
+            bucket.pop(callback, None)
+
+    def _fire(self, key: int) -> None:
+        bucket = self._buckets.pop(key, None)
+        if not bucket:
+            return
+        # Out of the table, so that what the callbacks add goes to later buckets;
+        # still reachable by cancel() while its callbacks run.
+        self._firing, self._firing_key = bucket, key
+        try:
+            while bucket:
+                callback = next(iter(bucket))
+                del bucket[callback]
+                try:
+                    callback()
+                except Exception as exc:
+                    self._loop.call_exception_handler(
+                        {"message": "timer callback failed", "exception": exc}
+                    )
+        finally:
+            self._firing, self._firing_key = None, -1
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self._buckets.values())
+
+
 class Abortable(Protocol):
     """A unit of work on a loop (a session) that can be closed at once."""
 
@@ -243,6 +325,7 @@ class EventLoop:
         "_started",
         "_thread",
         "_thread_running",
+        "_timers",
         "_watcher",
         "group",
         "loop",
@@ -270,6 +353,7 @@ class EventLoop:
         # that their sockets do not outlive it.
         self._live: set[Abortable] = set()
         self._watcher: FdWatcher | None = None
+        self._timers: CoarseTimers | None = None
 
     def __repr__(self) -> str:
         return f"EventLoop({self.name!r})"
@@ -322,6 +406,14 @@ class EventLoop:
         if w is None:
             w = self._watcher = FdWatcher(self.loop)
         return w
+
+    @property
+    def timers(self) -> CoarseTimers:
+        """This loop's :class:`CoarseTimers` (made on first use, in the loop's thread)."""
+        t = self._timers
+        if t is None:
+            t = self._timers = CoarseTimers(self.loop)
+        return t
 
     @property
     def in_loop_thread(self) -> bool:
