@@ -574,3 +574,41 @@ def test_bad_chunk_after_the_head_was_forwarded_drops_that_backend_connection(
     finally:
         r.close()
         backend.stop()
+
+
+def test_slow_body_gets_408_while_a_slow_but_real_upload_goes_on(
+    backends: list[HttpBackend],
+) -> None:
+    r = Rig([b.address for b in backends])
+    try:
+        r.lb.l7_limits = type(r.lb.l7_limits)(head_timeout=800)
+        rudy = socket.create_connection(("127.0.0.1", r.port), timeout=5)
+        rudy.sendall(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n")
+        real = socket.create_connection(("127.0.0.1", r.port), timeout=5)
+        real.sendall(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 40000\r\n\r\n")
+        t0 = time.monotonic()
+        got = b""
+        sent = 0
+        rudy.setblocking(False)
+        while time.monotonic() - t0 < 2.5:
+            with contextlib.suppress(BlockingIOError, BrokenPipeError, ConnectionResetError):
+                rudy.send(b"x")  # 5 bytes/s: far under the minimum rate
+            with contextlib.suppress(BlockingIOError):
+                got += rudy.recv(65536)
+            real.sendall(b"y" * 2000)  # 10 kB/s: slow, but well over it
+            sent += 2000
+            time.sleep(0.2)
+        assert got.startswith(b"HTTP/1.1 408 "), got
+        assert sent < 40000
+        real.sendall(b"y" * (40000 - sent))
+        resp = b""
+        while b"}" not in resp:
+            chunk = real.recv(65536)
+            assert chunk
+            resp += chunk
+        assert resp.startswith(b"HTTP/1.1 200 ")
+        assert b'"length": 40000' in resp
+        rudy.close()
+        real.close()
+    finally:
+        r.close()

@@ -38,6 +38,7 @@ from vproxy.processor.http1 import (
     Event,
     HttpError,
     HttpLimits,
+    RemoteProtocolError,
     RequestEnd,
     RequestHead,
     RequestParser,
@@ -66,6 +67,11 @@ HIGH_WATER: Final = 64 * 1024
 """Bytes waiting in a transport's write buffer before its source stops being read."""
 MAX_QUEUED_BYTES: Final = 256 * 1024
 """Body bytes of the client held while the backend connection is being opened."""
+MIN_BODY_RATE: Final = 500
+"""Bytes per second a request body must keep up on average (after the head deadline's
+grace): a body's deadline starts at head-deadline after its head and moves one second
+later per 500 bytes received (the rule of Apache's mod_reqtimeout), so a slow-body
+client (R.U.D.Y.) is cut while a slow but real upload goes on."""
 
 _PHRASES: Final = {
     408: "Request Timeout",
@@ -327,6 +333,7 @@ class Http1Frontend(asyncio.Protocol):
         self.connect_task: asyncio.Task[None] | None = None
         # Deadlines: one timer, moved lazily.
         self.head_deadline: float | None = None
+        self.body_deadline: float | None = None
         self.deadline = 0.0
         self.timer: asyncio.TimerHandle | None = None
 
@@ -443,6 +450,8 @@ class Http1Frontend(asyncio.Protocol):
             ev = events.popleft()
             if isinstance(ev, BodyChunk):
                 self.queued_bytes -= len(ev.data)
+                if self.body_deadline is not None:
+                    self.body_deadline += len(ev.data) / MIN_BODY_RATE
                 if self.request_done:
                     continue  # the response came early; the rest of this body is dropped
                 b = self.backend
@@ -456,6 +465,7 @@ class Http1Frontend(asyncio.Protocol):
                 self._start(ev)
             elif isinstance(ev, RequestEnd):
                 self.request_done = True
+                self.body_deadline = None
                 if self.response_complete_waiting:
                     self._finish_exchange()
         if self.paused & _P_QUEUE and (
@@ -499,8 +509,14 @@ class Http1Frontend(asyncio.Protocol):
         self.started = time.monotonic()
         self.tried = []
         self.session.requests += 1
-        self.deadline = self.loop.time() + self.idle_timeout
-        self._arm(self.deadline)
+        now = self.loop.time()
+        self.deadline = now + self.idle_timeout
+        if head.body_kind is BodyKind.NONE:
+            self.body_deadline = None
+            self._arm(self.deadline)
+        else:
+            self.body_deadline = now + self.head_timeout
+            self._arm(min(self.deadline, self.body_deadline))
         self._dispatch()
 
     def _dispatch(self) -> None:
@@ -833,13 +849,39 @@ class Http1Frontend(asyncio.Protocol):
                 self._to_client(error_response(408))
             self._close_client()
             return
+        bd = self.body_deadline
+        if bd is not None and now >= bd and (self.paused or self.backend is None):
+            # We are not reading the body (backpressure, or still connecting): the
+            # client cannot be blamed; its clock starts again when reading resumes.
+            bd = self.body_deadline = now + self.head_timeout
+        if bd is not None and now >= bd and not self.request_done and not self.relaying:
+            # The request body is too slow: that backend connection is dropped.
+            _log.debug("%s: request body from %s too slow", self.lb.name, self.source)
+            self.error = RemoteProtocolError(408, "request body too slow")
+            b = self.backend
+            if b is not None:
+                self.backend = None
+                b.frontend = None
+                b.close()
+            if self.response_started:
+                self._close_client()
+            else:
+                self.status = 408
+                self._to_client(error_response(408))
+                self._close_client()
+            return
         if now >= self.deadline:
             if self.head is not None and not self.response_started and not self.relaying:
                 self._gateway_error(504)
             else:
                 self._close_client()
             return
-        self._arm(min(self.deadline, hd) if hd is not None else self.deadline)
+        when = self.deadline
+        if hd is not None:
+            when = min(when, hd)
+        if bd is not None and not self.request_done:
+            when = min(when, bd)
+        self._arm(when)
 
     def parser_has_bytes(self) -> bool:
         """Whether part of a request head has arrived (so a 408 is owed)."""
