@@ -1,15 +1,24 @@
 #!/usr/bin/env python3
-"""Side-by-side L4 benchmark: vproxy tcp-lb vs haproxy (tcp mode) vs nginx stream.
+"""Side-by-side benchmark: vproxy vs haproxy (tcp and http modes) vs nginx stream.
 
 Every target fronts the same two backends on loopback: an nginx serving a tiny
-static HTTP response (measured with wrk) and an ``iperf3 -s`` server (measured
-with iperf3). Runs are interleaved (for each run, every target does every test)
-so that machine noise spreads evenly; the median over runs is reported.
+static HTTP response (measured with wrk, h2load and ``s5load``, a small C client
+built here with gcc) and an ``iperf3 -s`` server (measured with iperf3). Runs are
+interleaved (for each run, every target does every test it supports) so that
+machine noise spreads evenly; the median over runs is reported.
+
+Rows: L4 keep-alive, ``Connection: close`` and iperf3 (all targets); a new
+connection per request through vproxy's socks5-server (others: the same client
+without socks5, one plain TCP connection per request); L7 HTTP/1.1 keep-alive
+(vproxy ``protocol http/1.x`` vs haproxy ``mode http``) and h2 (vproxy
+``protocol h2`` vs haproxy ``bind ... proto h2``). A row vproxy cannot serve
+(the mode is not accepted) is reported as n/a.
 
 Traffic goes to 127.0.0.1 only. Every process started here is stopped by pid in
 a ``finally`` block (also on SIGINT/SIGTERM) and the temp dirs are removed.
 
-Stdlib only. See bench/README.md.
+Stdlib only, except the plot (matplotlib, installed with pip when missing; the
+tables do not depend on it). See bench/README.md.
 """
 
 from __future__ import annotations
@@ -41,14 +50,35 @@ RESULTS_DIR = REPO / "bench" / "results"
 HOST = "127.0.0.1"
 ALL_TARGETS = ("direct", "haproxy", "nginx-stream", "vproxy")
 PROXIES = ("haproxy", "nginx-stream", "vproxy")
-TESTS = ("wrk-keepalive", "wrk-close", "iperf3")
+TESTS = ("wrk-keepalive", "wrk-close", "iperf3", "s5-close", "l7-http1", "l7-h2")
 TEST_TITLES = {
     "wrk-keepalive": "HTTP keep-alive, wrk -t1 -c64 (req/s)",
     "wrk-close": "HTTP Connection: close, wrk -t1 -c64 (req/s)",
     "iperf3": "iperf3 single stream (Gbit/s)",
+    "s5-close": "new connection per request, s5load -c64: vproxy via socks5 CONNECT (req/s)",
+    "l7-http1": "L7 HTTP/1.1 keep-alive, wrk -t1 -c64 (req/s)",
+    "l7-h2": "L7 h2, h2load -t1 -c16 -m8 (req/s)",
 }
+#: what serves each test on a target (a listener "kind": port and process)
+TEST_KIND = {
+    "wrk-keepalive": "http",
+    "wrk-close": "http",
+    "iperf3": "iperf",
+    "s5-close": "socks5",
+    "l7-http1": "http1",
+    "l7-h2": "h2",
+}
+#: targets each test runs on (haproxy has no socks5: it gets the same client, plain TCP)
+TEST_TARGETS = {
+    "s5-close": ("direct", "haproxy", "nginx-stream", "vproxy"),
+    "l7-http1": ("haproxy", "vproxy"),
+    "l7-h2": ("haproxy", "vproxy"),
+}
+#: in --quick, the rows beyond L4 run on haproxy and vproxy only (to stay under 2 minutes)
+QUICK_TARGETS = ("haproxy", "vproxy")
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
-APT_PACKAGES = ["haproxy", "nginx-light", "libnginx-mod-stream", "wrk", "iperf3"]
+APT_PACKAGES = ["haproxy", "nginx-light", "libnginx-mod-stream", "wrk", "iperf3", "nghttp2-client"]
+S5LOAD_SRC = REPO / "bench" / "s5load.c"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MICRO = "\u00b5"  # micro sign, for "µs"
 
@@ -242,6 +272,33 @@ def http_probe(port: int, timeout: float = 2.0) -> bool:
     return data.startswith(b"HTTP/1.1 200") and b"hello" in data
 
 
+def socks5_probe(port: int, backend_port: int, timeout: float = 2.0) -> bool:
+    """One HTTP request through a socks5 CONNECT to the backend: True if it came back."""
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout) as s:
+            s.sendall(b"\x05\x01\x00")
+            if s.recv(2) != b"\x05\x00":
+                return False
+            s.sendall(
+                b"\x05\x01\x00\x01" + socket.inet_aton(HOST) + backend_port.to_bytes(2, "big")
+            )
+            reply = b""
+            while len(reply) < 10:
+                chunk = s.recv(10 - len(reply))
+                if not chunk:
+                    return False
+                reply += chunk
+            if reply[1] != 0:
+                return False
+            s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+    except OSError:
+        return False
+    return data.startswith(b"HTTP/1.1 200")
+
+
 def wait_until(
     check: Callable[[], bool], timeout: float, what: str, proc: Proc | None = None
 ) -> None:
@@ -338,7 +395,10 @@ def nginx_stream_conf(tmp: Path, listen: list[tuple[int, int]]) -> str:
     )
 
 
-def haproxy_conf(listen: list[tuple[int, int]]) -> str:
+def haproxy_conf(
+    listen: list[tuple[int, int]], http: list[tuple[int, int, bool]] | None = None
+) -> str:
+    """tcp-mode listeners ``(port, backend)``; http-mode ones ``(port, backend, h2)``."""
     blocks = "".join(
         f"""
 listen l{port}
@@ -346,6 +406,16 @@ listen l{port}
     server s1 {HOST}:{backend}
 """
         for port, backend in listen
+    )
+    blocks += "".join(
+        f"""
+listen l{port}
+    mode http
+    bind {HOST}:{port}{" proto h2" if h2 else ""}
+    timeout http-keep-alive 120s
+    server s1 {HOST}:{backend}
+"""
+        for port, backend, h2 in http or []
     )
     return f"""global
     nbthread 1
@@ -372,6 +442,20 @@ class Target:
     iperf_proc: Proc | None = None  # the process (tree) that carries the iperf3 traffic
     procs: list[Proc] = field(default_factory=list)
     failed: str | None = None
+    # Listeners beyond http/iperf, by kind (see TEST_KIND): port and process.
+    ports: dict[str, int] = field(default_factory=dict)
+    kind_procs: dict[str, Proc] = field(default_factory=dict)
+    na: dict[str, str] = field(default_factory=dict)  # kind -> why it cannot run
+
+    def port(self, kind: str) -> int:
+        return {"http": self.http_port, "iperf": self.iperf_port}.get(kind) or self.ports[kind]
+
+    def proc(self, kind: str) -> Proc | None:
+        if kind == "http":
+            return self.http_proc
+        if kind == "iperf":
+            return self.iperf_proc
+        return self.kind_procs.get(kind)
 
     def check_alive(self) -> None:
         for p in self.procs:
@@ -394,6 +478,46 @@ class Bench:
         self.raw: dict[str, dict[str, list[dict[str, Any]]]] = {}
         self.rss_kib: dict[str, dict[str, int]] = {}
         self.vproxy_loop: str | None = None  # event loop vproxy reports it runs on
+        self.s5load: Path | None = None  # the compiled client, None if it cannot be built
+        self.notes: list[str] = []  # why a row is n/a
+
+    def tests_for(self, t: Target) -> list[str]:
+        """The tests ``t`` runs: L4 everywhere, the others where they have a meaning."""
+        out = []
+        for test in TESTS:
+            allowed = TEST_TARGETS.get(test)
+            if allowed is not None:
+                if t.name not in allowed:
+                    continue
+                if self.args.quick and t.name not in QUICK_TARGETS:
+                    continue
+                if TEST_KIND[test] in t.na:
+                    continue
+                if test == "s5-close" and self.s5load is None:
+                    continue
+            out.append(test)
+        return out
+
+    def row_na(self, name: str, test: str) -> bool:
+        """``name`` cannot run ``test`` here (a missing mode or tool; not a failure)."""
+        t = self.targets.get(name)
+        if test == "s5-close" and self.s5load is None:
+            return True
+        return t is not None and TEST_KIND[test] in t.na
+
+    def build_s5load(self) -> None:
+        gcc = shutil.which("gcc") or shutil.which("cc")
+        if gcc is None:
+            self.notes.append("s5-close: no C compiler (gcc) to build bench/s5load.c")
+            return
+        out = self.tmp / "s5load"
+        res = subprocess.run(
+            [gcc, "-O2", "-o", str(out), str(S5LOAD_SRC)], capture_output=True, text=True
+        )
+        if res.returncode != 0:
+            self.notes.append(f"s5-close: s5load did not build: {res.stderr.strip()[-200:]}")
+            return
+        self.s5load = out
 
     # -- setup -------------------------------------------------------------------
 
@@ -418,16 +542,22 @@ class Bench:
 
     def start_target(self, name: str) -> Target:
         if name == "direct":
-            return Target(name, self.backend_http, self.backend_iperf)
+            return Target(
+                name, self.backend_http, self.backend_iperf, ports={"socks5": self.backend_http}
+            )
         t = Target(name, free_port(), free_port())
         self.targets[name] = t  # registered first so a failure is still reported per target
         listen = [(t.http_port, self.backend_http), (t.iperf_port, self.backend_iperf)]
         if name == "haproxy":
+            t.ports = {"http1": free_port(), "h2": free_port(), "socks5": t.http_port}
+            http = [(t.ports["http1"], self.backend_http, False)]
+            http.append((t.ports["h2"], self.backend_http, True))
             cfg = self.tmp / "haproxy.cfg"
-            cfg.write_text(haproxy_conf(listen))
+            cfg.write_text(haproxy_conf(listen, http))
             p = self.pm.start("haproxy", ["haproxy", "-db", "-f", str(cfg)])
             t.procs = [p]
             t.http_proc = t.iperf_proc = p
+            t.kind_procs = {"http1": p, "h2": p, "socks5": p}
             timeout = 10.0
         elif name == "nginx-stream":
             d = self.tmp / "nginx-stream"
@@ -440,6 +570,8 @@ class Bench:
             )
             t.procs = [p]
             t.http_proc = t.iperf_proc = p
+            t.ports = {"socks5": t.http_port}
+            t.kind_procs = {"socks5": p}
             timeout = 10.0
         elif name == "vproxy":
             env = dict(os.environ)
@@ -464,6 +596,7 @@ class Bench:
             t.procs = procs
             t.http_proc, t.iperf_proc = procs
             timeout = 30.0  # servers start DOWN until the first health check passes
+            self._start_vproxy_extra(t, env, extra)
         else:
             raise BenchError(f"unknown target {name}")
         assert t.http_proc is not None
@@ -473,11 +606,68 @@ class Bench:
         if name == "vproxy":
             m = re.search(r"listening on \S+ -> \S+ \((\w+)\)", t.http_proc.log_path.read_text())
             self.vproxy_loop = m.group(1) if m else "?"
+            self._wait_vproxy_extra(t)
+        elif name == "haproxy":
+            wait_until(lambda: http_probe(t.ports["http1"]), timeout, "haproxy mode http", p)
+            wait_until(lambda: port_accepts(t.ports["h2"]), timeout, "haproxy h2 port", p)
         log(
             f"{name}: http {HOST}:{t.http_port}, iperf3 {HOST}:{t.iperf_port}, pids "
             + ",".join(str(p.pid) for p in t.procs)
         )
         return t
+
+    def _start_vproxy_extra(self, t: Target, env: dict[str, str], extra: list[str]) -> None:
+        """The socks5-server and the L7 tcp-lbs, one process each (started, not waited for)."""
+        for kind, protocol in (("http1", "http/1.x"), ("h2", "h2")):
+            port = free_port()
+            argv = [self.args.python, "-m", "vproxy", "simple", "bind", str(port)]
+            argv += ["backend", f"{HOST}:{self.backend_http}", "address", HOST]
+            argv += ["protocol", protocol, *extra]
+            t.ports[kind] = port
+            t.kind_procs[kind] = self.pm.start(
+                f"vproxy-{kind}", argv, cwd=REPO, env=env, keep_stdin_open=True
+            )
+        port = free_port()
+        conf = self.tmp / "vproxy-socks5.conf"
+        conf.write_text(
+            "add server-group backend timeout 1000 period 2000 up 1 down 2 method wrr\n"
+            f"add server backend0 to server-group backend address {HOST}:{self.backend_http}"
+            " weight 10\n"
+            "add upstream backend\n"
+            "add server-group backend to upstream backend weight 10\n"
+            f"add socks5-server s5 address {HOST}:{port} upstream backend"
+            " acceptor-elg (worker-elg)\n"
+        )
+        argv = [self.args.python, "-m", "vproxy", "load", str(conf)]
+        argv += ["noLoadLast", "noSave", "noStdIOController"]
+        t.ports["socks5"] = port
+        t.kind_procs["socks5"] = self.pm.start(
+            "vproxy-socks5", argv, cwd=REPO, env=env, keep_stdin_open=True
+        )
+
+    def _wait_vproxy_extra(self, t: Target) -> None:
+        """Wait for the extra listeners; one that cannot serve makes its rows n/a."""
+        probes: dict[str, Callable[[int], bool]] = {
+            "http1": http_probe,
+            "h2": port_accepts,
+            "socks5": lambda port: socks5_probe(port, self.backend_http),
+        }
+        for kind, probe in probes.items():
+            p = t.kind_procs[kind]
+            port = t.ports[kind]
+            try:
+                wait_until(lambda: probe(port), 30, f"vproxy {kind}", p)  # noqa: B023
+            except BenchError as exc:
+                why = str(exc).splitlines()
+                detail = [ln.strip(" |") for ln in why[1:] if ln.strip(" |")]
+                t.na[kind] = why[0] + (f" ({detail[-1]})" if detail else "")
+                self.notes.append(f"vproxy {kind}: n/a: {t.na[kind]}")
+                log(f"!! vproxy {kind}: n/a: {t.na[kind]}")
+                self.pm.stop(p)
+                t.procs = [x for x in t.procs if x is not p]
+                continue
+            if p not in t.procs:
+                t.procs.append(p)
 
     # -- measurements ------------------------------------------------------------
 
@@ -489,15 +679,20 @@ class Bench:
         assert self.backend_nginx is not None
         return tree_cpu_seconds(self.backend_nginx.pid)
 
-    def run_wrk(self, t: Target, close: bool, duration: int) -> dict[str, Any]:
-        wait_until(lambda: http_probe(t.http_port), 10, f"{t.name} HTTP port")
+    def _kind_cpu(self, t: Target, kind: str) -> float | None:
+        p = t.proc(kind)
+        return tree_cpu_seconds(p.pid) if p is not None else None
+
+    def run_wrk(self, t: Target, close: bool, duration: int, kind: str = "http") -> dict[str, Any]:
+        port = t.port(kind)
+        wait_until(lambda: http_probe(port), 10, f"{t.name} HTTP port")
         argv = ["wrk", "-t1", "-c64", f"-d{duration}s", "--latency"]
         if close:
             argv += ["-H", "Connection: close"]
-        argv.append(f"http://{HOST}:{t.http_port}/")
-        cpu0, bcpu0 = self._cpu(t, "http"), self._backend_cpu()
+        argv.append(f"http://{HOST}:{port}/")
+        cpu0, bcpu0 = self._kind_cpu(t, kind), self._backend_cpu()
         res = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30)
-        cpu1, bcpu1 = self._cpu(t, "http"), self._backend_cpu()
+        cpu1, bcpu1 = self._kind_cpu(t, kind), self._backend_cpu()
         if res.returncode != 0:
             raise BenchError(f"wrk failed ({res.returncode}): {res.stderr.strip()[-500:]}")
         out = parse_wrk(res.stdout)
@@ -539,12 +734,64 @@ class Bench:
             time.sleep(1.0)
         raise BenchError(f"iperf3 failed: {last}")
 
+    def run_s5load(self, t: Target, duration: int) -> dict[str, Any]:
+        """A new connection per request: via socks5 CONNECT on vproxy, plain TCP elsewhere."""
+        assert self.s5load is not None
+        kind = "socks5"
+        port = t.port(kind)
+        mode = "socks5" if t.name == "vproxy" else "plain"
+        argv = [str(self.s5load), mode, HOST, str(port), HOST, str(self.backend_http)]
+        argv += ["64", str(duration)]
+        cpu0 = self._kind_cpu(t, kind)
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30)
+        cpu1 = self._kind_cpu(t, kind)
+        if res.returncode != 0:
+            raise BenchError(f"s5load failed ({res.returncode}): {res.stderr.strip()[-300:]}")
+        kv = dict(x.split("=", 1) for x in res.stdout.split())
+        out: dict[str, Any] = {
+            "mode": mode,
+            "requests": int(kv["requests"]),
+            "socket_errors": int(kv["errors"]),
+            "non_2xx": 0,
+            "rps": float(kv["rps"]),
+            "client_cpu_s": float(kv["client_cpu_s"]),
+        }
+        if cpu0 is not None and cpu1 is not None:
+            out["proxy_cpu_s"] = round(cpu1 - cpu0, 4)
+            if out["requests"]:
+                out["cpu_us_per_req"] = (cpu1 - cpu0) * 1e6 / out["requests"]
+        out["value"] = out["rps"]
+        return out
+
+    def run_h2load(self, t: Target, duration: int) -> dict[str, Any]:
+        kind = "h2"
+        port = t.port(kind)
+        argv = ["h2load", "-t1", "-c16", "-m8", "-D", str(duration), f"http://{HOST}:{port}/"]
+        cpu0 = self._kind_cpu(t, kind)
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30)
+        cpu1 = self._kind_cpu(t, kind)
+        out = parse_h2load(res.stdout)
+        if res.returncode != 0 and not out.get("requests"):
+            raise BenchError(f"h2load failed ({res.returncode}): {res.stderr.strip()[-300:]}")
+        if cpu0 is not None and cpu1 is not None:
+            out["proxy_cpu_s"] = round(cpu1 - cpu0, 4)
+            if out["requests"]:
+                out["cpu_us_per_req"] = (cpu1 - cpu0) * 1e6 / out["requests"]
+        out["value"] = out["rps"]
+        return out
+
     def measure(self, t: Target, test: str, duration: int) -> dict[str, Any]:
         t.check_alive()
         if test == "wrk-keepalive":
             r = self.run_wrk(t, False, duration)
         elif test == "wrk-close":
             r = self.run_wrk(t, True, duration)
+        elif test == "s5-close":
+            r = self.run_s5load(t, duration)
+        elif test == "l7-http1":
+            r = self.run_wrk(t, False, duration, kind="http1")
+        elif test == "l7-h2":
+            r = self.run_h2load(t, duration)
         else:
             r = self.run_iperf(t, duration)
         t.check_alive()
@@ -559,6 +806,7 @@ class Bench:
     def run(self) -> None:
         a = self.args
         self.start_backends()
+        self.build_s5load()
         order: list[Target] = []
         for name in a.only:
             try:
@@ -589,7 +837,7 @@ class Bench:
             for t in order[k:] + order[:k]:
                 if t.failed:
                     continue
-                for test in TESTS:
+                for test in self.tests_for(t):
                     try:
                         r = self.measure(t, test, a.duration)
                     except (BenchError, subprocess.TimeoutExpired, KeyError, ValueError) as exc:
@@ -644,6 +892,25 @@ def parse_wrk(out: str) -> dict[str, Any]:
         if p:
             r[f"latency_p{pct}_ms"] = _ms(p.group(1))
     return r
+
+
+def parse_h2load(out: str) -> dict[str, Any]:
+    rps = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+    reqs = re.search(
+        r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, "
+        r"(\d+) failed, (\d+) errored",
+        out,
+    )
+    if not rps or not reqs:
+        raise BenchError(f"cannot parse h2load output:\n{out[-800:]}")
+    status = re.search(r"status codes: (\d+) 2xx", out)
+    ok = int(reqs.group(2))
+    return {
+        "rps": float(rps.group(1)) * (ok / int(reqs.group(1)) if int(reqs.group(1)) else 0),
+        "requests": ok,
+        "socket_errors": int(reqs.group(3)) + int(reqs.group(4)),
+        "non_2xx": ok - int(status.group(1)) if status else 0,
+    }
 
 
 def describe(test: str, r: dict[str, Any]) -> str:
@@ -735,7 +1002,7 @@ def build_report(b: Bench, machine: dict[str, Any], started: str, cmdline: str) 
     a = b.args
     targets = list(a.only)
     lines = [
-        "# L4 benchmark: vproxy vs haproxy vs nginx stream",
+        "# Benchmark: vproxy vs haproxy vs nginx stream",
         "",
         f"- date: {started}",
         f"- command: `{cmdline}`",
@@ -752,6 +1019,14 @@ def build_report(b: Bench, machine: dict[str, Any], started: str, cmdline: str) 
         "± is half the min-max range over runs, in % of the median",
         "- everything on loopback; proxies: 1 worker/thread each; backend: nginx (1 worker) "
         '`return 200 "hello\\n"` and `iperf3 -s`',
+        "- s5-close: `bench/s5load.c` (one thread, epoll, 64 connections, each request a new "
+        "TCP connection; HTTP/1.1 `Connection: close`). vproxy: socks5 greeting + CONNECT to "
+        "the nginx backend through its socks5-server, then the request; the other targets: the "
+        "same client and request without socks5 (their tcp listener). The client is a limit "
+        "too: its CPU seconds are in latest.json (`client_cpu_s`).",
+        "- L7 rows: vproxy `simple ... protocol http/1.x` and `protocol h2` (h2c, prior "
+        "knowledge) vs haproxy `mode http` and `bind ... proto h2`, both to the same nginx over "
+        "HTTP/1.1; n/a where vproxy did not start with that protocol",
         "",
         "## Throughput (higher is better)",
         "",
@@ -766,6 +1041,8 @@ def build_report(b: Bench, machine: dict[str, Any], started: str, cmdline: str) 
             meds[name] = median_of(rs, "value")
             sp = spread_pct(rs, "value")
             cell = fmt(test, meds[name])
+            if meds[name] is None and b.row_na(name, test):
+                cell = "n/a"
             if sp is not None:
                 cell += f" ±{sp:.0f}%"
             row.append(cell)
@@ -786,14 +1063,21 @@ def build_report(b: Bench, machine: dict[str, Any], started: str, cmdline: str) 
         ]
         header = ["test", *proxies, "vproxy/haproxy"]
         rows = []
-        for test, key, unit in (
-            ("wrk-keepalive", "cpu_us_per_req", f"{MICRO}s/req"),
-            ("wrk-close", "cpu_us_per_req", f"{MICRO}s/req"),
-            ("iperf3", "proxy_cpu_pct", "% CPU"),
-        ):
+        for test in TESTS:
+            key, unit = (
+                ("proxy_cpu_pct", "% CPU")
+                if test == "iperf3"
+                else (
+                    "cpu_us_per_req",
+                    f"{MICRO}s/req",
+                )
+            )
             meds = {p: median_of(b.raw.get(p, {}).get(test, []), key) for p in proxies}
             row = [f"{test} ({unit})"]
-            row += [f"{meds[p]:.1f}" if meds[p] is not None else "—" for p in proxies]
+            row += [
+                f"{meds[p]:.1f}" if meds[p] is not None else ("n/a" if b.row_na(p, test) else "—")
+                for p in proxies
+            ]
             row.append(ratio(meds.get("vproxy"), meds.get("haproxy")))
             rows.append(row)
         lines += [md_table(header, rows), ""]
@@ -817,9 +1101,12 @@ def build_report(b: Bench, machine: dict[str, Any], started: str, cmdline: str) 
             rows.append(row)
         lines += [md_table(header, rows), ""]
 
+    lines += goals_section(b)
+    if b.notes:
+        lines += ["## Notes", "", *[f"- {n}" for n in b.notes], ""]
     warn = []
     for name in targets:
-        for test in ("wrk-keepalive", "wrk-close"):
+        for test in ("wrk-keepalive", "wrk-close", "s5-close", "l7-http1", "l7-h2"):
             for r in b.raw.get(name, {}).get(test, []):
                 if r.get("socket_errors") or r.get("non_2xx"):
                     warn.append(
@@ -836,11 +1123,128 @@ def build_report(b: Bench, machine: dict[str, Any], started: str, cmdline: str) 
     return "\n".join(lines)
 
 
+#: (label, goal): checked against this run's medians (vproxy / haproxy, same run)
+GOALS = (
+    ("L4 keep-alive req/s", 1.15),
+    ("L4 keep-alive CPU/req (lower is better)", 1.0),
+    ("L4 `Connection: close` req/s", 0.9),
+    ("L4 iperf3 Gbit/s", 1.4),
+    ("socks5, new tunnel per request, req/s vs haproxy wrk-close", 0.7),
+    ("L7 HTTP/1.1 keep-alive req/s", 0.7),
+    ("L7 h2 req/s", 0.6),
+)
+
+
+def _med(b: Bench, name: str, test: str, key: str = "value") -> float | None:
+    return median_of(b.raw.get(name, {}).get(test, []), key)
+
+
+def goal_ratios(b: Bench) -> list[tuple[str, float, float | None]]:
+    """(label, goal, vproxy/haproxy ratio or None) for every goal."""
+
+    def r(a: float | None, c: float | None) -> float | None:
+        return a / c if a is not None and c else None
+
+    v, h = "vproxy", "haproxy"
+    vals = [
+        r(_med(b, v, "wrk-keepalive"), _med(b, h, "wrk-keepalive")),
+        r(
+            _med(b, v, "wrk-keepalive", "cpu_us_per_req"),
+            _med(b, h, "wrk-keepalive", "cpu_us_per_req"),
+        ),
+        r(_med(b, v, "wrk-close"), _med(b, h, "wrk-close")),
+        r(_med(b, v, "iperf3"), _med(b, h, "iperf3")),
+        r(_med(b, v, "s5-close"), _med(b, h, "wrk-close")),
+        r(_med(b, v, "l7-http1"), _med(b, h, "l7-http1")),
+        r(_med(b, v, "l7-h2"), _med(b, h, "l7-h2")),
+    ]
+    return [(label, goal, val) for (label, goal), val in zip(GOALS, vals, strict=True)]
+
+
+def goals_section(b: Bench) -> list[str]:
+    rows = []
+    for label, goal, val in goal_ratios(b):
+        lower = "lower is better" in label
+        if val is None:
+            verdict, cell = "not measured", "—"
+        else:
+            met = val < goal if lower else val >= goal
+            verdict, cell = ("met" if met else "not met"), f"{val:.2f}"
+        rows.append([label, f"{'<' if lower else '≥'} {goal:.2f}", cell, verdict])
+    rss = b.rss_kib.get("vproxy", {}).get("http")
+    rows.append(
+        [
+            "peak RSS of the tcp-lb serving 64 connections (MiB)",
+            "≤ 40",
+            f"{rss / 1024:.1f}" if rss else "—",
+            ("met" if rss / 1024 <= 40 else "not met") if rss else "not measured",
+        ]
+    )
+    return [
+        "## Goals (vproxy / haproxy, this run)",
+        "",
+        md_table(["goal", "target", "this run", ""], rows),
+        "",
+    ]
+
+
+def write_plot(b: Bench, path: Path) -> str | None:
+    """A PNG of vproxy / haproxy per test (throughput and CPU per unit); None if done."""
+    try:
+        import matplotlib
+    except ImportError:
+        log("matplotlib missing: installing it with pip for the plot")
+        res = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "matplotlib"],
+            capture_output=True,
+            text=True,
+        )
+        if res.returncode != 0:
+            return f"no plot: pip could not install matplotlib ({res.stderr.strip()[-200:]})"
+        try:
+            import matplotlib
+        except ImportError:
+            return "no plot: matplotlib not importable after pip install"
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tests, thr, cpu = [], [], []
+    for test in TESTS:
+        ref = "wrk-close" if test == "s5-close" else test
+        v, h = _med(b, "vproxy", test), _med(b, "haproxy", ref)
+        key = "proxy_cpu_pct" if test == "iperf3" else "cpu_us_per_req"
+        vc, hc = _med(b, "vproxy", test, key), _med(b, "haproxy", ref, key)
+        tests.append(test + ("\n(vs haproxy\nwrk-close)" if test == "s5-close" else ""))
+        thr.append(v / h if v is not None and h else 0.0)
+        cpu.append(vc / hc if vc is not None and hc else 0.0)
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    xs = range(len(tests))
+    ax.bar([x - 0.2 for x in xs], thr, 0.4, label="throughput (higher is better)")
+    ax.bar([x + 0.2 for x in xs], cpu, 0.4, label="CPU per request / per bit (lower is better)")
+    for x, (t, c) in enumerate(zip(thr, cpu, strict=True)):
+        if not t and not c:
+            ax.text(x, 0.05, "n/a", ha="center")
+    goals = {"wrk-keepalive": 1.15, "wrk-close": 0.9, "iperf3": 1.4, "s5-close": 0.7}
+    goals |= {"l7-http1": 0.7, "l7-h2": 0.6}
+    gx = [x - 0.2 for x, test in enumerate(TESTS) if test in goals]
+    gy = [goals[test] for test in TESTS if test in goals]
+    ax.scatter(gx, gy, marker="_", s=600, color="black", label="throughput goal", zorder=3)
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_xticks(list(xs), tests, fontsize=8)
+    ax.set_ylabel("vproxy / haproxy (same run)")
+    ax.set_title(f"vproxy vs haproxy 2.6, one worker each, medians of {b.args.runs} runs")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return None
+
+
 # --------------------------------------------------------------------------- main
 
 
 def ensure_tools() -> None:
-    missing = [b for b in ("haproxy", "nginx", "wrk", "iperf3") if not shutil.which(b)]
+    missing = [b for b in ("haproxy", "nginx", "wrk", "iperf3", "h2load") if not shutil.which(b)]
     if not STREAM_MODULE.exists() and shutil.which("nginx") and nginx_needs_stream_module():
         missing.append(str(STREAM_MODULE))
     if not missing:
@@ -860,9 +1264,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Side-by-side L4 benchmark: vproxy tcp-lb vs haproxy vs nginx stream "
         "(loopback only).",
     )
-    p.add_argument("--quick", action="store_true", help="short runs (2s each): under ~2 minutes")
-    p.add_argument("--duration", type=int, help="seconds per measurement (default 10, quick 2)")
-    p.add_argument("--runs", type=int, default=3, help="interleaved runs; median is reported")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="short runs (2 runs x 2s; rows beyond L4 on haproxy and vproxy only): under 2 minutes",
+    )
+    p.add_argument("--duration", type=int, help="seconds per measurement (default 8, quick 2)")
+    p.add_argument("--runs", type=int, help="interleaved runs; median is reported (3, quick 2)")
     p.add_argument(
         "--only",
         default=",".join(ALL_TARGETS),
@@ -878,7 +1286,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if bad or not a.only:
         p.error(f"unknown target(s) {bad}; choose among {','.join(ALL_TARGETS)}")
     if a.duration is None:
-        a.duration = 2 if a.quick else 10
+        a.duration = 2 if a.quick else 8
+    if a.runs is None:
+        a.runs = 2 if a.quick else 3
     if a.duration < 1 or a.runs < 1:
         p.error("--duration and --runs must be >= 1")
     return a
@@ -903,7 +1313,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     cmdline = " ".join(shlex.quote(x) for x in ["python3", "bench/run.py", *(argv or sys.argv[1:])])
-    est = len(args.only) * len(TESTS) * args.runs * (args.duration + 0.6) + 5 * len(args.only)
+    per_run = 3 * len(args.only) + sum(
+        len(
+            [
+                t
+                for t in args.only
+                if t in TEST_TARGETS[x] and (not args.quick or t in QUICK_TARGETS)
+            ]
+        )
+        for x in TEST_TARGETS
+    )
+    est = per_run * args.runs * (args.duration + 0.6) + 5 * len(args.only)
     log(
         f"targets {','.join(args.only)}; {args.runs} runs x {args.duration}s; "
         f"estimated {est / 60:.1f} min"
@@ -946,9 +1366,18 @@ def main(argv: list[str] | None = None) -> int:
             for test in TESTS
         },
         "peak_rss_kib": bench.rss_kib,
+        "goals": {label: val for label, _, val in goal_ratios(bench)},
+        "notes": bench.notes,
         "raw": bench.raw,
     }
     (args.out / "latest.json").write_text(json.dumps(raw, indent=2) + "\n")
+    if "vproxy" in args.only and "haproxy" in args.only:
+        try:
+            why = write_plot(bench, args.out / "latest.png")
+        except Exception as exc:  # the plot is an extra: never lose the tables to it
+            why = f"no plot: {exc}"
+        if why:
+            log(why)
     print()
     print(report)
     log(f"written: {args.out / 'latest.md'}, {args.out / 'latest.json'}")
