@@ -16,6 +16,7 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v redis-cli >/dev/null || need+=(redis-tools)
 command -v chromium >/dev/null || need+=(chromium)
 command -v h2load >/dev/null || need+=(nghttp2-client)
+command -v slowhttptest >/dev/null || need+=(slowhttptest)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     SUDO=""
@@ -29,8 +30,8 @@ fi
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 
 echo "== ruff"
-python3 -m ruff check src tests bench
-python3 -m ruff format --check src tests bench
+python3 -m ruff check src tests bench fuzz
+python3 -m ruff format --check src tests bench fuzz
 echo "== mypy --strict"
 python3 -m mypy
 echo "== pytest"

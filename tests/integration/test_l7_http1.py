@@ -612,3 +612,57 @@ def test_slow_body_gets_408_while_a_slow_but_real_upload_goes_on(
         real.close()
     finally:
         r.close()
+
+
+@pytest.mark.parametrize("attack", ["-H", "-B"], ids=["slowloris", "slow-body"])
+def test_slowhttptest_attack_is_cut_at_the_deadline_while_others_are_served(
+    backends: list[HttpBackend], tmp_path: Path, attack: str
+) -> None:
+    r = Rig([b.address for b in backends])
+    try:
+        r.lb.l7_limits = type(r.lb.l7_limits)(head_timeout=1000)
+        failures: list[str] = []
+        latencies: list[float] = []
+        stop = threading.Event()
+
+        def normal_client() -> None:
+            while not stop.wait(0.1):
+                t0 = time.monotonic()
+                try:
+                    conn = http.client.HTTPConnection("127.0.0.1", r.port, timeout=5)
+                    conn.request("GET", "/")
+                    resp = conn.getresponse()
+                    resp.read()
+                    conn.close()
+                    if resp.status != 200:
+                        failures.append(str(resp.status))
+                except OSError as exc:
+                    failures.append(repr(exc))
+                latencies.append(time.monotonic() - t0)
+
+        client = threading.Thread(target=normal_client)
+        client.start()
+        try:
+            out = subprocess.run(
+                ["slowhttptest", attack, "-c", "200", "-r", "200", "-i", "1", "-l", "6",
+                 "-x", "10", "-s", "100000", "-p", "3", "-g", "-o", str(tmp_path / "slow"),
+                 "-u", f"http://127.0.0.1:{r.port}/upload"],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+        finally:
+            stop.set()
+            client.join()
+        assert out.returncode == 0, out.stderr
+        assert not failures, failures
+        assert len(latencies) >= 5
+        assert max(latencies) < 1.0, max(latencies)
+        # The attack's connections were answered 408 at the deadline, not left to hang.
+        assert "No open connections left" in out.stdout  # all were closed by the proxy
+        assert r.lb.http_responses[4] >= 195, r.lb.http_responses  # 408 each
+        rows = [x.split(",") for x in (tmp_path / "slow.csv").read_text().splitlines()]
+        assert rows[0][:2] == ["Seconds", "Closed"]
+        assert max(int(row[1]) for row in rows[1:]) >= 150, rows
+        assert all(int(row[0]) <= 3 for row in rows[1:]), rows  # cut at ~1 s, not at -l 6
+        wait_until(lambda: len(r.lb.sessions) == 0, 5)
+    finally:
+        r.close()

@@ -787,6 +787,8 @@ class Http1Frontend(asyncio.Protocol):
         self.status = exc.status
         self._to_client(exc.wire)
         self.lb.l7_refused += 1
+        if self.head is None:  # no request to log: count the refusal here
+            self.lb.count_status(exc.status)
         self._close_client()
 
     # -- ending -----------------------------------------------------------------------------
@@ -846,6 +848,8 @@ class Http1Frontend(asyncio.Protocol):
             # connection): 408 when some of it came, else just close.
             if self.parser_has_bytes():
                 self.status = 408
+                self.lb.l7_refused += 1
+                self.lb.count_status(408)
                 self._to_client(error_response(408))
             self._close_client()
             return
