@@ -270,9 +270,7 @@ def test_chunked_upload_of_50_mib_streams_with_bounded_memory(
             f.write(block)
     want = hashlib.sha256(block * 50).hexdigest()
     try:
-        with vproxy_process(
-            "load", str(conf), "noLoadLast", "noSave", "noStdIOController"
-        ) as proc:
+        with vproxy_process("load", str(conf), "noLoadLast", "noSave", "noStdIOController") as proc:
             time.sleep(0.6)  # the first health check
             before = rss_kib(proc.pid)
             peak = before
