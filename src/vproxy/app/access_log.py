@@ -237,20 +237,23 @@ class AccessLog:
         duration: float | None,
     ) -> None:
         """Queue one ended session; never blocks (a full queue drops and counts)."""
-        try:
-            self._queue.put_nowait(
-                (
-                    time.time(),
-                    kind,
-                    listener,
-                    client,
-                    server,
-                    target,
-                    bytes_from_client,
-                    bytes_from_server,
-                    duration,
-                )
+        self._put(
+            (
+                time.time(),
+                kind,
+                listener,
+                client,
+                server,
+                target,
+                bytes_from_client,
+                bytes_from_server,
+                duration,
             )
+        )
+
+    def _put(self, entry: Entry | RequestEntry) -> None:
+        try:
+            self._queue.put_nowait(entry)
         except queue.Full:
             with self._drop_lock:
                 self.dropped += 1
@@ -269,25 +272,21 @@ class AccessLog:
         duration: float,
     ) -> None:
         """Queue one finished L7 request; never blocks (a full queue drops and counts)."""
-        try:
-            self._queue.put_nowait(
-                (
-                    time.time(),
-                    kind,
-                    listener,
-                    client,
-                    server,
-                    method,
-                    host,
-                    target,
-                    status,
-                    bytes_to_client,
-                    duration,
-                )
+        self._put(
+            (
+                time.time(),
+                kind,
+                listener,
+                client,
+                server,
+                method,
+                host,
+                target,
+                status,
+                bytes_to_client,
+                duration,
             )
-        except queue.Full:
-            with self._drop_lock:
-                self.dropped += 1
+        )
 
     @property
     def pending(self) -> int:

@@ -16,6 +16,7 @@ import logging
 import socket
 from typing import TYPE_CHECKING, Any, cast
 
+from vproxy.app.l7.base import choose_server
 from vproxy.component.cert_key import TlsServerConfig, sni_server_name
 from vproxy.component.server_group import Server
 from vproxy.net.connection import Session
@@ -28,15 +29,21 @@ __all__ = ["serve_tls"]
 
 _log = logging.getLogger("vproxy.app")
 
-MAX_CONNECT_ATTEMPTS = 3
-
 
 def serve_tls(
     lb: TcpLB, tls: TlsServerConfig, el: EventLoop, sock: socket.socket, addr: Any
 ) -> None:
     """Start one TLS session on ``el`` (call in that loop's thread)."""
     proxy = lb.proxy
-    session = Session(el, addr, lb.in_buffer_size, lb.out_buffer_size, lb.timeout, proxy._closed)
+    session = Session(
+        el,
+        addr,
+        lb.in_buffer_size,
+        lb.out_buffer_size,
+        lb.timeout,
+        proxy._closed,
+        half_closed_timeout_ms=lb.half_closed_timeout,
+    )
     el.session_started(session)
     proxy.sessions.add(session)
     front = _TlsFront(lb, session)
@@ -110,10 +117,8 @@ class _TlsFront(asyncio.Protocol):
         source = str(session.client[0])
         tried: list[Server] = []
         server: Server | None = None
-        for _ in range(MAX_CONNECT_ATTEMPTS):
-            server = lb.upstream.next(source, hint=hint)
-            if server is None or server in tried:
-                server = _untried(server, tried)
+        while True:
+            server = choose_server(lb, source, hint, tried)
             if server is None:
                 break
             tried.append(server)
@@ -145,14 +150,3 @@ class _TlsFront(asyncio.Protocol):
         if self.eof:
             front.eof_received()
         session.link()
-
-
-def _untried(server: Server | None, tried: list[Server]) -> Server | None:
-    groups = {s.group for s in tried if s.group is not None}
-    if server is not None and server.group is not None:
-        groups.add(server.group)
-    for g in groups:
-        for s in g.healthy_servers:
-            if s not in tried and s.weight > 0:
-                return s
-    return None
