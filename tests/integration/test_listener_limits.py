@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -322,3 +323,130 @@ def test_refused_counter_in_metrics(app: Application, backend_loop: LoopThread) 
     line = next(x for x in text.splitlines() if x.startswith("vproxy_listener_refused_conn"))
     assert line.endswith(" 1.0")
     assert "vproxy_listener_max_connections{" in text
+
+
+# -- half-closed sessions ---------------------------------------------------------------
+
+
+class HalfClosedBackend:
+    """Reads until the client's FIN, then optionally trickles bytes, then holds the
+    connection open (sending nothing, never closing) until the test ends."""
+
+    def __init__(self, lt: LoopThread, trickle: int = 0) -> None:
+        self.done = threading.Event()
+
+        async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            while await r.read(65536):
+                pass
+            for _ in range(trickle):  # the other direction is still in use
+                await asyncio.sleep(0.2)
+                w.write(b"t")
+                await w.drain()
+            await asyncio.to_thread(self.done.wait, 30)
+
+        self.backend = Backend(lt, handler)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.backend.stop()
+
+
+def _half_close_and_wait(c: socket.socket) -> tuple[bytes, float]:
+    """Send a FIN, read until the proxy closes; the bytes and the seconds it took."""
+    c.sendall(b"request")
+    c.shutdown(socket.SHUT_WR)
+    t0 = time.monotonic()
+    c.settimeout(8)
+    got = b""
+    while chunk := c.recv(100):
+        got += chunk
+    return got, time.monotonic() - t0
+
+
+def test_half_closed_session_closed_by_its_own_timeout(
+    loop_kind: str, backend_loop: LoopThread, elg_factory: ElgFactory
+) -> None:
+    hb = HalfClosedBackend(backend_loop)
+    aelg, welg = elg_factory("a", 1), elg_factory("w", 1)
+    ups = _upstream(welg, hb.backend.address)
+    lb = TcpLB(
+        "lb",
+        ("127.0.0.1", 0),
+        ups,
+        acceptor_elg=aelg,
+        worker_elg=welg,
+        timeout=20_000,
+        half_closed_timeout=500,
+    ).start()
+    try:
+        with socket.create_connection(lb.address, timeout=5) as c:
+            got, took = _half_close_and_wait(c)
+        assert got == b""
+        assert 0.4 < took < 3.0, took  # the idle timeout (20 s) would take far longer
+        wait_until(lambda: not lb.sessions)
+    finally:
+        lb.stop(close_sessions=True)
+        hb.stop()
+
+
+def test_half_closed_session_lives_while_the_other_direction_moves(
+    backend_loop: LoopThread, elg_factory: ElgFactory
+) -> None:
+    hb = HalfClosedBackend(backend_loop, trickle=8)  # a byte every 200 ms for 1.6 s
+    aelg, welg = elg_factory("a", 1), elg_factory("w", 1)
+    ups = _upstream(welg, hb.backend.address)
+    lb = TcpLB(
+        "lb",
+        ("127.0.0.1", 0),
+        ups,
+        acceptor_elg=aelg,
+        worker_elg=welg,
+        timeout=20_000,
+        half_closed_timeout=500,
+    ).start()
+    try:
+        with socket.create_connection(lb.address, timeout=5) as c:
+            got, took = _half_close_and_wait(c)
+        assert got == b"t" * 8
+        assert 1.6 < took < 4.0, took
+    finally:
+        lb.stop(close_sessions=True)
+        hb.stop()
+
+
+def test_half_closed_socks5_session_closed_by_its_own_timeout(
+    loop_kind: str, backend_loop: LoopThread, elg_factory: ElgFactory
+) -> None:
+    hb = HalfClosedBackend(backend_loop)
+    aelg, welg = elg_factory("a", 1), elg_factory("w", 1)
+    ups = _upstream(welg, hb.backend.address)
+    s5 = Socks5Server(
+        "s5",
+        ("127.0.0.1", 0),
+        ups,
+        acceptor_elg=aelg,
+        worker_elg=welg,
+        timeout=20_000,
+        half_closed_timeout=500,
+    ).start()
+    try:
+        with _socks5_connect(s5.address, hb.backend.address) as c:
+            got, took = _half_close_and_wait(c)
+        assert got == b""
+        assert 0.4 < took < 3.0, took
+        wait_until(lambda: not s5.sessions)
+    finally:
+        s5.stop(close_sessions=True)
+        hb.stop()
+
+
+def test_half_closed_timeout_defaults_to_min_of_timeout_and_a_minute(
+    elg_factory: ElgFactory,
+) -> None:
+    from vproxy.net.connection import HALF_CLOSED_TIMEOUT_MS, Session
+
+    el = elg_factory("w", 1).next()
+    short = Session(el, ("127.0.0.1", 1), 256, 256, 1500, lambda s: None)
+    long = Session(el, ("127.0.0.1", 1), 256, 256, 900_000, lambda s: None)
+    assert short.half_closed_timeout == 1500
+    assert long.half_closed_timeout == HALF_CLOSED_TIMEOUT_MS == 60_000

@@ -72,6 +72,12 @@ def _check_handshake_timeout(value: int) -> int:
     return value
 
 
+def _check_half_closed(value: int | None) -> int | None:
+    if value is not None and (not isinstance(value, int) or not 0 < value <= 86_400_000):
+        raise Socks5ServerError(f"half-closed-timeout must be 1..86400000 ms, got {value!r}")
+    return value
+
+
 def _check_max_connections(value: int) -> int:
     try:
         return check_max_connections(value)
@@ -98,8 +104,10 @@ class Socks5Server:
         users: dict[str, str] | None = None,
         handshake_timeout: int = DEFAULT_HANDSHAKE_TIMEOUT_MS,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        half_closed_timeout: int | None = None,
     ) -> None:
         self.name = name
+        self.half_closed_timeout = _check_half_closed(half_closed_timeout)
         self.max_connections = _check_max_connections(max_connections)
         self.gate = AcceptGate(f"socks5-server {name}")
         self.bind_address = parse_address(address) if isinstance(address, str) else address
@@ -179,6 +187,7 @@ class Socks5Server:
         allow_non_backend: bool | None = None,
         max_connections: int | None = None,
         handshake_timeout: int | None = None,
+        half_closed_timeout: int | None = None,
     ) -> None:
         """Change options for new connections (all-or-nothing).
 
@@ -192,8 +201,11 @@ class Socks5Server:
             raise Socks5ServerError(f"timeout must be 1..86400000 ms, got {timeout!r}")
         mc = _check_max_connections(max_connections) if max_connections is not None else None
         hs = _check_handshake_timeout(handshake_timeout) if handshake_timeout is not None else None
+        hc = _check_half_closed(half_closed_timeout)
         if mc is not None:
             self.max_connections = mc
+        if hc is not None:
+            self.half_closed_timeout = hc
         if hs is not None:
             self.handshake_timeout = hs
         if upstream is not None:
@@ -248,7 +260,13 @@ class Socks5Server:
     def _start(self, el: EventLoop, sock: socket.socket, addr: Any) -> None:
         # The session is registered here, before the hand-off counts as done.
         session = Session(
-            el, addr, self.in_buffer_size, self.out_buffer_size, self.timeout, self._closed
+            el,
+            addr,
+            self.in_buffer_size,
+            self.out_buffer_size,
+            self.timeout,
+            self._closed,
+            half_closed_timeout_ms=self.half_closed_timeout,
         )
         el.session_started()
         self.sessions.add(session)

@@ -125,8 +125,15 @@ class TcpLB:
         handshake_timeout: int = DEFAULT_HANDSHAKE_TIMEOUT_MS,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         l7_limits: L7Limits | None = None,
+        half_closed_timeout: int | None = None,
     ) -> None:
         self.name = name
+        # ms a session may stay idle once one direction ended; None: min(timeout, 60 s)
+        self.half_closed_timeout = (
+            self._check_timeout(half_closed_timeout, "half-closed-timeout")
+            if half_closed_timeout is not None
+            else None
+        )
         self.handshake_timeout = _check_handshake_timeout(handshake_timeout)
         self.max_connections = _check_max_connections(max_connections)
         self.gate = AcceptGate(f"tcp-lb {name}")
@@ -265,9 +272,9 @@ class TcpLB:
         return f"TcpLB({self.name!r}, {format_address(*self.address)})"
 
     @staticmethod
-    def _check_timeout(timeout: int) -> int:
+    def _check_timeout(timeout: int, name: str = "timeout") -> int:
         if not isinstance(timeout, int) or not 0 < timeout <= 86_400_000:
-            raise TcpLBError(f"timeout must be 1..86400000 ms, got {timeout!r}")
+            raise TcpLBError(f"{name} must be 1..86400000 ms, got {timeout!r}")
         return timeout
 
     @property
@@ -317,6 +324,7 @@ class TcpLB:
         max_connections: int | None = None,
         handshake_timeout: int | None = None,
         l7_limits: L7Limits | None = None,
+        half_closed_timeout: int | None = None,
     ) -> None:
         """Change options; new sessions use them (all-or-nothing).
 
@@ -331,6 +339,11 @@ class TcpLB:
         mc = _check_max_connections(max_connections) if max_connections is not None else None
         hs = _check_handshake_timeout(handshake_timeout) if handshake_timeout is not None else None
         limits = _check_l7_limits(l7_limits) if l7_limits is not None else None
+        hc = (
+            self._check_timeout(half_closed_timeout, "half-closed-timeout")
+            if half_closed_timeout is not None
+            else None
+        )
         new_mode = protocol is not None and protocol != self.protocol
         mode = self._make_mode(protocol) if protocol is not None and new_mode else self.mode
         if cert_keys is not None or new_mode or (hs is not None and self.cert_keys):
@@ -358,6 +371,8 @@ class TcpLB:
             self.timeout = to
         if mc is not None:
             self.max_connections = mc
+        if hc is not None:
+            self.half_closed_timeout = hc
         if hs is not None:
             self.handshake_timeout = hs
         if limits is not None:

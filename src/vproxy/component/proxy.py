@@ -59,6 +59,9 @@ class ProxySettings(Protocol):
     @property
     def timeout(self) -> int: ...
 
+    @property
+    def half_closed_timeout(self) -> int | None: ...
+
 
 def _connect_timeout_ms(server: Server) -> int:
     group = server.group
@@ -108,6 +111,7 @@ class Proxy:
             cfg.timeout,
             self._closed,
             sock=sock,
+            half_closed_timeout_ms=cfg.half_closed_timeout,
         )
         el.session_started(session)
         self.sessions.add(session)

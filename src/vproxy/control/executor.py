@@ -568,6 +568,7 @@ class Executor:
                 cert_keys=self._cert_keys_param(cmd) or (),
                 max_connections=_int(cmd, "max-connections", DEFAULT_MAX_CONNECTIONS),
                 handshake_timeout=_int(cmd, "handshake-timeout", DEFAULT_HANDSHAKE_TIMEOUT_MS),
+                half_closed_timeout=_opt_int(cmd, "half-closed-timeout"),
                 l7_limits=_l7_limits(cmd, L7Limits()),
             )
         except TcpLBError as exc:
@@ -597,6 +598,7 @@ class Executor:
                 protocol=_opt_str(cmd, "protocol"),
                 max_connections=_opt_int(cmd, "max-connections"),
                 handshake_timeout=_opt_int(cmd, "handshake-timeout"),
+                half_closed_timeout=_opt_int(cmd, "half-closed-timeout"),
                 l7_limits=_l7_limits(cmd, lb.l7_limits),
             )
         except (TcpLBError, EventLoopError) as exc:
@@ -635,6 +637,7 @@ class Executor:
                 allow_non_backend="allow-non-backend" in cmd.flags,
                 max_connections=_int(cmd, "max-connections", DEFAULT_MAX_CONNECTIONS),
                 handshake_timeout=_int(cmd, "handshake-timeout", DEFAULT_HANDSHAKE_TIMEOUT_MS),
+                half_closed_timeout=_opt_int(cmd, "half-closed-timeout"),
             )
         except Socks5ServerError as exc:
             raise CommandError(str(exc)) from exc
@@ -668,6 +671,7 @@ class Executor:
                 allow_non_backend=allow,
                 max_connections=_opt_int(cmd, "max-connections"),
                 handshake_timeout=_opt_int(cmd, "handshake-timeout"),
+                half_closed_timeout=_opt_int(cmd, "half-closed-timeout"),
             )
         except Socks5ServerError as exc:
             raise CommandError(str(exc)) from exc
@@ -968,6 +972,7 @@ class Executor:
                 "cert-key": [ck.name for ck in o.cert_keys],
                 "max-connections": o.max_connections,
                 "handshake-timeout": o.handshake_timeout,
+                "half-closed-timeout": o.half_closed_timeout,
                 **{p: getattr(o.l7_limits, f) for p, f in L7_LIMIT_PARAMS.items()},
                 "sessions": len(o.sessions),
                 "accepted": o.accepted,
@@ -988,6 +993,7 @@ class Executor:
                 "allow-non-backend": o.allow_non_backend,
                 "max-connections": o.max_connections,
                 "handshake-timeout": o.handshake_timeout,
+                "half-closed-timeout": o.half_closed_timeout,
                 "sessions": len(o.sessions),
                 "accepted": o.accepted,
                 "refused": o.refused,
@@ -1351,6 +1357,8 @@ def _listener_limits(lb: TcpLB | Socks5Server) -> dict[str, Any]:
         out["max-connections"] = lb.max_connections
     if lb.handshake_timeout != DEFAULT_HANDSHAKE_TIMEOUT_MS:
         out["handshake-timeout"] = lb.handshake_timeout
+    if lb.half_closed_timeout is not None:
+        out["half-closed-timeout"] = lb.half_closed_timeout
     return out
 
 

@@ -3,7 +3,8 @@
 Owns: :class:`Connection`, one side of a session with the bytes read from it, and
 :class:`Session`, the pair (frontend, backend) with its life cycle: connecting the
 backend (with a timeout), half-close passed through, both-sides-done close, error
-propagation and the idle timeout.
+propagation and the idle timeout (shorter once one direction has ended: a peer that
+half-closed and went away must not hold two descriptors for the whole idle timeout).
 
 A session relays in one of two modes (``docs/performance.md`` has the measurements):
 
@@ -53,7 +54,7 @@ from vproxy.net.event_loop import READABLE, WRITABLE
 if TYPE_CHECKING:
     from vproxy.net.event_loop import CoarseTimers, EventLoop, FdWatcher
 
-__all__ = ["MIN_WINDOW", "Connection", "Session", "next_session_id"]
+__all__ = ["HALF_CLOSED_TIMEOUT_MS", "MIN_WINDOW", "Connection", "Session", "next_session_id"]
 
 _log = logging.getLogger("vproxy.net")
 
@@ -65,6 +66,9 @@ def next_session_id() -> int:
     return next(_session_ids)
 
 
+#: Idle limit (ms) of a session once one direction ended, unless given its own; never
+#: longer than the session's idle timeout.
+HALF_CLOSED_TIMEOUT_MS = 60_000
 #: Smallest per-direction window in socket mode (bytes): one read, or one pipe.
 MIN_WINDOW = 256 * 1024
 #: A read of at least window / BULK_READ_FRACTION bytes switches a direction to splice:
@@ -544,6 +548,7 @@ class Session:
         "closing",
         "el",
         "front",
+        "half_closed_timeout",
         "id",
         "linked",
         "on_close",
@@ -562,6 +567,7 @@ class Session:
         on_close: Callable[[Session], None],
         *,
         sock: _socket.socket | None = None,
+        half_closed_timeout_ms: int | None = None,
     ) -> None:
         self.id = next(_session_ids)
         self.el = el
@@ -577,6 +583,11 @@ class Session:
         self._watcher: FdWatcher = el.watcher if sock is not None else cast("FdWatcher", None)
         self.server: Any = None
         self.timeout = timeout_ms
+        self.half_closed_timeout = (
+            min(timeout_ms, HALF_CLOSED_TIMEOUT_MS)
+            if half_closed_timeout_ms is None
+            else half_closed_timeout_ms
+        )
         self.on_close = on_close
         self.closed = False
         self.closing = False
@@ -750,12 +761,22 @@ class Session:
         if self.closed:
             return
         mark = self.front.bytes_in + self.back.bytes_in
+        half = self.front.eof or self.back.eof
+        period = self.half_closed_timeout if half else self.timeout
         if mark == self._idle_mark:
-            _log.debug("session %s idle for %d ms: closing", self.id, self.timeout)
+            _log.debug("session %s idle for %d ms: closing", self.id, period)
             self.abort()
             return
         self._idle_mark = mark
-        self._idle_handle = self._timers.add(self.timeout / 1000, self._check_idle)
+        self._idle_handle = self._timers.add(period / 1000, self._check_idle)
+
+    def _half_closed(self) -> None:
+        """A FIN was passed on: from now the session may stay idle half_closed_timeout."""
+        if self._idle_handle < 0 or self.half_closed_timeout >= self.timeout:
+            return
+        self._timers.cancel(self._idle_handle, self._check_idle)
+        self._idle_mark = self.front.bytes_in + self.back.bytes_in
+        self._idle_handle = self._timers.add(self.half_closed_timeout / 1000, self._check_idle)
 
     # socket mode
     def _on_sock_eof(self, conn: Connection) -> None:
@@ -769,6 +790,8 @@ class Session:
             peer._shut_write()
         except OSError as exc:
             self._fail(exc)
+            return
+        self._half_closed()
 
     def _drained(self, src: Connection) -> None:
         """The peer of ``src`` took everything ``src`` had read."""
@@ -794,6 +817,7 @@ class Session:
             self.close()
         elif peer._transport is not None and peer._transport.can_write_eof():
             peer._shut_write()
+            self._half_closed()
         else:
             self.close()
 

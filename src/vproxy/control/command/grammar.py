@@ -404,6 +404,14 @@ _HANDSHAKE_TIMEOUT = ParamSpec(
     maximum=_HOUR_MS,
     doc="milliseconds a client has for its TLS (tcp-lb) or socks5 handshake",
 )
+_HALF_CLOSED_TIMEOUT = ParamSpec(
+    "half-closed-timeout",
+    ValueKind.INT,
+    default_note="min(timeout, 60000)",
+    minimum=1,
+    maximum=_DAY_MS,
+    doc="idle timeout of a session once one direction has ended, in milliseconds",
+)
 _HEAD_TIMEOUT = ParamSpec(
     "request-head-timeout",
     ValueKind.INT,
@@ -635,9 +643,10 @@ _TCP_LB_PARAMS = (
     _CERT_KEYS,
     _MAX_CONNECTIONS,
     _HANDSHAKE_TIMEOUT,
+    _HALF_CLOSED_TIMEOUT,
     *_L7_LIMIT_PARAMS,
 )
-_SOCKS5_PARAMS = (_SECURITY_GROUP, _MAX_CONNECTIONS, _HANDSHAKE_TIMEOUT)
+_SOCKS5_PARAMS = (_SECURITY_GROUP, _MAX_CONNECTIONS, _HANDSHAKE_TIMEOUT, _HALF_CLOSED_TIMEOUT)
 
 # ------------------------------------------------------------------------ the table
 
