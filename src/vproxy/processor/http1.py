@@ -128,8 +128,8 @@ import enum
 import re
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Final, TypeAlias
+from dataclasses import dataclass, fields
+from typing import Any, Final, TypeAlias
 
 import httptools
 
@@ -161,8 +161,8 @@ _LF: Final = 0x0A
 _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
 _TOKEN_RE = re.compile(_TOKEN)
-_REQUEST_LINE_RE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
-_STATUS_LINE_RE = re.compile(rb"HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
+_REQUEST_LINE_RE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])")
+_STATUS_LINE_RE = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
 _ABSOLUTE_RE = re.compile(rb"([A-Za-z][A-Za-z0-9+.-]*)://([^/?]*)(.*)", re.DOTALL)
 _AUTHORITY_RE = re.compile(
     rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::([0-9]*))?", re.DOTALL
@@ -179,6 +179,8 @@ _FIELD_VALUE_RE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 _LLHTTP_STATUS_LINE: Final = b"HTTP/1.1 304 -\r\n"
 
 _HOP_BY_HOP: Final = frozenset({b"connection", b"keep-alive", b"proxy-connection"})
+_HOP_BY_HOP_UPGRADE: Final = _HOP_BY_HOP | {b"upgrade"}
+_NOTHING: Final[frozenset[bytes]] = frozenset()
 # Fields a Connection option can never remove (framing and routing).
 _PROTECTED: Final = frozenset({b"host", b"content-length", b"transfer-encoding"})
 # Forwarding fields whose client values are kept and extended, not replaced.
@@ -332,6 +334,31 @@ class ResponseEnd:
 
 
 Event: TypeAlias = RequestHead | ResponseHead | BodyChunk | RequestEnd | ResponseEnd
+
+# Building events on the hot path. A frozen dataclass's __init__ sets each field through
+# object.__setattr__, which is most of the cost of a 10-field head; the parsers fill the
+# slots through their descriptors instead (same objects, equal to what __init__ builds,
+# in about half the time). The end events have no fields, so one instance serves all.
+_REQUEST_END: Final = RequestEnd()
+_RESPONSE_END: Final = ResponseEnd()
+_new_object: Final = object.__new__
+
+
+def _slot_setters(cls: type) -> list[Any]:
+    return [cls.__dict__[f.name].__set__ for f in fields(cls)]
+
+
+_RQ_METHOD, _RQ_TARGET, _RQ_VERSION, _RQ_HEADERS, _RQ_HOST = _slot_setters(RequestHead)[:5]
+_RQ_KEEP, _RQ_EXPECT, _RQ_UPGRADE, _RQ_KIND, _RQ_LENGTH = _slot_setters(RequestHead)[5:]
+_RS_STATUS, _RS_REASON, _RS_VERSION, _RS_HEADERS = _slot_setters(ResponseHead)[:4]
+_RS_KEEP, _RS_KIND, _RS_LENGTH = _slot_setters(ResponseHead)[4:]
+(_BC_DATA,) = _slot_setters(BodyChunk)
+
+
+def _body_chunk(data: bytes) -> BodyChunk:
+    chunk: BodyChunk = _new_object(BodyChunk)
+    _BC_DATA(chunk, data)
+    return chunk
 
 
 # -- errors ---------------------------------------------------------------------------
@@ -636,21 +663,24 @@ class _FieldParser:
     def on_message_complete(self) -> None:
         self._complete = True
 
-    def parse(self, section: bytes) -> list[tuple[bytes, bytes]]:
-        """The field lines of ``section`` (CRLF-terminated lines, then CRLF).
+    def parse(self, message: bytes, status: int) -> list[tuple[bytes, bytes]]:
+        """The field lines of ``message``: :data:`_LLHTTP_STATUS_LINE`, then a field
+        section (CRLF-terminated lines, then CRLF).
 
         Raises:
-            ValueError: llhttp refused the section (its reason is the message).
+            RemoteProtocolError: llhttp refused the section (with ``status``).
         """
         headers: list[tuple[bytes, bytes]] = []
         self._headers = headers
         self._complete = False
         try:
-            self._parser.feed_data(_LLHTTP_STATUS_LINE + section)
+            self._parser.feed_data(message)
         except httptools.HttpParserError as exc:
-            raise ValueError(str(exc)) from None
+            raise RemoteProtocolError(status, f"invalid field section: {exc}") from None
         if not self._complete:  # cannot happen with a framed section; never trust it
-            raise ValueError("field section did not end where the head did")
+            raise RemoteProtocolError(
+                status, "invalid field section: field section did not end where the head did"
+            )
         return headers
 
 
@@ -703,6 +733,23 @@ _BK_LENGTH: Final = BodyKind.LENGTH
 _BK_NONE: Final = BodyKind.NONE
 _BK_UNTIL_CLOSE: Final = BodyKind.UNTIL_CLOSE
 
+# Rows of the table the loop follows on every message, looked up by input alone.
+_PARSE_STATES: Final = frozenset(
+    state for state in State if _TRANSITIONS[(state, _Input.DATA)][0] is _Action.PARSE
+)
+_HEAD_NEXT: Final = {
+    inp: new
+    for (state, inp), (action, new) in _TRANSITIONS.items()
+    if state is State.HEAD and action is _Action.EMIT_HEAD
+}
+_END_NEXT: Final = {
+    inp: new
+    for (state, inp), (action, new) in _TRANSITIONS.items()
+    if state is State.DONE and action is _Action.EMIT_END
+}
+_AFTER_LENGTH: Final = _TRANSITIONS[(State.BODY, _Input.LENGTH_DONE)][1]
+_AFTER_CHUNK_DATA: Final = _TRANSITIONS[(State.CHUNK_DATA, _Input.CHUNK_DATA_DONE)][1]
+
 
 # -- the shared parser ----------------------------------------------------------------
 
@@ -726,12 +773,14 @@ class _Parser:
         "_state",
         "_trailer_bytes",
         "_trailer_count",
+        "_upgrade",
     )
 
     # Set by subclasses: the statuses for a long start line, a large head, the rest.
     _LINE_STATUS: int = 400
     _SIZE_STATUS: int = 400
     _BAD_STATUS: int = 400
+    _END: Event  # the event that ends a message: RequestEnd() or ResponseEnd()
 
     def __init__(self, limits: HttpLimits | None = None) -> None:
         self._limits = limits if limits is not None else HttpLimits()
@@ -747,6 +796,7 @@ class _Parser:
         self._line_end = 0  # offset of the CR ending the start line in the head
         self._remaining = 0  # bytes left in a Content-Length body or a chunk
         self._keep_alive = True
+        self._upgrade = False  # the message is an upgrade request (requests only)
         self._trailer_bytes = 0
         self._trailer_count = 0
 
@@ -784,16 +834,17 @@ class _Parser:
         """
         if self._error is not None:
             raise RemoteProtocolError(self._error.status, self._error.reason)
-        action = self._go(_IN_DATA)
-        if action is _DO_IGNORE:
-            self._buf.clear()
-            return []
-        if type(data) is not bytes:
-            data = bytes(data)
-        if action is _DO_HOLD:
+        if self._state not in _PARSE_STATES:  # (state, DATA) -> PARSE, state: no move
+            action = self._go(_IN_DATA)
+            if action is _DO_IGNORE:
+                self._buf.clear()
+                return []
+            # HOLD (MISUSE has raised)
             self._buf += data
             self._check_held([])
             return []
+        if type(data) is not bytes:
+            data = bytes(data)
         buf: bytes | bytearray
         if self._buf:
             self._buf += data
@@ -806,13 +857,14 @@ class _Parser:
             pos = self._run(buf, events)
         except RemoteProtocolError as exc:
             raise self._fail(exc, events) from None
-        if self._state is _ST_MUST_CLOSE:
+        state = self._state
+        if state is _ST_MUST_CLOSE:
             pos = len(buf)
         if buf is self._buf:
             del self._buf[:pos]
         elif pos < len(buf):
             self._buf += memoryview(buf)[pos:]
-        if self._state is _ST_AWAIT_UPGRADE:
+        if state is _ST_AWAIT_UPGRADE:
             self._check_held(events)
         return events
 
@@ -841,7 +893,7 @@ class _Parser:
             return []
         self._buf.clear()
         if action is _DO_EMIT_END:
-            return [self._end_event()]
+            return [self._END]
         return []
 
     # -- the table -----------------------------------------------------------------------
@@ -883,12 +935,6 @@ class _Parser:
     def _on_head(self, buf: bytes | bytearray, start: int, end: int) -> tuple[Event, _Input]:
         raise NotImplementedError
 
-    def _end_message(self) -> _Input:
-        raise NotImplementedError
-
-    def _end_event(self) -> Event:
-        raise NotImplementedError
-
     def _truncated(self, state: State) -> RemoteProtocolError:
         status = self._BAD_STATUS
         if state is _ST_HEAD:
@@ -902,6 +948,8 @@ class _Parser:
     # -- the loop ------------------------------------------------------------------------
 
     def _run(self, buf: bytes | bytearray, events: list[Event]) -> int:
+        # The moves below are the table's (see _HEAD_NEXT and friends), made without
+        # _go: the inputs met here are the ones the current state expects.
         pos = 0
         n = len(buf)
         span = 0 if self._state in _BODY_STATES else -1  # start of unreported body bytes
@@ -920,28 +968,39 @@ class _Parser:
                     break
                 head, inp = self._on_head(buf, pos, head_end)
                 pos = head_end
-                if self._go(inp) is _DO_EMIT_HEAD:
-                    events.append(head)
-                if inp is _IN_HEAD_INTERIM:
+                events.append(head)
+                state = self._state = _HEAD_NEXT[inp]
+                if state is _ST_DONE:
+                    continue
+                if state in _BODY_STATES:
+                    span = pos
+                elif inp is _IN_HEAD_INTERIM:
                     self._committed = len(events)
-                elif inp is _IN_HEAD_SWITCH:
+                else:  # HEAD_SWITCH
                     self._committed = len(events)
                     break
-                span = pos if self._state in _BODY_STATES else -1
             elif state is _ST_DONE:
                 if 0 <= span < pos:
-                    events.append(BodyChunk(_slice(buf, span, pos)))
+                    data = buf[span:pos]
+                    events.append(_body_chunk(data if type(data) is bytes else bytes(data)))
                 span = -1
-                if self._go(self._end_message()) is _DO_EMIT_END:
-                    events.append(self._end_event())
+                if self._upgrade:
+                    self._state = _END_NEXT[_IN_UPGRADE]
+                elif self._keep_alive:
+                    self._state = _END_NEXT[_IN_KEEP_ALIVE]
+                else:
+                    self._state = _END_NEXT[_IN_CLOSE]
+                events.append(self._END)
                 self._committed = len(events)
             elif state is _ST_BODY or state is _ST_CHUNK_DATA:
-                take = min(n - pos, self._remaining)
-                pos += take
-                self._remaining -= take
-                if self._remaining:
+                remaining = self._remaining
+                if n - pos < remaining:
+                    self._remaining = remaining - (n - pos)
+                    pos = n
                     break
-                self._go(_IN_LENGTH_DONE if state is _ST_BODY else _IN_CHUNK_DATA_DONE)
+                pos += remaining
+                self._remaining = 0
+                self._state = _AFTER_LENGTH if state is _ST_BODY else _AFTER_CHUNK_DATA
             elif state is _ST_CHUNK_SIZE:
                 end = self._chunk_size_line(buf, pos)
                 if end < 0:
@@ -967,7 +1026,8 @@ class _Parser:
             else:  # AWAIT_UPGRADE, MUST_CLOSE, SWITCHED: this call is done with the bytes
                 break
         if 0 <= span < pos:
-            events.append(BodyChunk(_slice(buf, span, pos)))
+            data = buf[span:pos]
+            events.append(_body_chunk(data if type(data) is bytes else bytes(data)))
         return pos
 
     # -- heads ------------------------------------------------------------------------
@@ -1026,17 +1086,6 @@ class _Parser:
                 raise RemoteProtocolError(self._SIZE_STATUS, "too many header fields")
             lines += 1
             scan = lf + 1
-
-    def _field_section(
-        self, buf: bytes | bytearray, start: int, head_end: int
-    ) -> list[tuple[bytes, bytes]]:
-        """Have llhttp validate and split the field lines of the head in
-        ``buf[start:head_end]`` (its start line is checked already; llhttp sees a
-        fixed one instead)."""
-        try:
-            return self._fields.parse(_slice(buf, start + self._line_end + 2, head_end))
-        except ValueError as exc:
-            raise RemoteProtocolError(self._BAD_STATUS, f"invalid field section: {exc}") from None
 
     # -- chunked bodies ---------------------------------------------------------------
 
@@ -1120,11 +1169,12 @@ class RequestParser(_Parser):
         ('a', True)
     """
 
-    __slots__ = ("_request_line", "_upgrade")
+    __slots__ = ("_host_cache", "_request_line")
 
     _LINE_STATUS = 414
     _SIZE_STATUS = 431
     _BAD_STATUS = 400
+    _END = _REQUEST_END
 
     def __init__(self, limits: HttpLimits | None = None) -> None:
         """Create a parser for one client connection.
@@ -1134,7 +1184,8 @@ class RequestParser(_Parser):
         """
         super().__init__(limits)
         self._request_line: tuple[bytes, bytes, bytes, str | None] = (b"", b"", b"", None)
-        self._upgrade = False
+        # The last Host value and its routing hint: a keep-alive client repeats it.
+        self._host_cache: tuple[bytes, str | None] = (b"", None)
 
     def accept_upgrade(self) -> bytes:
         """The backend answered the upgrade request with 101: switch to relaying.
@@ -1177,12 +1228,12 @@ class RequestParser(_Parser):
         return pos
 
     def _check_start_line(self, buf: bytes | bytearray, start: int, end: int) -> None:
-        m = _REQUEST_LINE_RE.fullmatch(_slice(buf, start, end))
+        m = _REQUEST_LINE_RE.fullmatch(buf, start, end)
         if m is None:
             raise RemoteProtocolError(400, "malformed request line")
-        method, target, major, minor = m.groups()
-        if major != b"1" or minor not in (b"0", b"1"):
-            raise RemoteProtocolError(505, f"HTTP/{major.decode()}.{minor.decode()} not supported")
+        method, target, version = m.groups()
+        if version != b"1.1" and version != b"1.0":
+            raise RemoteProtocolError(505, f"HTTP/{version.decode()} not supported")
         if method == b"CONNECT":
             raise RemoteProtocolError(501, "CONNECT is not supported")
         if b"#" in target:
@@ -1204,10 +1255,11 @@ class RequestParser(_Parser):
                 host = None
             if host is None:
                 raise RemoteProtocolError(400, "invalid authority in request target")
-        self._request_line = (method, target, major + b"." + minor, host)
+        self._request_line = (method, target, version, host)
 
     def _on_head(self, buf: bytes | bytearray, start: int, end: int) -> tuple[Event, _Input]:
-        headers = self._field_section(buf, start, end)
+        section = buf[start + self._line_end + 2 : end]
+        headers = self._fields.parse(_LLHTTP_STATUS_LINE + section, 400)
         method, target, version, host = self._request_line
         hosts: list[bytes] = []
         lengths: list[bytes] = []
@@ -1233,18 +1285,22 @@ class RequestParser(_Parser):
         http11 = version == b"1.1"
         if len(hosts) > 1:
             raise RemoteProtocolError(400, "more than one Host field")
-        if not hosts and http11:
-            raise RemoteProtocolError(400, "no Host field in an HTTP/1.1 request")
         if hosts:
-            try:
-                field_host = _parse_authority(hosts[0])
-            except ValueError:
-                raise RemoteProtocolError(400, f"invalid Host {hosts[0]!r}") from None
+            raw = hosts[0]
+            cached, field_host = self._host_cache
+            if raw != cached:
+                try:
+                    field_host = _parse_authority(raw)
+                except ValueError:
+                    raise RemoteProtocolError(400, f"invalid Host {raw!r}") from None
+                self._host_cache = (raw, field_host)
             if host is None:
                 host = field_host
             elif field_host != host:
                 raise RemoteProtocolError(400, "Host does not match the request target")
-        length = _content_length(lengths, 400)
+        elif http11:
+            raise RemoteProtocolError(400, "no Host field in an HTTP/1.1 request")
+        length = _content_length(lengths, 400) if lengths else None
         if codings:
             if lengths:
                 raise RemoteProtocolError(400, "Content-Length with Transfer-Encoding")
@@ -1252,11 +1308,15 @@ class RequestParser(_Parser):
                 raise RemoteProtocolError(400, "Transfer-Encoding in an HTTP/1.0 request")
             if not _chunked_last(codings, 400):
                 raise RemoteProtocolError(400, "final transfer coding is not chunked")
-        options = [t.lower() for t in _tokens(connection)]
-        if http11:
-            keep_alive = b"close" not in options
+        if connection:
+            options = [t.lower() for t in _tokens(connection)]
+            if http11:
+                keep_alive = b"close" not in options
+            else:
+                keep_alive = b"keep-alive" in options and b"close" not in options
         else:
-            keep_alive = b"keep-alive" in options and b"close" not in options
+            options = []
+            keep_alive = http11
         expect_continue = False
         if expect and http11:
             for item in _tokens(expect):
@@ -1264,7 +1324,7 @@ class RequestParser(_Parser):
                     raise RemoteProtocolError(417, f"unsupported expectation {item!r}")
                 expect_continue = True
         upgrade_to = None
-        if http11 and upgrade and b"upgrade" in options:
+        if upgrade and http11 and b"upgrade" in options:
             upgrade_to = b", ".join(upgrade)
         self._keep_alive = keep_alive
         self._upgrade = upgrade_to is not None
@@ -1275,27 +1335,18 @@ class RequestParser(_Parser):
             self._remaining = length
         else:
             kind, inp = _BK_NONE, _IN_HEAD_NO_BODY
-        head = RequestHead(
-            method=method,
-            target=target,
-            version=version,
-            headers=headers,
-            host=host,
-            keep_alive=keep_alive,
-            expect_continue=expect_continue,
-            upgrade=upgrade_to,
-            body_kind=kind,
-            content_length=length,
-        )
+        head: RequestHead = _new_object(RequestHead)  # as RequestHead(...), faster
+        _RQ_METHOD(head, method)
+        _RQ_TARGET(head, target)
+        _RQ_VERSION(head, version)
+        _RQ_HEADERS(head, headers)
+        _RQ_HOST(head, host)
+        _RQ_KEEP(head, keep_alive)
+        _RQ_EXPECT(head, expect_continue)
+        _RQ_UPGRADE(head, upgrade_to)
+        _RQ_KIND(head, kind)
+        _RQ_LENGTH(head, length)
         return head, inp
-
-    def _end_message(self) -> _Input:
-        if self._upgrade:
-            return _IN_UPGRADE
-        return _IN_KEEP_ALIVE if self._keep_alive else _IN_CLOSE
-
-    def _end_event(self) -> Event:
-        return RequestEnd()
 
 
 # -- the backend side -----------------------------------------------------------------
@@ -1320,6 +1371,7 @@ class ResponseParser(_Parser):
     _LINE_STATUS = 502
     _SIZE_STATUS = 502
     _BAD_STATUS = 502
+    _END = _RESPONSE_END
 
     def __init__(self, limits: HttpLimits | None = None) -> None:
         """Create a parser for one backend connection.
@@ -1372,19 +1424,20 @@ class ResponseParser(_Parser):
         return super()._truncated(state)
 
     def _check_start_line(self, buf: bytes | bytearray, start: int, end: int) -> None:
-        m = _STATUS_LINE_RE.fullmatch(_slice(buf, start, end))
+        m = _STATUS_LINE_RE.fullmatch(buf, start, end)
         if m is None:
             raise RemoteProtocolError(502, "malformed status line")
-        major, minor, code, reason = m.groups()
-        if major != b"1" or minor not in (b"0", b"1"):
+        version, code, reason = m.groups()
+        if version != b"1.1" and version != b"1.0":
             raise RemoteProtocolError(502, "unsupported HTTP version in status line")
         status = int(code)
         if not 100 <= status <= 599:
             raise RemoteProtocolError(502, f"invalid status code {status}")
-        self._status_line = (major + b"." + minor, status, reason or b"")
+        self._status_line = (version, status, reason or b"")
 
     def _on_head(self, buf: bytes | bytearray, start: int, end: int) -> tuple[Event, _Input]:
-        headers = self._field_section(buf, start, end)
+        section = buf[start + self._line_end + 2 : end]
+        headers = self._fields.parse(_LLHTTP_STATUS_LINE + section, 502)
         version, status, reason = self._status_line
         method, upgrade_request = self._expected[0]
         lengths: list[bytes] = []
@@ -1403,7 +1456,7 @@ class ResponseParser(_Parser):
                 else:
                     upgrade.append(value)
         http11 = version == b"1.1"
-        length = _content_length(lengths, 502)
+        length = _content_length(lengths, 502) if lengths else None
         chunked = False
         if codings:
             if lengths:
@@ -1411,11 +1464,14 @@ class ResponseParser(_Parser):
             if not http11:
                 raise RemoteProtocolError(502, "Transfer-Encoding in an HTTP/1.0 response")
             chunked = _chunked_last(codings, 502)
-        options = [t.lower() for t in _tokens(connection)]
-        if http11:
-            keep_alive = b"close" not in options
+        if connection:
+            options = [t.lower() for t in _tokens(connection)]
+            if http11:
+                keep_alive = b"close" not in options
+            else:
+                keep_alive = b"keep-alive" in options and b"close" not in options
         else:
-            keep_alive = b"keep-alive" in options and b"close" not in options
+            keep_alive = http11
         if status < 200:
             if status == 101:
                 if not upgrade_request or not upgrade:
@@ -1440,22 +1496,15 @@ class ResponseParser(_Parser):
                 kind, inp, length = _BK_UNTIL_CLOSE, _IN_HEAD_UNTIL_CLOSE, None
                 keep_alive = False
         self._keep_alive = keep_alive
-        head = ResponseHead(
-            status=status,
-            reason=reason,
-            version=version,
-            headers=headers,
-            keep_alive=keep_alive,
-            body_kind=kind,
-            content_length=length,
-        )
+        head: ResponseHead = _new_object(ResponseHead)  # as ResponseHead(...), faster
+        _RS_STATUS(head, status)
+        _RS_REASON(head, reason)
+        _RS_VERSION(head, version)
+        _RS_HEADERS(head, headers)
+        _RS_KEEP(head, keep_alive)
+        _RS_KIND(head, kind)
+        _RS_LENGTH(head, length)
         return head, inp
-
-    def _end_message(self) -> _Input:
-        return _IN_KEEP_ALIVE if self._keep_alive else _IN_CLOSE
-
-    def _end_event(self) -> Event:
-        return ResponseEnd()
 
 
 # -- encoding -------------------------------------------------------------------------
@@ -1468,6 +1517,9 @@ def _check_field(name: bytes, value: bytes) -> None:
         raise LocalProtocolError(f"invalid field value {value!r} for {name!r}")
 
 
+_NOT_NAMES: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
+
+
 def _hop_by_hop(
     headers: list[tuple[bytes, bytes]], keep: frozenset[bytes]
 ) -> tuple[frozenset[bytes], list[bytes]]:
@@ -1475,8 +1527,57 @@ def _hop_by_hop(
     that do not name a field in ``keep``."""
     options = _tokens([v for n, v in headers if n.lower() == b"connection"])
     kept = [o for o in options if o.lower() not in keep]
-    named = {o.lower() for o in kept} - {b"close", b"keep-alive", b"upgrade"}
+    named = {o.lower() for o in kept} - _NOT_NAMES
     return _HOP_BY_HOP | named, kept
+
+
+def _names_fields(connection: list[bytes], keep: frozenset[bytes]) -> bool:
+    """Whether these Connection values name a field to drop (one not in ``keep``)."""
+    for option in _tokens(connection):
+        option = option.lower()
+        if option not in keep and option not in _NOT_NAMES:
+            return True
+    return False
+
+
+class _Added:
+    """What :func:`encode_head` derives from one ``add_headers`` list, once."""
+
+    __slots__ = ("fields", "keep", "names", "skip", "tail")
+
+    def __init__(self, add_headers: tuple[tuple[bytes, bytes], ...]) -> None:
+        for name, value in add_headers:
+            _check_field(name, value)
+        self.names = frozenset(name.lower() for name, _ in add_headers)
+        if self.names & (_HOP_BY_HOP | _PROTECTED | {b"upgrade"}):
+            raise LocalProtocolError("add_headers may not name framing or hop-by-hop fields")
+        self.fields = add_headers
+        self.keep = _PROTECTED | self.names  # Connection options that cannot drop these
+        # Names the copy loop must look at, when no Connection field names others.
+        self.skip = _HOP_BY_HOP_UPGRADE | self.names
+        # The added field lines and the empty line, when the client sent none of them.
+        self.tail = b"".join(n + b": " + v + b"\r\n" for n, v in add_headers) + b"\r\n"
+
+
+# add_headers -> _Added. A proxy passes the same few lists (its address, the client's
+# address and port) again and again; the bound keeps a flood of distinct clients from
+# growing it.
+_ADDED_CACHE: dict[tuple[tuple[bytes, bytes], ...], _Added] = {}
+_ADDED_CACHE_MAX: Final = 1024
+
+
+def _added(add_headers: Sequence[tuple[bytes, bytes]]) -> _Added:
+    key = tuple(add_headers)
+    try:
+        added = _ADDED_CACHE.get(key)
+    except TypeError:  # unhashable items: nothing to reuse
+        return _Added(tuple((n, v) for n, v in add_headers))
+    if added is None:
+        added = _Added(key)
+        if len(_ADDED_CACHE) >= _ADDED_CACHE_MAX:
+            _ADDED_CACHE.clear()
+        _ADDED_CACHE[key] = added
+    return added
 
 
 def encode_head(head: RequestHead, add_headers: Sequence[tuple[bytes, bytes]] = ()) -> bytes:
@@ -1501,34 +1602,51 @@ def encode_head(head: RequestHead, add_headers: Sequence[tuple[bytes, bytes]] = 
         LocalProtocolError: A field in ``add_headers`` is not a valid field line, or
             names Host, Content-Length, Transfer-Encoding or a hop-by-hop field.
     """
-    added = {name.lower() for name, _ in add_headers}
-    for name, value in add_headers:
-        _check_field(name, value)
-    if added & (_HOP_BY_HOP | _PROTECTED | {b"upgrade"}):
-        raise LocalProtocolError("add_headers may not name framing or hop-by-hop fields")
-    drop, options = _hop_by_hop(head.headers, _PROTECTED | added)
+    added = _added(add_headers)
+    out = [head.method, b" ", head.target, b" HTTP/", head.version, b"\r\n"]
+    if head.upgrade is None:
+        # One pass for the common case: no Connection option names a field to drop,
+        # and the client sent none of the added fields. Anything else starts over.
+        skip = added.skip
+        connection: list[bytes] = []
+        replaced = False
+        for name, value in head.headers:
+            lname = name.lower()
+            if lname not in skip:
+                out += (name, b": ", value, b"\r\n")
+            elif lname == b"connection":
+                if not connection and head.version == b"1.0" and head.keep_alive:
+                    out += (name, b": keep-alive\r\n")
+                connection.append(value)
+            elif lname in added.names:
+                replaced = True
+        if not replaced and not (connection and _names_fields(connection, added.keep)):
+            out.append(added.tail)
+            return b"".join(out)
+        del out[6:]
+    drop, options = _hop_by_hop(head.headers, added.keep)
     upgrading = head.upgrade is not None
     # An upgrade keeps the fields its Connection names (e.g. HTTP2-Settings) and Upgrade.
     drop = drop - {o.lower() for o in options} if upgrading else drop | {b"upgrade"}
     if upgrading and options:
-        connection = b", ".join(options)
+        connection_value = b", ".join(options)
     elif head.version == b"1.0" and head.keep_alive:
-        connection = b"keep-alive"
+        connection_value = b"keep-alive"
     else:
-        connection = b""
+        connection_value = b""
+    names = added.names
     previous: dict[bytes, list[bytes]] = {}
-    out = [head.method, b" ", head.target, b" HTTP/", head.version, b"\r\n"]
     for name, value in head.headers:
         lname = name.lower()
-        if lname in added:
+        if lname in names:
             previous.setdefault(lname, []).append(value)
         elif lname == b"connection":
-            if connection:
-                out += (name, b": ", connection, b"\r\n")
-                connection = b""
+            if connection_value:
+                out += (name, b": ", connection_value, b"\r\n")
+                connection_value = b""
         elif lname not in drop:
             out += (name, b": ", value, b"\r\n")
-    for name, value in add_headers:
+    for name, value in added.fields:
         lname = name.lower()
         if lname in _LIST_VALUED and lname in previous:
             value = b", ".join([*previous[lname], value])
@@ -1554,24 +1672,35 @@ def encode_response_head(head: ResponseHead, close: bool = False) -> bytes:
     Returns:
         The head bytes, ending with the empty line.
     """
-    out = [b"HTTP/", head.version, b" %d " % head.status, head.reason, b"\r\n"]
-    if head.status < 200:
-        drop: frozenset[bytes] = frozenset() if head.status == 101 else _HOP_BY_HOP
-        connection = b""
-    else:
-        drop, _ = _hop_by_hop(head.headers, _PROTECTED)
-        if head.status != 426:  # 426 Upgrade Required must say which protocol
-            drop = drop | {b"upgrade"}
-        if close:
-            connection = b"close"
-        elif head.version == b"1.0":
-            connection = b"keep-alive"
-        else:
-            connection = b""
+    status = head.status
+    out = [b"HTTP/%s %d %s\r\n" % (head.version, status, head.reason)]
+    if status < 200:
+        drop = _NOTHING if status == 101 else _HOP_BY_HOP
+        for name, value in head.headers:
+            if name.lower() not in drop:
+                out += (name, b": ", value, b"\r\n")
+        out.append(b"\r\n")
+        return b"".join(out)
+    # 426 Upgrade Required must say which protocol.
+    drop = _HOP_BY_HOP if status == 426 else _HOP_BY_HOP_UPGRADE
+    connection: list[bytes] = []
     for name, value in head.headers:
-        if name.lower() not in drop:
+        lname = name.lower()
+        if lname not in drop:
             out += (name, b": ", value, b"\r\n")
-    if connection:
-        out += (b"Connection: ", connection, b"\r\n")
-    out.append(b"\r\n")
+        elif lname == b"connection":
+            connection.append(value)
+    if connection and _names_fields(connection, _PROTECTED):
+        # Connection names fields to drop too (rare): start over without them.
+        drop = drop | _hop_by_hop(head.headers, _PROTECTED)[0]
+        del out[1:]
+        for name, value in head.headers:
+            if name.lower() not in drop:
+                out += (name, b": ", value, b"\r\n")
+    if close:
+        out.append(b"Connection: close\r\n\r\n")
+    elif head.version == b"1.0":
+        out.append(b"Connection: keep-alive\r\n\r\n")
+    else:
+        out.append(b"\r\n")
     return b"".join(out)
