@@ -46,6 +46,10 @@ from vproxy.processor.base import (
 
 ElgFactory = Callable[..., EventLoopGroup]
 
+SLOW_CHECKS = HealthCheckConfig(1000, 60_000, 1, 2)
+"""The first check runs at once (servers come UP), the next one after the test: no
+health-check connection races the backends' shutdown."""
+
 DUBBO_HEADER = struct.Struct(">HBBQi")
 MAGIC = 0xDABB
 HESSIAN2 = 0x02
@@ -197,6 +201,7 @@ class FakeBackend:
         finally:
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
+            w.transport.abort()  # do not wait to flush answers nobody reads
 
     async def _write(self, answers: asyncio.Queue[bytes], w: asyncio.StreamWriter) -> None:
         while True:
@@ -264,7 +269,7 @@ class Rig:
         self.welg = elg_factory("w", 1)
         self.group = ServerGroup(
             "g",
-            health_check=health or HealthCheckConfig(300, 100, 1, 2),
+            health_check=health or SLOW_CHECKS,
             event_loop_group=self.welg,
         )
         for i, (b, w) in enumerate(zip(backends, weights or [10] * len(backends), strict=True)):
@@ -296,7 +301,17 @@ class Rig:
         return socket.create_connection(self.lb.address, timeout=timeout)
 
     def stop(self) -> None:
-        self.lb.stop(close_sessions=True)
+        stop_and_wait(self.lb)
+
+
+def stop_and_wait(lb: TcpLB) -> None:
+    """Stop ``lb`` and wait until its client and backend connections are all gone (so no
+    transport is left open when its loop stops)."""
+    lb.stop(close_sessions=True)
+    wait_until(lambda: not lb.l7_sessions)
+    mode = lb.mode
+    assert isinstance(mode, FrameMode)
+    wait_until(lambda: not mode.backend_connections())
 
 
 @pytest.fixture
@@ -519,7 +534,7 @@ def test_backend_killed_closes_its_waiting_clients_and_others_take_over(
     victim = FakeBackend(backend_loop, "dubbo", "b0", hold=True)
     others = [FakeBackend(backend_loop, "dubbo", f"b{i}") for i in (1, 2)]
     # slow health checks: the kill is found by the proxy's own connects, not by them
-    rig = rigs("dubbo", [victim, *others], health=HealthCheckConfig(300, 60_000, 1, 2))
+    rig = rigs("dubbo", [victim, *others])
     with rig.connect() as waiting:
         waiting.sendall(b"".join(dubbo_call(i, b"w") for i in range(6)))
         reader = Reader(waiting)
@@ -539,7 +554,7 @@ def test_no_backend_closes_the_client_and_counts(
     rigs: Callable[..., Rig], backend_loop: LoopThread
 ) -> None:
     backend = FakeBackend(backend_loop, "framed-int32", "b0")
-    rig = rigs("framed-int32", [backend], health=HealthCheckConfig(300, 60_000, 1, 2))
+    rig = rigs("framed-int32", [backend])
     backend.stop()
     before = rig.lb.proxy.failed_no_backend
     with rig.connect() as c:
@@ -599,7 +614,9 @@ def test_client_that_never_reads_is_closed_at_the_outbound_bound(
     with rig.connect() as c:
         c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
         c.sendall(b"".join(framed(b"%d" % i) for i in range(64)))  # 64 MiB of answers
-        wait_until(lambda: not rig.lb.l7_sessions, timeout=20)
+        # the session ended (counted at its end), not merely not started yet
+        wait_until(lambda: rig.lb.closed_bytes_from_client > 0, timeout=20)
+        assert not rig.lb.l7_sessions
     bound = rig.lb.out_buffer_size + rig.mode.processor.limits.max_frame_size
     assert (rss_kib(os.getpid()) - rss_before) * 1024 < bound + 24 * 2**20
 
@@ -710,7 +727,7 @@ def test_add_tcp_lb_protocol_dubbo_through_the_executor(backend_loop: LoopThread
     try:
         ex = Executor(app)
         lines = [
-            "add server-group rpc timeout 500 period 200 up 1 down 2",
+            "add server-group rpc timeout 1000 period 60000 up 1 down 2",
             *(
                 f"add server s{i} to server-group rpc address 127.0.0.1:{b.address[1]} weight 10"
                 for i, b in enumerate(backends)
@@ -737,5 +754,54 @@ def test_add_tcp_lb_protocol_dubbo_through_the_executor(backend_loop: LoopThread
         assert set(tag_counts(list(got.values()))) == {b"b0", b"b1"}
         config = ex.execute_line("System: list config", Origin.STDIO)
         assert "protocol dubbo" in str(config)
+        stop_and_wait(lb)
     finally:
         app.close()
+
+
+def test_client_half_close_still_gets_its_answers(
+    rigs: Callable[..., Rig], backend_loop: LoopThread
+) -> None:
+    backends = [FakeBackend(backend_loop, "framed-int32", f"b{i}") for i in range(2)]
+    rig = rigs("framed-int32", backends)
+    with rig.connect() as c:
+        c.sendall(b"".join(framed(b"%d" % i) for i in range(50)))
+        c.shutdown(socket.SHUT_WR)
+        reader = Reader(c)
+        assert [reader.framed().split(b":", 1)[1] for _ in range(50)] == [
+            b"%d" % i for i in range(50)
+        ]
+        assert closed_by_peer(c)  # then the proxy closes
+
+
+def test_dubbo_service_name_is_the_upstream_hint(
+    loop_kind: str, backend_loop: LoopThread, elg_factory: ElgFactory
+) -> None:
+    echo = FakeBackend(backend_loop, "dubbo", "echo")
+    other = FakeBackend(backend_loop, "dubbo", "other")
+    welg = elg_factory("w", 1)
+    upstream = Upstream("u")
+    groups = []
+    for name, b in (("com.example.Echo", echo), ("others", other)):
+        g = ServerGroup(name, health_check=SLOW_CHECKS, event_loop_group=welg)
+        g.add("s", b.address)
+        upstream.add(g)
+        groups.append(g)
+    lb = TcpLB(
+        "hint",
+        ("127.0.0.1", 0),
+        upstream,
+        acceptor_elg=elg_factory("a", 1),
+        worker_elg=welg,
+        protocol="dubbo",
+    ).start()
+    try:
+        wait_until(lambda: all(g.healthy_servers for g in groups))
+        with socket.create_connection(lb.address, timeout=10) as c:
+            c.sendall(b"".join(dubbo_call(i, b"h") for i in range(40)))
+            reader = Reader(c)
+            tags = {reader.dubbo()[3].split(b":", 1)[0] for _ in range(40)}
+        assert tags == {b"echo"}  # the interface name picked its group every time
+        assert other.requests == 0
+    finally:
+        stop_and_wait(lb)

@@ -211,6 +211,7 @@ class _Client(asyncio.Protocol):
         "session",
         "source",
         "transport",
+        "used",
         "writing_paused",
     )
 
@@ -222,6 +223,7 @@ class _Client(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.source: str | None = str(session.client[0]) if session.client else None
         self.current: _Backend | None = None  # where the latest frame went
+        self.used: set[_Backend] = set()  # every backend connection given a frame
         self.blocked_on: _Backend | None = None  # over its high-water mark: wait for it
         self.parked: deque[Frame] = deque()
         self.inflight = 0  # frames on backends that expect a response
@@ -304,6 +306,10 @@ class _Client(asyncio.Protocol):
             self.idle.cancel()
         self.parked.clear()
         self.current = self.blocked_on = None
+        used, self.used = self.used, set()
+        for be in used:
+            if be.draining:
+                be.close_if_unwanted()
         self.session.finish()
 
     # -- frames out -----------------------------------------------------------------------
@@ -483,6 +489,7 @@ class _Backend(asyncio.Protocol):
     """One backend connection, shared by the clients of one event loop."""
 
     __slots__ = (
+        "_loop",
         "blocked",
         "bytes_in",
         "bytes_out",
@@ -500,6 +507,7 @@ class _Backend(asyncio.Protocol):
 
     def __init__(self, pool: _Pool, lb: TcpLB, server: Server, ctx: BackendContext) -> None:
         self.pool = pool
+        self._loop = pool.el.loop  # the control plane aborts server sessions on it
         self.lb = lb
         self.server = server
         self.ctx = ctx
@@ -547,6 +555,7 @@ class _Backend(asyncio.Protocol):
             client.close()
             return
         client.session.back.bytes_out += len(frame.data)
+        client.used.add(self)
         touched[self] = None
 
     def flush(self) -> None:
@@ -611,8 +620,18 @@ class _Backend(asyncio.Protocol):
         _log.info("%s: %s drains: %s", self.lb.name, self.server, reason)
         self.draining = True
         self.pool.forget(self)
-        if now and self.transport is not None and self.ctx.outstanding == 0:
-            self.close()
+        if now:
+            self.close_if_unwanted()
+
+    def close_if_unwanted(self) -> None:
+        """Close a draining connection whose answers no open client waits for."""
+        if self.closed or self.transport is None:
+            return
+        for request in self.ctx.pending():
+            client = request.origin
+            if isinstance(client, _Client) and not client.closed:
+                return
+        self.close()
 
     def eof_received(self) -> bool:
         return False  # a backend that stops sending is gone: close, fail its waiters
