@@ -664,3 +664,45 @@ def test_slowhttptest_attack_is_cut_at_the_deadline_while_others_are_served(
         wait_until(lambda: len(r.lb.sessions) == 0, 5)
     finally:
         r.close()
+
+
+def test_refused_connect_fails_over_to_the_next_server_and_is_counted(
+    backends: list[HttpBackend],
+) -> None:
+    # A server that refuses while its health check has not noticed yet (long period).
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_addr = dead.getsockname()
+    dead.listen()
+    slow_hc = HealthCheckConfig(timeout=500, period=60_000, up=1, down=2)
+    welg = EventLoopGroup("w", loops=1)
+    aelg = EventLoopGroup("a", loops=1)
+    group = ServerGroup("g", health_check=slow_hc, event_loop_group=welg)
+    group.add("dead", dead_addr, weight=10)
+    group.add("live", backends[0].address, weight=10)
+    ups = Upstream("u")
+    ups.add(group, 10)
+    lb = TcpLB(
+        "lb", ("127.0.0.1", 0), ups, acceptor_elg=aelg, worker_elg=welg, protocol="http/1.x"
+    ).start()
+    try:
+        wait_until(lambda: len(group.healthy_servers) == 2)
+        dead.close()  # now refuses; still UP for a minute
+        conn = http.client.HTTPConnection("127.0.0.1", lb.address[1], timeout=5)
+        t0 = time.monotonic()
+        for _ in range(10):
+            conn.request("GET", "/")
+            resp = conn.getresponse()
+            assert resp.status == 200
+            assert resp.read() == b"b0"
+        assert time.monotonic() - t0 < 3
+        conn.close()
+        dead_server = next(s for s in group.servers if s.name == "dead")
+        assert dead_server.connect_failures >= 4  # every other request tried it first
+        assert dead_server.healthy  # a passive failure, not a health verdict
+    finally:
+        lb.stop(close_sessions=True)
+        wait_until(lambda: lb.mode.idle == 0, 5)  # type: ignore[union-attr]
+        group.close()
+        aelg.close()
+        welg.close()
