@@ -19,7 +19,13 @@ from typing import Any, cast
 
 from vproxy.net.event_loop import EventLoop, EventLoopError, EventLoopGroup
 
-__all__ = ["ServerSock", "bind_listener", "format_address", "parse_address"]
+__all__ = [
+    "ServerSock",
+    "bind_listener",
+    "format_address",
+    "parse_address",
+    "set_reuse_port_default",
+]
 
 _log = logging.getLogger("vproxy.net")
 
@@ -56,12 +62,38 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def bind_listener(host: str, port: int, backlog: int = DEFAULT_BACKLOG) -> socket.socket:
-    """Bind and listen on ``host:port`` (port 0 picks a free one); non-blocking."""
+_reuse_port_default = False
+
+
+def set_reuse_port_default(enabled: bool) -> None:
+    """Make every later :func:`bind_listener` (by default) share its port.
+
+    Set once at start-up by ``workers N``, before anything binds: the processes of
+    one vproxy then bind the same address and the kernel spreads the connections.
+    """
+    global _reuse_port_default
+    _reuse_port_default = enabled
+
+
+def bind_listener(
+    host: str, port: int, backlog: int = DEFAULT_BACKLOG, *, reuse_port: bool | None = None
+) -> socket.socket:
+    """Bind and listen on ``host:port`` (port 0 picks a free one); non-blocking.
+
+    Args:
+        host: The address to bind.
+        port: The port, 0 for a free one.
+        backlog: The accept queue length.
+        reuse_port: Set ``SO_REUSEPORT`` (several sockets, in several processes of
+            the same user, accept on one port); None: the process-wide default of
+            :func:`set_reuse_port_default`.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if _reuse_port_default if reuse_port is None else reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((host, port))
