@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from vproxy.app.accept_gate import DEFAULT_MAX_CONNECTIONS
 from vproxy.app.l7 import UnknownProtocol, check_protocol
@@ -83,7 +83,7 @@ from vproxy.net.connection import Connection, Session
 from vproxy.net.event_loop import EventLoop, EventLoopError, EventLoopGroup
 from vproxy.net.server_sock import format_address
 
-__all__ = ["Executor", "Origin", "UnsupportedError"]
+__all__ = ["LOCAL_ONLY", "Executor", "Origin", "Peers", "UnsupportedError"]
 
 _log = logging.getLogger("vproxy.control")
 
@@ -110,6 +110,41 @@ L7_LIMIT_PARAMS: dict[str, str] = {
     "max-pipelined": "max_pipelined",
 }
 """tcp-lb parameters that set a field of its :class:`L7Limits`."""
+
+
+LOCAL_ONLY = frozenset(
+    {
+        ResourceType.CONNECTION,
+        ResourceType.SESSION,
+        ResourceType.DNS_CACHE,
+        ResourceType.BYTES_IN,
+        ResourceType.BYTES_OUT,
+        ResourceType.ACCEPTED_CONN_COUNT,
+    }
+)
+"""Resource types whose commands are about this process's live objects, never replicated."""
+
+
+class Peers(Protocol):
+    """Other processes that hold a replica of the state (``workers N``)."""
+
+    def check(self, cmd: Command) -> None:
+        """Refuse (raise :class:`CommandError`) what the peers could not apply."""
+
+    def replicate(self, cmd: Command) -> None:
+        """Apply ``cmd``, which has just succeeded here, in every peer (in order)."""
+
+    def listener_counters(self, listeners: Sequence[TcpLB | Socks5Server]) -> tuple[int, int, int]:
+        """(accepted, bytes from clients, bytes from servers) of these listeners in the peers."""
+        ...
+
+    def server_counters(self, server: Server) -> tuple[int, int]:
+        """(bytes from the server, bytes toward it) in the peers."""
+        ...
+
+    def collector(self, app: Application) -> AppCollector:
+        """The metrics collector that adds the peers' counters to ``app``'s."""
+        ...
 
 
 class UnsupportedError(CommandError):
@@ -160,6 +195,13 @@ class Executor:
         self.allow_system_in_non_stdio = allow_system_in_non_stdio
         self.controller_factory = controller_factory or default_controller_factory
         self._collector = AppCollector(app)
+        self.peers: Peers | None = None
+
+    def set_peers(self, peers: Peers) -> None:
+        """Replicate every successful change to ``peers``; add their counters to ours."""
+        with self.app.lock:
+            self.peers = peers
+            self._collector = peers.collector(self.app)
 
     # -- entry points -----------------------------------------------------------------
     def execute_line(self, line: str, origin: Origin) -> Reply:
@@ -261,7 +303,12 @@ class Executor:
         handler = _HANDLERS.get((t, a))
         if handler is None:
             raise UnsupportedError(f"{a.value} {t.value} is not supported")
-        return handler(self, cmd)
+        if self.peers is None or t in LOCAL_ONLY:
+            return handler(self, cmd)
+        self.peers.check(cmd)
+        reply = handler(self, cmd)
+        self.peers.replicate(cmd)  # under the lock: peers see changes in our order
+        return reply
 
     # -- lookups ----------------------------------------------------------------------
     def _elg(self, name: str) -> EventLoopGroup:
@@ -817,14 +864,18 @@ class Executor:
             ]
             if not lbs:
                 raise NotFoundError(f"server-sock {head.name} not found")
+            acc, b_in, b_out = self.peers.listener_counters(lbs) if self.peers else (0, 0, 0)
             if cmd.type is ResourceType.ACCEPTED_CONN_COUNT:
-                return Integer(sum(lb.accepted for lb in lbs))
+                return Integer(acc + sum(lb.accepted for lb in lbs))
             if incoming:
-                return Integer(sum(lb.bytes_from_clients for lb in lbs))
-            return Integer(sum(lb.bytes_from_servers for lb in lbs))
+                return Integer(b_in + sum(lb.bytes_from_clients for lb in lbs))
+            return Integer(b_out + sum(lb.bytes_from_servers for lb in lbs))
         if head.type is ResourceType.SERVER:
             srv = self._svr(head.name, cmd.parents[1].name)
             from_server, to_server = server_bytes(srv)
+            if self.peers is not None:
+                more_from, more_to = self.peers.server_counters(srv)
+                from_server, to_server = from_server + more_from, to_server + more_to
             return Integer(from_server if incoming else to_server)
         if head.type is ResourceType.CONNECTION:
             sub = _strip_first(cmd)
