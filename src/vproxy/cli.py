@@ -1,10 +1,11 @@
 """Command-line entry point: ``vproxy`` and ``python -m vproxy`` (SPEC §3.4).
 
 Owns: reading the start-up words (``hello``, ``simple bind PORT backend H:P,...``),
-starting what they name (and the access log, ``accessLog PATH|stdout``), saying in one
-line what runs where, and waiting for a signal to stop. A start-up error is one line
-on stderr and a non-zero exit (2: wrong words, 1: could not start). The words follow
-the original's style (``key value`` pairs, no dashes).
+starting what they name (and the access log, ``accessLog PATH|stdout``; ``workers N``
+forks the worker processes of :mod:`vproxy.control.workers` before any thread
+starts), saying in one line what runs where, and waiting for a signal to stop. A
+start-up error is one line on stderr and a non-zero exit (2: wrong words, 1: could not
+start). The words follow the original's style (``key value`` pairs, no dashes).
 
 Must not: hold global state at import time or reach into components' internals.
 """
@@ -33,6 +34,7 @@ from vproxy.control.application import Application
 from vproxy.control.command import CommandError
 from vproxy.control.executor import Executor, Origin
 from vproxy.control.metrics import listener_kind
+from vproxy.control.workers import MAX_WORKERS, Workers
 from vproxy.net.event_loop import EventLoopGroup, loop_kind
 from vproxy.net.server_sock import format_address, parse_address
 
@@ -58,6 +60,7 @@ class SimpleArgs:
     out_buffer_size: int = DEFAULT_BUFFER_SIZE
     timeout: int = DEFAULT_TIMEOUT_MS
     access_log: str | None = None
+    workers: int = 1
 
 
 _ACCESS_LOG_WORDS = ("accessLog", "accesslog")
@@ -140,10 +143,13 @@ def parse_simple(words: list[str]) -> SimpleArgs:
         elif w in _ACCESS_LOG_WORDS:
             args.access_log = _access_log_word(words, i)
             i += 2
+        elif w == "workers":
+            args.workers = _int_word(words, i, w, 1, MAX_WORKERS)
+            i += 2
         else:
             raise UsageError(
                 f"unexpected word {w!r}: expected bind, backend, address, protocol, "
-                "in-buffer-size, out-buffer-size, timeout, accesslog or gen"
+                "in-buffer-size, out-buffer-size, timeout, accesslog, workers or gen"
             )
     if not have_bind:
         raise UsageError("simple needs bind PORT")
@@ -173,8 +179,12 @@ def simple_config(args: SimpleArgs) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_simple(args: SimpleArgs) -> tuple[Application, Executor]:
+def build_simple(args: SimpleArgs, workers: Workers | None = None) -> tuple[Application, Executor]:
     """An application running what ``simple`` describes (closed again on error).
+
+    Args:
+        args: The start-up words.
+        workers: Worker processes to replicate the configuration to (``workers N``).
 
     Raises:
         CommandError: The configuration could not be applied (e.g. port in use).
@@ -184,6 +194,8 @@ def build_simple(args: SimpleArgs) -> tuple[Application, Executor]:
     app = Application.create_default()
     app.set_access_log(log)
     executor = Executor(app)
+    if workers is not None:
+        workers.attach(executor)
     try:
         executor.load_lines(enumerate(simple_config(args).splitlines(), 1), "simple")
     except BaseException:
@@ -216,13 +228,43 @@ def _wait_for_signal(on_hup: Callable[[], None] | None = None) -> int:
     return 0
 
 
+def _fork_workers(count: int, access_log: str | None) -> Workers | None:
+    """Fork the worker processes of ``workers N`` (None for one process).
+
+    Runs before anything starts a thread: the access log, event loops and
+    controllers all come later.
+    """
+    if count <= 1:
+        return None
+    return Workers.fork(count, access_log)
+
+
+def _say_workers(workers: Workers | None) -> None:
+    if workers is not None:
+        pids = ", ".join(str(p) for p in workers.pids)
+        print(
+            f"vproxy: {len(workers.pids) + 1} processes share the listeners"
+            f" (master pid {os.getpid()}, workers {pids})",
+            flush=True,
+        )
+
+
 def run_simple(args: SimpleArgs) -> int:
     """Start the one-line load balancer and serve until a signal."""
     if args.gen:
         sys.stdout.write(simple_config(args))
         return 0
+    workers = _fork_workers(args.workers, args.access_log)
     try:
-        app, _ = build_simple(args)
+        return _run_simple(args, workers)
+    finally:
+        if workers is not None:
+            workers.stop()
+
+
+def _run_simple(args: SimpleArgs, workers: Workers | None) -> int:
+    try:
+        app, _ = build_simple(args, workers)
     except CommandError as exc:
         # The user typed no config lines: say what failed, not which generated line.
         cause = exc.__cause__
@@ -236,10 +278,20 @@ def run_simple(args: SimpleArgs) -> int:
         + f" ({loop_kind()})",
         flush=True,
     )
+    _say_workers(workers)
     log = app.access_log
     if log is not None:
         _say_access_log(log)
-    rc = _wait_for_signal(log.reopen if log is not None else None)
+
+    def on_hup() -> None:
+        if log is not None:
+            log.reopen()
+        if workers is not None:
+            workers.send_signal(signal.SIGHUP)
+
+    rc = _wait_for_signal(on_hup)
+    if workers is not None:
+        workers.stop()
     app.close()
     return rc
 
@@ -261,6 +313,7 @@ class MainArgs:
     no_stdio: bool = False
     allow_system: bool = False
     access_log: str | None = None
+    workers: int = 1
 
 
 _FLAG_WORDS = {
@@ -307,22 +360,36 @@ def parse_main(words: list[str]) -> MainArgs:
         elif w in _FLAG_WORDS:
             setattr(args, _FLAG_WORDS[w], True)
             i += 1
+        elif w == "workers":
+            args.workers = _int_word(words, i, w, 1, MAX_WORKERS)
+            i += 2
         else:
             raise UsageError(
                 f"unexpected word {w!r}: expected load, resp-controller, http-controller, "
-                "accessLog, " + ", ".join(_FLAG_WORDS) + ", simple or hello"
+                "accessLog, workers, " + ", ".join(_FLAG_WORDS) + ", simple or hello"
             )
     return args
 
 
 def run_main(args: MainArgs) -> int:
     """Run a full vproxy process until shutdown or a signal."""
+    workers = _fork_workers(args.workers, args.access_log)
+    try:
+        return _run_main(args, workers)
+    finally:
+        if workers is not None:
+            workers.stop()
+
+
+def _run_main(args: MainArgs, workers: Workers | None) -> int:
     from vproxy.control.persist import ConfigFileError, default_last_path, read_config
 
     log = _open_access_log(args.access_log)
     app = Application.create_default()
     app.set_access_log(log)  # before anything is loaded: every listener logs
     executor = Executor(app, allow_system_in_non_stdio=args.allow_system)
+    if workers is not None:
+        workers.attach(executor)
     last = default_last_path()
     # Handlers first: a SIGHUP during start-up must not kill the process.
     hup = threading.Event()
@@ -377,6 +444,7 @@ def run_main(args: MainArgs) -> int:
             if kind == "http":
                 extra = f"; dashboard http://{where}/ui/, metrics http://{where}/metrics"
             print(f"vproxy: {kind}-controller listening on {where}{extra}", flush=True)
+    _say_workers(workers)
     if log is not None:
         _say_access_log(log)
     stdio = None
@@ -396,11 +464,15 @@ def run_main(args: MainArgs) -> int:
             hup.clear()
             if log is not None:
                 log.reopen()
+            if workers is not None:
+                workers.send_signal(signal.SIGHUP)
             save("SIGHUP")
         if time.monotonic() >= next_save:
             save("hourly")
             next_save = time.monotonic() + AUTOSAVE_SECONDS
     save("shutdown")
+    if workers is not None:
+        workers.stop()
     app.close()
     if stdio is not None:
         stdio.stop()
@@ -501,11 +573,11 @@ def _build_parser() -> argparse.ArgumentParser:
             "commands:\n"
             "  [load FILE]... [resp-controller ADDR PASSWORD] [http-controller ADDR]\n"
             "         [accessLog PATH|stdout] [noLoadLast] [noSave] [noStdIOController]\n"
-            "         [allowSystemCommandInNonStdIOController]   run vproxy\n"
+            "         [allowSystemCommandInNonStdIOController] [workers N]   run vproxy\n"
             "  hello [once]                      demo: backends + tcp-lb + client\n"
             "  simple bind PORT backend H:P[,H:P...] [address IP] [protocol P]\n"
             "         [in-buffer-size N] [out-buffer-size N] [timeout MS]\n"
-            "         [accesslog PATH|stdout] [gen]\n"
+            "         [accesslog PATH|stdout] [workers N] [gen]\n"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -1,0 +1,657 @@
+"""Worker processes that share the listeners: ``workers N`` (docs/multi-process.md).
+
+Owns: forking the workers before the master starts any thread, one channel per
+worker (a Unix socket pair, newline-delimited JSON, one request and one answer at a
+time), replicating every change the master's executor makes (as its canonical command
+text, in order, waiting for every worker), replaying the configuration into a worker
+that (re)starts, summing the workers' counters for ``list`` and ``/metrics``,
+restarting a worker that dies and stopping them all.
+
+The master is one of the N data-plane processes: it keeps the control plane
+(controllers, executor, persistence) and serves traffic like the N-1 workers, each of
+which runs an :class:`~vproxy.control.application.Application` replica with no
+controllers and no persistence. Every listener is bound with ``SO_REUSEPORT``.
+
+Must not: change state itself (the executors do), or fork once a thread runs (a
+restarted worker is a fresh interpreter started with ``posix_spawn``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vproxy.control.command import Action, Command, ConflictError, ResourceType, format_command
+from vproxy.control.command.values import Address
+from vproxy.control.metrics import AppCollector, listener_kind, server_bytes
+from vproxy.net.server_sock import format_address, set_reuse_port_default
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+    from vproxy.app.socks5_server import Socks5Server
+    from vproxy.app.tcp_lb import TcpLB
+    from vproxy.component.server_group import Server
+    from vproxy.control.application import Application
+    from vproxy.control.executor import Executor
+
+__all__ = ["MAX_WORKERS", "Workers", "canonical_line", "spawned_worker_main"]
+
+_log = logging.getLogger("vproxy.control")
+
+MAX_WORKERS = 64
+APPLY_TIMEOUT = 10.0
+"""Seconds a worker has to apply one command before it is restarted."""
+STATS_TIMEOUT = 2.0
+HELLO_TIMEOUT = 30.0
+"""Seconds a (re)started worker has to import and build its application."""
+RESTART_INTERVAL = 1.0
+"""At most one start per worker slot per second (a worker that dies at once)."""
+STOP_TIMEOUT = 5.0
+
+# Snapshot columns. Listeners: accepted, bytes in, bytes out, active, denied, refused.
+# Servers: bytes from the server, bytes toward it, active, connect failures.
+_L_COUNTERS = (0, 1, 2, 4, 5)
+_S_COUNTERS = (0, 1, 3)
+_LISTENER_FAMILIES = {
+    "vproxy_listener_accepted_connections": 0,
+    "vproxy_listener_bytes_in": 1,
+    "vproxy_listener_bytes_out": 2,
+    "vproxy_listener_active_sessions": 3,
+    "vproxy_listener_denied_connections": 4,
+    "vproxy_listener_refused_connections": 5,
+}
+_SERVER_FAMILIES = {
+    "vproxy_server_bytes_in": 0,
+    "vproxy_server_bytes_out": 1,
+    "vproxy_server_active_sessions": 2,
+    "vproxy_server_connect_failures": 3,
+}
+
+
+class WorkerError(Exception):
+    """A worker did not answer (closed, timed out, garbled)."""
+
+
+@dataclass(slots=True)
+class _Stats:
+    """Counters of one process: by (kind, listener) and by (group, server)."""
+
+    listeners: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    servers: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Any) -> _Stats:
+        out = cls()
+        for row in data["listeners"]:
+            out.listeners[(str(row[0]), str(row[1]))] = [int(v) for v in row[2:]]
+        for row in data["servers"]:
+            out.servers[(str(row[0]), str(row[1]))] = [int(v) for v in row[2:]]
+        return out
+
+    def add(self, other: _Stats, counters_only: bool = False) -> None:
+        for mine, theirs, counters in (
+            (self.listeners, other.listeners, _L_COUNTERS),
+            (self.servers, other.servers, _S_COUNTERS),
+        ):
+            for key, values in theirs.items():
+                row = mine.setdefault(key, [0] * len(values))
+                for i, v in enumerate(values):
+                    if not counters_only or i in counters:
+                        row[i] += v
+
+
+def _snapshot(app: Application) -> dict[str, Any]:
+    """This process's counters, as the master asks for them."""
+    with app.lock:
+        listeners = [
+            [
+                listener_kind(lb),
+                lb.name,
+                lb.accepted,
+                lb.bytes_from_clients,
+                lb.bytes_from_servers,
+                len(lb.sessions),
+                lb.denied,
+                lb.refused,
+            ]
+            for lb in app.listeners()
+        ]
+        servers = []
+        for g in app.server_groups.values():
+            for s in g.servers:
+                from_server, to_server = server_bytes(s)
+                row = [g.name, s.name, from_server, to_server, s.active, s.connect_failures]
+                servers.append(row)
+    return {"listeners": listeners, "servers": servers}
+
+
+def canonical_line(cmd: Command, app: Application) -> str:
+    """The text a worker applies for ``cmd``, which just succeeded in ``app``.
+
+    A listener added on port 0 is sent with the port it got here, so that every
+    process binds the same one.
+    """
+    if (
+        cmd.action is Action.ADD
+        and cmd.type in (ResourceType.TCP_LB, ResourceType.SOCKS5_SERVER)
+        and isinstance(cmd.name, str)
+    ):
+        table: dict[str, Any] = (
+            app.tcp_lbs if cmd.type is ResourceType.TCP_LB else app.socks5_servers
+        )
+        lb = table.get(cmd.name)
+        if lb is not None:
+            host, port = lb.address
+            cmd = replace(cmd, params={**cmd.params, "address": Address(host, port)})
+    return format_command(cmd)
+
+
+@dataclass(eq=False)
+class _Worker:
+    """The master's view of one worker slot."""
+
+    index: int
+    pid: int | None = None
+    sock: socket.socket | None = None
+    ready: bool = False  # replica up to date: receives every change
+    buf: bytearray = field(default_factory=bytearray)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    started: float = 0.0
+    last_stats: _Stats | None = None
+
+
+class Workers:
+    """The master's side of ``workers N``: N-1 worker processes and their channels."""
+
+    def __init__(self, workers: list[_Worker], access_log: str | None) -> None:
+        self._workers = workers
+        self._access_log = access_log
+        self._executor: Executor | None = None
+        self._stopping = threading.Event()
+        self._spawn_lock = threading.Lock()
+        self._retired = _Stats()  # counters of workers that died (last snapshot)
+        self._retired_lock = threading.Lock()
+        self._supervisor: threading.Thread | None = None
+
+    # -- start ------------------------------------------------------------------------
+    @classmethod
+    def fork(cls, count: int, access_log: str | None) -> Workers:
+        """Fork ``count - 1`` workers; returns in the master only.
+
+        Must run before any thread starts (a forked child gets only the forking
+        thread, and locks other threads held stay locked in it).
+
+        Raises:
+            RuntimeError: A thread is already running.
+        """
+        if threading.active_count() > 1:
+            raise RuntimeError("workers must be forked before any thread starts")
+        set_reuse_port_default(True)
+        master_pid = os.getpid()
+        pairs = [socket.socketpair() for _ in range(count - 1)]
+        workers: list[_Worker] = []
+        for index, (mine, theirs) in enumerate(pairs, 1):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:  # the worker
+                code = 1
+                try:
+                    for m, t in pairs:
+                        m.close()
+                        if t is not theirs:
+                            t.close()
+                    code = serve_worker(theirs, index, master_pid, access_log)
+                except BaseException:
+                    traceback.print_exc()
+                finally:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(code)
+            workers.append(_Worker(index, pid, mine, started=time.monotonic()))
+        for _, theirs in pairs:
+            theirs.close()
+        return cls(workers, access_log)
+
+    def attach(self, executor: Executor) -> None:
+        """Wait for the forked workers, then replicate ``executor``'s changes to them.
+
+        Call before the executor applies anything (its state and the workers' are
+        both the default one), then the supervisor starts.
+        """
+        self._executor = executor
+        for w in self._workers:
+            try:
+                hello = self._read(w, time.monotonic() + HELLO_TIMEOUT)
+                _log.info("worker %d started (pid %s)", w.index, hello.get("hello"))
+                w.ready = True
+            except WorkerError as exc:
+                self._fail(w, f"did not start: {exc}")
+        executor.set_peers(self)
+        self._supervisor = threading.Thread(
+            target=self._supervise, name="vproxy-workers", daemon=True
+        )
+        self._supervisor.start()
+
+    @property
+    def pids(self) -> list[int]:
+        """The pids of the workers running now (not the master's)."""
+        return [w.pid for w in self._workers if w.pid is not None]
+
+    # -- channel ----------------------------------------------------------------------
+    def _read(self, w: _Worker, deadline: float) -> dict[str, Any]:
+        sock = w.sock
+        if sock is None:
+            raise WorkerError("no channel")
+        try:
+            while (end := w.buf.find(b"\n")) < 0:
+                sock.settimeout(max(deadline - time.monotonic(), 0.001))
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise WorkerError("channel closed")
+                w.buf += chunk
+            line = bytes(w.buf[:end])
+            del w.buf[: end + 1]
+            msg = json.loads(line)
+        except TimeoutError:
+            raise WorkerError("no answer in time") from None
+        except (OSError, ValueError) as exc:
+            raise WorkerError(f"{type(exc).__name__}: {exc}") from exc
+        if not isinstance(msg, dict):
+            raise WorkerError(f"unexpected answer {msg!r}")
+        return msg
+
+    def _request(self, w: _Worker, msg: dict[str, Any], timeout: float) -> dict[str, Any]:
+        with w.lock:
+            if w.sock is None:
+                raise WorkerError("no channel")
+            try:
+                w.sock.settimeout(timeout)
+                w.sock.sendall(json.dumps(msg).encode() + b"\n")
+            except OSError as exc:
+                raise WorkerError(f"{type(exc).__name__}: {exc}") from exc
+            return self._read(w, time.monotonic() + timeout)
+
+    def _apply(self, w: _Worker, line: str) -> str | None:
+        """Apply one line in ``w``: None, or why it failed (``w`` is then restarted)."""
+        try:
+            answer = self._request(w, {"apply": line}, APPLY_TIMEOUT)
+        except WorkerError as exc:
+            why = str(exc)
+        else:
+            if "error" not in answer:
+                return None
+            why = f"refused it: {answer['error']}"
+        self._fail(w, f"did not apply {line!r}: {why}")
+        return why
+
+    def _fail(self, w: _Worker, why: str) -> None:
+        """Take ``w`` out of service and kill it: the supervisor starts it again."""
+        w.ready = False
+        _log.error(
+            "worker %d (pid %s) %s; restarting it with the current configuration",
+            w.index,
+            w.pid,
+            why,
+        )
+        if w.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(w.pid, signal.SIGKILL)
+
+    # -- the Peers protocol of the executor -----------------------------------------------
+    def check(self, cmd: Command) -> None:
+        """Refuse a second listener on an address a listener here already has.
+
+        With ``SO_REUSEPORT`` the kernel would let both bind and split the
+        connections between them, where one process alone gets "address in use".
+        """
+        assert self._executor is not None
+        addr = cmd.params.get("address")
+        if (
+            cmd.action is not Action.ADD
+            or cmd.type not in (ResourceType.TCP_LB, ResourceType.SOCKS5_SERVER)
+            or not isinstance(addr, Address)
+            or addr.port == 0
+        ):
+            return
+        for lb in self._executor.app.listeners():
+            host, port = lb.address
+            if port == addr.port and _overlap(host, addr.host):
+                raise ConflictError(
+                    f"cannot listen on {format_address(addr.host, addr.port)}: "
+                    f"{listener_kind(lb)} {lb.name} listens on {format_address(host, port)}"
+                )
+
+    def replicate(self, cmd: Command) -> None:
+        """Apply ``cmd`` (just applied by the master, under its lock) in every worker."""
+        assert self._executor is not None
+        line = canonical_line(cmd, self._executor.app)
+        for w in self._workers:
+            if w.ready:
+                self._apply(w, line)
+
+    def _stats(self) -> _Stats:
+        """The workers' counters, summed (plus those of workers that died)."""
+        total = _Stats()
+        with self._retired_lock:
+            total.add(self._retired)
+        for w in self._workers:
+            if not w.ready:
+                continue
+            try:
+                stats = _Stats.from_json(self._request(w, {"stats": True}, STATS_TIMEOUT)["stats"])
+            except (WorkerError, KeyError, TypeError, ValueError, IndexError) as exc:
+                self._fail(w, f"gave no statistics: {exc}")
+                continue
+            w.last_stats = stats
+            total.add(stats)
+        return total
+
+    def listener_counters(self, listeners: Sequence[TcpLB | Socks5Server]) -> tuple[int, int, int]:
+        """(accepted, bytes from clients, bytes from servers) in the workers."""
+        stats = self._stats()
+        acc = b_in = b_out = 0
+        for lb in listeners:
+            row = stats.listeners.get((listener_kind(lb), lb.name))
+            if row is not None:
+                acc, b_in, b_out = acc + row[0], b_in + row[1], b_out + row[2]
+        return acc, b_in, b_out
+
+    def server_counters(self, server: Server) -> tuple[int, int]:
+        """(bytes from ``server``, bytes toward it) in the workers."""
+        group = server.group.name if server.group is not None else ""
+        row = self._stats().servers.get((group, server.name))
+        return (row[0], row[1]) if row is not None else (0, 0)
+
+    def collector(self, app: Application) -> AppCollector:
+        """A metrics collector over ``app`` that adds the workers' counters."""
+        return _SumCollector(app, self)
+
+    # -- supervision ------------------------------------------------------------------
+    def _supervise(self) -> None:
+        while not self._stopping.wait(0.2):
+            for w in self._workers:
+                if self._stopping.is_set():
+                    return
+                try:
+                    self._check(w)
+                except Exception:
+                    _log.exception("supervising worker %d", w.index)
+
+    def _check(self, w: _Worker) -> None:
+        if w.pid is not None:
+            try:
+                pid, status = os.waitpid(w.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = w.pid, 0
+            if pid == 0:
+                return
+            _log.warning("worker %d (pid %d) %s; restarting it", w.index, w.pid, _exit_text(status))
+            self._retire(w)
+        if time.monotonic() >= w.started + RESTART_INTERVAL:
+            self._restart(w)
+
+    def _retire(self, w: _Worker) -> None:
+        with w.lock:
+            w.ready = False
+            w.pid = None
+            if w.sock is not None:
+                w.sock.close()
+            w.sock = None
+            w.buf.clear()
+            if w.last_stats is not None:
+                with self._retired_lock:
+                    self._retired.add(w.last_stats, counters_only=True)
+            w.last_stats = None
+
+    def _restart(self, w: _Worker) -> None:
+        """Spawn a fresh worker in slot ``w`` and replay the configuration into it."""
+        executor = self._executor
+        assert executor is not None
+        mine, theirs = socket.socketpair()
+        with self._spawn_lock:
+            if self._stopping.is_set():
+                mine.close()
+                theirs.close()
+                return
+            w.started = time.monotonic()
+            try:
+                w.pid = _spawn(theirs, w.index, self._access_log)
+            except OSError as exc:
+                _log.error("worker %d: cannot start: %s", w.index, exc)
+                mine.close()
+                return
+            finally:
+                theirs.close()
+            w.sock = mine
+        try:
+            self._read(w, time.monotonic() + HELLO_TIMEOUT)
+        except WorkerError as exc:
+            self._fail(w, f"did not start: {exc}")
+            return
+        with executor.app.lock:  # no change slips between the replay and the log
+            lines = executor.config_lines()
+            for line in lines:
+                if self._stopping.is_set() or self._apply(w, line) is not None:
+                    return
+            w.ready = True
+        _log.warning(
+            "worker %d restarted (pid %d); %d configuration commands replayed",
+            w.index,
+            w.pid,
+            len(lines),
+        )
+
+    # -- stop -------------------------------------------------------------------------
+    def send_signal(self, signum: int) -> None:
+        """Send ``signum`` to every worker (SIGHUP: reopen the access log)."""
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def stop(self) -> None:
+        """Stop every worker (SIGTERM, then SIGKILL after a while) and reap it."""
+        self._stopping.set()
+        with self._spawn_lock:  # no worker is being spawned past this point
+            pass
+        if self._supervisor is not None and self._supervisor is not threading.current_thread():
+            self._supervisor.join(HELLO_TIMEOUT + 5)
+        self.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for w in self._workers:
+            if w.pid is None:
+                continue
+            while True:
+                try:
+                    pid, _ = os.waitpid(w.pid, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid:
+                    break
+                if time.monotonic() > deadline:
+                    _log.warning("worker %d (pid %d) ignored SIGTERM: killing it", w.index, w.pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(w.pid, signal.SIGKILL)
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitpid(w.pid, 0)
+                    break
+                time.sleep(0.02)
+            w.pid = None
+            w.ready = False
+            if w.sock is not None:
+                w.sock.close()
+                w.sock = None
+
+
+class _SumCollector(AppCollector):
+    """The master's metrics plus the workers' counters, label set by label set."""
+
+    def __init__(self, app: Application, workers: Workers) -> None:
+        super().__init__(app)
+        self._workers = workers
+        self._extra = _Stats()
+
+    def collect(self) -> Iterator[Metric]:
+        """Ask the workers first (not under the application's lock), then collect."""
+        self._extra = self._workers._stats()
+        yield from super().collect()
+
+    def _listeners(self) -> Iterable[Metric]:
+        return _add_samples(super()._listeners(), _LISTENER_FAMILIES, self._extra.listeners)
+
+    def _servers(self) -> Iterable[Metric]:
+        return _add_samples(super()._servers(), _SERVER_FAMILIES, self._extra.servers)
+
+
+def _add_samples(
+    families: Iterable[Metric], columns: dict[str, int], extra: dict[tuple[str, str], list[int]]
+) -> list[Metric]:
+    out = list(families)
+    for fam in out:
+        col = columns.get(fam.name)
+        if col is None:
+            continue
+        samples = []
+        for s in fam.samples:
+            values = list(s.labels.values())
+            row = extra.get((values[0], values[1])) if len(values) >= 2 else None
+            if row is not None and not s.name.endswith("_created"):
+                s = s._replace(value=s.value + row[col])
+            samples.append(s)
+        fam.samples = samples
+    return out
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether listeners on hosts ``a`` and ``b`` (same port) would collide."""
+    if (":" in a) != (":" in b):
+        return False  # IPv6 listeners are v6-only
+    return a == b or a in ("0.0.0.0", "::") or b in ("0.0.0.0", "::")
+
+
+def _exit_text(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"was killed by signal {os.WTERMSIG(status)}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"
+
+
+# -- the worker's side ----------------------------------------------------------------------
+class _Stop(BaseException):
+    """SIGTERM in a worker."""
+
+
+def _die_with_master(master_pid: int) -> None:
+    """SIGTERM this process when its parent dies (Linux), and leave if it already did."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != master_pid:
+        os._exit(0)
+
+
+def _send(sock: socket.socket, msg: dict[str, Any]) -> None:
+    sock.sendall(json.dumps(msg).encode() + b"\n")
+
+
+def serve_worker(sock: socket.socket, index: int, master_pid: int, access_log: str | None) -> int:
+    """Run one worker: apply what the master sends until the channel closes or SIGTERM."""
+    from vproxy.app.access_log import AccessLog
+    from vproxy.control.application import Application
+    from vproxy.control.executor import Executor, Origin
+    from vproxy.control.reply import ErrorReply
+
+    _die_with_master(master_pid)
+    for h in logging.getLogger().handlers:
+        h.setFormatter(
+            logging.Formatter(f"%(asctime)s %(levelname)s %(name)s (worker {index}): %(message)s")
+        )
+
+    def on_term(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise _Stop
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group: the master decides
+    sock.setblocking(True)
+    app = Application.create_default()
+    try:
+        log = None
+        if access_log is not None:
+            try:
+                log = AccessLog(access_log)
+            except OSError as exc:
+                _log.error("cannot open access log %s: %s", access_log, exc)
+        app.set_access_log(log)
+        if log is not None:
+            signal.signal(signal.SIGHUP, lambda signum, frame: log.reopen())
+        else:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        executor = Executor(app)
+        _send(sock, {"hello": os.getpid()})
+        with sock.makefile("rb") as reader:
+            for raw in reader:
+                msg = json.loads(raw)
+                if "apply" in msg:
+                    reply = executor.execute_line(str(msg["apply"]), Origin.FILE)
+                    answer: dict[str, Any] = (
+                        {"error": reply.message} if isinstance(reply, ErrorReply) else {"ok": 1}
+                    )
+                elif "stats" in msg:
+                    answer = {"stats": _snapshot(app)}
+                else:
+                    answer = {"error": "unknown request"}
+                _send(sock, answer)
+    except (_Stop, OSError):
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        app.close()
+    return 0
+
+
+def _spawn(sock: socket.socket, index: int, access_log: str | None) -> int:
+    """Start a fresh interpreter running a worker on ``sock``; its pid.
+
+    ``posix_spawn`` (not ``fork``): the master has threads by now.
+    """
+    fd = sock.fileno()
+    os.set_inheritable(fd, True)
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parent.parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    argv = [
+        sys.executable,
+        "-c",
+        "import sys; from vproxy.control.workers import spawned_worker_main as m; sys.exit(m())",
+        str(fd),
+        str(index),
+        str(os.getpid()),
+        access_log or "",
+    ]
+    return os.posix_spawn(sys.executable, argv, env)
+
+
+def spawned_worker_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of a spawned worker: ``FD INDEX MASTER_PID ACCESS_LOG``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    fd, index, master_pid, access_log = int(args[0]), int(args[1]), int(args[2]), args[3]
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    set_reuse_port_default(True)
+    sock = socket.socket(fileno=fd)
+    return serve_worker(sock, index, master_pid, access_log or None)
