@@ -1,0 +1,347 @@
+"""``workers N`` as a user runs it: processes sharing one port, replication, restarts.
+
+Real processes and sockets on 127.0.0.1. Which process accepted a connection is read
+from ``/proc/PID/fd`` and ``/proc/net/tcp``: the established socket on the listener's
+port is held by the process that accepted it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from helpers import (
+    Backend,
+    LoopThread,
+    VproxyProcess,
+    echo_handler,
+    id_handler,
+    read_ident,
+    vproxy_process,
+    wait_until,
+)
+
+PASSWORD = "s3cret"
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (any of its threads may have started them)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            out += [int(p) for p in (task / "children").read_text().split()]
+    return sorted(out)
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def clients_of(pid: int, port: int) -> int:
+    """Established connections to local ``port`` that process ``pid`` holds (accepted)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    n = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if f[3] == "01" and int(f[1].split(":")[1], 16) == port and f[9] in inodes:
+            n += 1
+    return n
+
+
+@contextlib.contextmanager
+def held(port: int, n: int) -> Iterator[list[str]]:
+    """``n`` connections through vproxy, each answered (ident read), kept open."""
+    conns: list[socket.socket] = []
+    idents: list[str] = []
+    try:
+        for _ in range(n):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            conns.append(s)
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = s.recv(100)
+                assert chunk, "closed before the backend spoke"
+                data += chunk
+            idents.append(data.decode().strip())
+        yield idents
+    finally:
+        for s in conns:
+            s.close()
+
+
+def accepted_by(pids: list[int], port: int, n: int = 50) -> tuple[dict[int, int], list[str]]:
+    """Hold ``n`` connections (each answered); how many each pid accepted, the idents."""
+    with held(port, n) as idents:
+        counts = {p: clients_of(p, port) for p in pids}
+    assert sum(counts.values()) == n, counts
+    return counts, idents
+
+
+def redis(port: int, *words: str) -> str:
+    out = subprocess.run(
+        ["redis-cli", "-p", str(port), "-a", PASSWORD, "--no-auth-warning", *words],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    return out.stdout.strip()
+
+
+def start_full(tmp_path: Path, *words: str) -> VproxyProcess:
+    return VproxyProcess(
+        "noLoadLast",
+        "noSave",
+        "noStdIOController",
+        *words,
+        env={"HOME": str(tmp_path)},
+    )
+
+
+def read_until(vp: VproxyProcess, pattern: str, timeout: float = 15) -> re.Match[bytes]:
+    assert vp.proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = vp.proc.stdout.readline()
+        assert line, "vproxy closed its output"
+        m = re.search(pattern.encode(), line)
+        if m:
+            return m
+    raise AssertionError(f"{pattern!r} not printed")
+
+
+SIMPLE_BAD = ["simple", "bind", "0", "backend", "1.2.3.4:5"]
+
+
+def test_workers_word_is_checked() -> None:
+    for bad in ("0", "65", "x"):
+        out = subprocess.run(
+            [sys.executable, "-m", "vproxy", *SIMPLE_BAD, "workers", bad],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")},
+        )
+        assert out.returncode == 2
+        assert "workers" in out.stderr
+
+
+def test_simple_workers_share_the_port_and_a_killed_worker_comes_back(
+    backend_loop: LoopThread,
+) -> None:
+    a = Backend(backend_loop, id_handler("a"))
+    b = Backend(backend_loop, id_handler("b"))
+    backends = f"127.0.0.1:{a.port},127.0.0.1:{b.port}"
+    words = ["simple", "bind", "0", "address", "127.0.0.1", "backend", backends, "workers", "2"]
+    with vproxy_process(*words) as vp:
+        (worker,) = children(vp.pid)
+        pids = [vp.pid, worker]
+        assert {read_ident(("127.0.0.1", vp.port)) for _ in range(100)} == {"a", "b"}
+        gained, idents = accepted_by(pids, vp.port)
+        assert set(idents) == {"a", "b"}
+        assert all(g >= 2 for g in gained.values()), gained  # both processes accept
+
+        # kill -9 the worker under load: the master keeps serving
+        ok_after_kill = 0
+        failures = 0
+        killed = threading.Event()
+        stop = threading.Event()
+
+        def load() -> None:
+            nonlocal ok_after_kill, failures
+            while not stop.is_set():
+                try:
+                    read_ident(("127.0.0.1", vp.port), timeout=2)
+                    if killed.is_set():
+                        ok_after_kill += 1
+                except OSError:
+                    failures += 1
+
+        t = threading.Thread(target=load)
+        t.start()
+        try:
+            time.sleep(0.3)
+            os.kill(worker, signal.SIGKILL)
+            killed.set()
+            wait_until(lambda: ok_after_kill >= 50, 10)
+            wait_until(lambda: children(vp.pid) not in ([], [worker]), 15)
+        finally:
+            stop.set()
+            t.join(10)
+        (new_worker,) = children(vp.pid)
+        assert new_worker != worker
+        assert not alive(worker)
+
+        def new_worker_serves() -> bool:
+            gained, _ = accepted_by([vp.pid, new_worker], vp.port, 30)
+            return gained[new_worker] >= 2
+
+        wait_until(new_worker_serves, 20, 0.2)
+        gained, idents = accepted_by([vp.pid, new_worker], vp.port)
+        assert all(g >= 2 for g in gained.values()), gained
+        assert set(idents) == {"a", "b"}
+    assert "worker 1 restarted" in vp.stderr_text
+    assert "was killed by signal 9" in vp.stderr_text
+    for pid in (vp.pid, worker, new_worker):
+        assert not alive(pid)
+
+
+def test_commands_replicate_to_every_worker(tmp_path: Path, backend_loop: LoopThread) -> None:
+    a = Backend(backend_loop, id_handler("a"))
+    b = Backend(backend_loop, id_handler("b"))
+    vp = start_full(tmp_path, "resp-controller", "127.0.0.1:0", PASSWORD, "workers", "2")
+    try:
+        ctl = vp.port
+        (worker,) = children(vp.pid)
+        pids = [vp.pid, worker]
+        for line in (
+            "add server-group g timeout 500 period 200 up 1 down 2 method wrr",
+            f"add server a to server-group g address 127.0.0.1:{a.port} weight 10",
+            f"add server b to server-group g address 127.0.0.1:{b.port} weight 10",
+            "add upstream u",
+            "add server-group g to upstream u weight 10",
+            "add tcp-lb lb address 127.0.0.1:0 upstream u",
+        ):
+            assert redis(ctl, *line.split()) == "OK", line
+        detail = redis(ctl, "list-detail", "tcp-lb")
+        m = re.search(r"127\.0\.0\.1:(\d+)", detail)
+        assert m, detail
+        port = int(m.group(1))
+        assert port != 0
+
+        def both_backends_in_both() -> bool:
+            gained, idents = accepted_by(pids, port)
+            return set(idents) == {"a", "b"} and all(g >= 2 for g in gained.values())
+
+        wait_until(both_backends_in_both, 10, 0.2)
+
+        # drain b: in every process
+        assert redis(ctl, "update", "server", "b", "in", "server-group", "g", "weight", "0") == "OK"
+        gained, idents = accepted_by(pids, port, 60)
+        assert all(g >= 2 for g in gained.values()), gained
+        assert set(idents) == {"a"}
+
+        # refused commands change nothing, here or in the worker
+        config = redis(ctl, "list", "config")
+        taken = f"127.0.0.1:{a.port}"  # a backend's port: bound without SO_REUSEPORT
+        assert "cannot listen" in redis(
+            ctl, "add", "tcp-lb", "lb2", "address", taken, "upstream", "u"
+        )
+        assert "not found" in redis(ctl, "add", "server-group", "nope", "to", "upstream", "u")
+        # SO_REUSEPORT would let a second listener share lb's port: refused as with one process
+        mine = f"127.0.0.1:{port}"
+        assert "cannot listen" in redis(
+            ctl, "add", "tcp-lb", "lb4", "address", mine, "upstream", "u"
+        )
+        assert redis(ctl, "list", "config") == config
+        assert children(vp.pid) == [worker]  # not restarted: it never saw them
+
+        # the counters add up over both processes
+        def accepted() -> int:
+            where = ["in", "server-sock", f"127.0.0.1:{port}", "in", "tcp-lb", "lb"]
+            return int(redis(ctl, "list", "accepted-conn-count", *where))
+
+        before = accepted()
+        gained, idents = accepted_by(pids, port, 60)
+        assert set(idents) == {"a"}
+        assert all(g >= 2 for g in gained.values()), gained
+        assert accepted() - before == 60
+    finally:
+        vp.stop()
+    assert "restarting" not in vp.stderr_text
+    assert not alive(worker)
+
+
+def test_metrics_sum_the_bytes_of_every_worker(tmp_path: Path, backend_loop: LoopThread) -> None:
+    echo = Backend(backend_loop, echo_handler)
+    conf = tmp_path / "start.conf"
+    conf.write_text(
+        "add server-group g timeout 500 period 200 up 1 down 2 method wrr\n"
+        f"add server e to server-group g address 127.0.0.1:{echo.port} weight 10\n"
+        "add upstream u\n"
+        "add server-group g to upstream u weight 10\n"
+        "add tcp-lb lb address 127.0.0.1:0 upstream u\n"
+    )
+    vp = start_full(tmp_path, "load", str(conf), "http-controller", "127.0.0.1:0", "workers", "2")
+    try:
+        port = vp.port  # the tcp-lb from the file, printed first
+        http = int(read_until(vp, r"http-controller listening on 127\.0\.0\.1:(\d+)").group(1))
+        (worker,) = children(vp.pid)
+        pids = [vp.pid, worker]
+        sizes = [1000 * i + 7 for i in range(1, 41)]
+        conns = []
+        for size in sizes:
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            conns.append(s)
+            s.sendall(b"x" * size)
+            got = 0
+            while got < size:
+                chunk = s.recv(65536)
+                assert chunk
+                got += len(chunk)
+            assert got == size
+        gained = {p: clients_of(p, port) for p in pids}
+        for s in conns:
+            s.close()
+        assert all(g >= 2 for g in gained.values()), gained  # both carried some
+
+        def scrape() -> dict[str, float]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=5) as r:
+                text = r.read().decode()
+            out = {}
+            for name in ("bytes_in", "bytes_out", "accepted_connections"):
+                m = re.search(rf'^vproxy_listener_{name}_total{{[^}}]*listener="lb"[^}}]*}} (\S+)$',
+                              text, re.M)  # fmt: skip
+                assert m, name
+                out[name] = float(m.group(1))
+            m = re.search(r'^vproxy_server_bytes_in_total{[^}]*server="e"[^}]*} (\S+)$', text, re.M)
+            assert m
+            out["server_bytes_in"] = float(m.group(1))
+            return out
+
+        want = {
+            "bytes_in": sum(sizes),
+            "bytes_out": sum(sizes),
+            "accepted_connections": len(sizes),
+            "server_bytes_in": sum(sizes),
+        }
+        wait_until(lambda: scrape() == want, 10, 0.2)
+    finally:
+        vp.stop()
+    assert not alive(worker)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_no_process_outlives_the_master(backend_loop: LoopThread, sig: signal.Signals) -> None:
+    a = Backend(backend_loop, id_handler("a"))
+    words = ["simple", "bind", "0", "address", "127.0.0.1", "backend", f"127.0.0.1:{a.port}"]
+    with vproxy_process(*words, "workers", "3") as vp:
+        workers = children(vp.pid)
+        assert len(workers) == 2
+        assert read_ident(("127.0.0.1", vp.port)) == "a"
+        with held(vp.port, 20):
+            os.kill(vp.pid, sig)
+            vp.proc.wait(15)
+        if sig is signal.SIGTERM:
+            assert vp.proc.returncode == 0
+        wait_until(lambda: not any(alive(p) for p in workers), 10)
