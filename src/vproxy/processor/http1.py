@@ -128,7 +128,7 @@ import enum
 import re
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
 import httptools
@@ -162,6 +162,9 @@ _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
 _TOKEN_RE = re.compile(_TOKEN)
 _REQUEST_LINE_RE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])")
+# The usual request line, every rule of _check_start_line but CONNECT judged at once:
+# origin-form target without "#", HTTP/1.0 or 1.1.
+_ORIGIN_REQUEST_LINE_RE = re.compile(rb"(" + _TOKEN + rb") (/[\x21\x22\x24-\x7e]*) HTTP/(1\.[01])")
 _STATUS_LINE_RE = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
 _ABSOLUTE_RE = re.compile(rb"([A-Za-z][A-Za-z0-9+.-]*)://([^/?]*)(.*)", re.DOTALL)
 _AUTHORITY_RE = re.compile(
@@ -336,29 +339,65 @@ class ResponseEnd:
 Event: TypeAlias = RequestHead | ResponseHead | BodyChunk | RequestEnd | ResponseEnd
 
 # Building events on the hot path. A frozen dataclass's __init__ sets each field through
-# object.__setattr__, which is most of the cost of a 10-field head; the parsers fill the
-# slots through their descriptors instead (same objects, equal to what __init__ builds,
-# in about half the time). The end events have no fields, so one instance serves all.
+# object.__setattr__ (several hundred machine instructions a field). A head is built as
+# a plain object with the same slots instead and then becomes the event class by
+# __class__ assignment (same layout, so CPython allows it): the same object as the
+# dataclass's __init__ would build, for a quarter of the cost. A body chunk's one slot
+# is set through its descriptor. The end events have no fields: one instance serves all.
 _REQUEST_END: Final = RequestEnd()
 _RESPONSE_END: Final = ResponseEnd()
 _new_object: Final = object.__new__
+_SET_CHUNK_DATA: Final[Any] = BodyChunk.__dict__["data"].__set__
 
 
-def _slot_setters(cls: type) -> list[Any]:
-    return [cls.__dict__[f.name].__set__ for f in fields(cls)]
+class _RequestHeadSlots:
+    __slots__ = RequestHead.__slots__
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        version: bytes,
+        headers: list[tuple[bytes, bytes]],
+        host: str | None,
+        keep_alive: bool,
+        expect_continue: bool,
+        upgrade: bytes | None,
+        body_kind: BodyKind,
+        content_length: int | None,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self.host = host
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+        self.upgrade = upgrade
+        self.body_kind = body_kind
+        self.content_length = content_length
 
 
-_RQ_METHOD, _RQ_TARGET, _RQ_VERSION, _RQ_HEADERS, _RQ_HOST = _slot_setters(RequestHead)[:5]
-_RQ_KEEP, _RQ_EXPECT, _RQ_UPGRADE, _RQ_KIND, _RQ_LENGTH = _slot_setters(RequestHead)[5:]
-_RS_STATUS, _RS_REASON, _RS_VERSION, _RS_HEADERS = _slot_setters(ResponseHead)[:4]
-_RS_KEEP, _RS_KIND, _RS_LENGTH = _slot_setters(ResponseHead)[4:]
-(_BC_DATA,) = _slot_setters(BodyChunk)
+class _ResponseHeadSlots:
+    __slots__ = ResponseHead.__slots__
 
-
-def _body_chunk(data: bytes) -> BodyChunk:
-    chunk: BodyChunk = _new_object(BodyChunk)
-    _BC_DATA(chunk, data)
-    return chunk
+    def __init__(
+        self,
+        status: int,
+        reason: bytes,
+        version: bytes,
+        headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+        body_kind: BodyKind,
+        content_length: int | None,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.version = version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.body_kind = body_kind
+        self.content_length = content_length
 
 
 # -- errors ---------------------------------------------------------------------------
@@ -601,6 +640,14 @@ def _tokens(values: list[bytes]) -> list[bytes]:
     return out
 
 
+def _options(values: list[bytes]) -> list[bytes]:
+    """The Connection options in ``values``, lowercased (as ``_tokens``)."""
+    if len(values) == 1 and values[0].find(b",") < 0:  # the usual single option
+        option = values[0].strip(b" \t").lower()
+        return [option] if option else []
+    return [t.lower() for t in _tokens(values)]
+
+
 # llhttp refuses a repeated or malformed Content-Length, and Content-Length with
 # Transfer-Encoding, before these checks run; they stay so that no smuggling rule
 # hangs on one library's defaults.
@@ -649,16 +696,17 @@ class _FieldParser:
     nothing else, and persistence is judged by the message parsers, not by llhttp.
     """
 
-    __slots__ = ("_complete", "_headers", "_parser")
+    __slots__ = ("_add", "_complete", "_parser")
 
     def __init__(self) -> None:
-        self._headers: list[tuple[bytes, bytes]] = []
+        headers: list[tuple[bytes, bytes]] = []
+        self._add = headers.append  # of the list parse() is filling
         self._complete = False
         self._parser = httptools.HttpResponseParser(self)
         self._parser.set_dangerous_leniencies(lenient_keep_alive=True)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value.rstrip(b" \t")))
+        self._add((name, value.rstrip(b" \t")))
 
     def on_message_complete(self) -> None:
         self._complete = True
@@ -671,7 +719,7 @@ class _FieldParser:
             RemoteProtocolError: llhttp refused the section (with ``status``).
         """
         headers: list[tuple[bytes, bytes]] = []
-        self._headers = headers
+        self._add = headers.append
         self._complete = False
         try:
             self._parser.feed_data(message)
@@ -747,6 +795,10 @@ _END_NEXT: Final = {
     for (state, inp), (action, new) in _TRANSITIONS.items()
     if state is State.DONE and action is _Action.EMIT_END
 }
+_AFTER_HEAD_NO_BODY: Final = _HEAD_NEXT[_Input.HEAD_NO_BODY]
+_AFTER_KEEP_ALIVE: Final = _END_NEXT[_Input.KEEP_ALIVE]
+_AFTER_CLOSE: Final = _END_NEXT[_Input.CLOSE]
+_AFTER_UPGRADE: Final = _END_NEXT[_Input.UPGRADE]
 _AFTER_LENGTH: Final = _TRANSITIONS[(State.BODY, _Input.LENGTH_DONE)][1]
 _AFTER_CHUNK_DATA: Final = _TRANSITIONS[(State.CHUNK_DATA, _Input.CHUNK_DATA_DONE)][1]
 
@@ -781,6 +833,8 @@ class _Parser:
     _SIZE_STATUS: int = 400
     _BAD_STATUS: int = 400
     _END: Event  # the event that ends a message: RequestEnd() or ResponseEnd()
+    # Whether _head_start must see every head, not only those starting with CR.
+    _HEAD_START_CHECKS: bool = True
 
     def __init__(self, limits: HttpLimits | None = None) -> None:
         self._limits = limits if limits is not None else HttpLimits()
@@ -956,22 +1010,51 @@ class _Parser:
         while True:
             state = self._state
             if state is _ST_HEAD:
-                if self._head_scan == 0:
-                    start = self._head_start(buf, pos)
-                    if start != pos:
-                        pos = start
-                        self._seen = 0
                 if pos >= n:
                     break
-                head_end = self._scan_head(buf, pos)
+                head_end = -1
+                if self._head_scan == 0:
+                    if buf[pos] == _CR or self._HEAD_START_CHECKS:
+                        start = self._head_start(buf, pos)
+                        if start != pos:
+                            pos = start
+                            self._seen = 0
+                            if pos >= n:
+                                break
+                    if self._seen == 0:
+                        # A whole head that is visibly clean (CRLF line ends only,
+                        # within the limits) is taken in a few C calls; anything else
+                        # goes line by line (_scan_head), which finds the first fault.
+                        limits = self._limits
+                        e = buf.find(b"\r\n\r\n", pos, pos + limits.max_head)
+                        if e >= 0:
+                            end = e + 4
+                            whole = bytes(buf[pos:end]) if type(buf) is bytearray else buf[pos:end]
+                            # No CR or LF is left once the CRLFs are gone: no bare one.
+                            # (find, not "in": "in" first tries its operand as an int.)
+                            bare = whole.replace(b"\r\n", b"")
+                            line_end = whole.find(b"\r\n")
+                            if (
+                                line_end <= limits.max_line
+                                and (end - pos - len(bare)) // 2 - 2 <= limits.max_headers
+                                and bare.find(b"\r") < 0
+                                and bare.find(b"\n") < 0
+                            ):
+                                self._check_start_line(whole, 0, line_end)
+                                self._line_end = line_end
+                                head, inp = self._on_head(whole, 0, end - pos)
+                                head_end = end
                 if head_end < 0:
-                    break
-                head, inp = self._on_head(buf, pos, head_end)
+                    head_end = self._scan_head(buf, pos)
+                    if head_end < 0:
+                        break
+                    head, inp = self._on_head(buf, pos, head_end)
                 pos = head_end
                 events.append(head)
-                state = self._state = _HEAD_NEXT[inp]
-                if state is _ST_DONE:
+                if inp is _IN_HEAD_NO_BODY:
+                    self._state = _AFTER_HEAD_NO_BODY  # DONE
                     continue
+                state = self._state = _HEAD_NEXT[inp]
                 if state in _BODY_STATES:
                     span = pos
                 elif inp is _IN_HEAD_INTERIM:
@@ -982,14 +1065,16 @@ class _Parser:
             elif state is _ST_DONE:
                 if 0 <= span < pos:
                     data = buf[span:pos]
-                    events.append(_body_chunk(data if type(data) is bytes else bytes(data)))
+                    chunk = _new_object(BodyChunk)
+                    _SET_CHUNK_DATA(chunk, data if type(data) is bytes else bytes(data))
+                    events.append(chunk)
                 span = -1
                 if self._upgrade:
-                    self._state = _END_NEXT[_IN_UPGRADE]
+                    self._state = _AFTER_UPGRADE
                 elif self._keep_alive:
-                    self._state = _END_NEXT[_IN_KEEP_ALIVE]
+                    self._state = _AFTER_KEEP_ALIVE
                 else:
-                    self._state = _END_NEXT[_IN_CLOSE]
+                    self._state = _AFTER_CLOSE
                 events.append(self._END)
                 self._committed = len(events)
             elif state is _ST_BODY or state is _ST_CHUNK_DATA:
@@ -1027,7 +1112,9 @@ class _Parser:
                 break
         if 0 <= span < pos:
             data = buf[span:pos]
-            events.append(_body_chunk(data if type(data) is bytes else bytes(data)))
+            chunk = _new_object(BodyChunk)
+            _SET_CHUNK_DATA(chunk, data if type(data) is bytes else bytes(data))
+            events.append(chunk)
         return pos
 
     # -- heads ------------------------------------------------------------------------
@@ -1036,27 +1123,11 @@ class _Parser:
         """Find the end of the head starting at ``start``; -1 if it is incomplete.
 
         Every rule is judged on a complete line or a full window, line by line in byte
-        order, so the outcome does not depend on how the bytes were cut. The fast path
-        takes a whole head that is visibly clean in a few C calls; anything else goes
-        the slow way, which finds the first fault.
+        order, so the outcome does not depend on how the bytes were cut (the loop's
+        fast path takes only heads in which this finds no fault).
         """
         limits = self._limits
         n = len(buf)
-        if self._head_scan == 0 and self._seen == 0:
-            e = buf.find(b"\r\n\r\n", start, start + limits.max_head)
-            if e >= 0:
-                head_end = e + 4
-                line_end = buf.find(b"\r\n", start, head_end)
-                crlfs = buf.count(b"\r\n", start, head_end)
-                if (
-                    line_end - start <= limits.max_line
-                    and crlfs - 2 <= limits.max_headers
-                    and buf.count(b"\r", start, head_end) == crlfs
-                    and buf.count(b"\n", start, head_end) == crlfs
-                ):
-                    self._check_start_line(buf, start, line_end)
-                    self._line_end = line_end - start
-                    return head_end
         scan = start + self._head_scan
         lines = self._head_lines
         head_limit = start + limits.max_head
@@ -1175,6 +1246,7 @@ class RequestParser(_Parser):
     _SIZE_STATUS = 431
     _BAD_STATUS = 400
     _END = _REQUEST_END
+    _HEAD_START_CHECKS = False  # it only skips empty lines
 
     def __init__(self, limits: HttpLimits | None = None) -> None:
         """Create a parser for one client connection.
@@ -1228,6 +1300,11 @@ class RequestParser(_Parser):
         return pos
 
     def _check_start_line(self, buf: bytes | bytearray, start: int, end: int) -> None:
+        m = _ORIGIN_REQUEST_LINE_RE.fullmatch(buf, start, end)
+        if m is not None and m.group(1) != b"CONNECT":
+            method, target, version = m.groups()
+            self._request_line = (method, target, version, None)
+            return
         m = _REQUEST_LINE_RE.fullmatch(buf, start, end)
         if m is None:
             raise RemoteProtocolError(400, "malformed request line")
@@ -1309,7 +1386,7 @@ class RequestParser(_Parser):
             if not _chunked_last(codings, 400):
                 raise RemoteProtocolError(400, "final transfer coding is not chunked")
         if connection:
-            options = [t.lower() for t in _tokens(connection)]
+            options = _options(connection)
             if http11:
                 keep_alive = b"close" not in options
             else:
@@ -1335,17 +1412,19 @@ class RequestParser(_Parser):
             self._remaining = length
         else:
             kind, inp = _BK_NONE, _IN_HEAD_NO_BODY
-        head: RequestHead = _new_object(RequestHead)  # as RequestHead(...), faster
-        _RQ_METHOD(head, method)
-        _RQ_TARGET(head, target)
-        _RQ_VERSION(head, version)
-        _RQ_HEADERS(head, headers)
-        _RQ_HOST(head, host)
-        _RQ_KEEP(head, keep_alive)
-        _RQ_EXPECT(head, expect_continue)
-        _RQ_UPGRADE(head, upgrade_to)
-        _RQ_KIND(head, kind)
-        _RQ_LENGTH(head, length)
+        head: Any = _RequestHeadSlots(
+            method,
+            target,
+            version,
+            headers,
+            host,
+            keep_alive,
+            expect_continue,
+            upgrade_to,
+            kind,
+            length,
+        )
+        head.__class__ = RequestHead
         return head, inp
 
 
@@ -1465,7 +1544,7 @@ class ResponseParser(_Parser):
                 raise RemoteProtocolError(502, "Transfer-Encoding in an HTTP/1.0 response")
             chunked = _chunked_last(codings, 502)
         if connection:
-            options = [t.lower() for t in _tokens(connection)]
+            options = _options(connection)
             if http11:
                 keep_alive = b"close" not in options
             else:
@@ -1496,14 +1575,8 @@ class ResponseParser(_Parser):
                 kind, inp, length = _BK_UNTIL_CLOSE, _IN_HEAD_UNTIL_CLOSE, None
                 keep_alive = False
         self._keep_alive = keep_alive
-        head: ResponseHead = _new_object(ResponseHead)  # as ResponseHead(...), faster
-        _RS_STATUS(head, status)
-        _RS_REASON(head, reason)
-        _RS_VERSION(head, version)
-        _RS_HEADERS(head, headers)
-        _RS_KEEP(head, keep_alive)
-        _RS_KIND(head, kind)
-        _RS_LENGTH(head, length)
+        head: Any = _ResponseHeadSlots(status, reason, version, headers, keep_alive, kind, length)
+        head.__class__ = ResponseHead
         return head, inp
 
 
