@@ -587,7 +587,7 @@ class HttpController:
         if self._sock is not None:
             raise RuntimeError(f"http-controller {self.name} is already started")
         host, port = self._requested
-        sock = bind_listener(host, port)
+        sock = bind_listener(host, port, reuse_port=False)
         self._sock = sock
         sockname = sock.getsockname()
         self._bound = (str(sockname[0]), int(sockname[1]))
