@@ -2,11 +2,19 @@
 """Micro-benchmark: HTTP/1.x request parsing with httptools (llhttp) vs h11.
 
 Chooses the parser under ``vproxy.processor.http1`` (see its module docstring) and
-keeps an eye on what our processor costs on top. Two workloads, each a stream of
+keeps an eye on what our processor costs on top. Two workloads are a stream of
 pipelined keep-alive requests cut into 64 KiB reads, as a socket would hand them over:
 
-* ``GET``: a browser-like GET with 10 header fields (409 bytes), 20,000 times;
+* ``GET``: a browser-like GET with 10 header fields (390 bytes), 20,000 times;
 * ``POST``: a POST with a 64 KiB Content-Length body, 500 times.
+
+The third, ``proxy pair``, is what the ``http/1.x`` mode of tcp-lb does per request
+on a keep-alive connection, one message per ``receive_data`` call: parse a wrk-like
+GET, ``encode_head`` it with ``X-Forwarded-For`` and ``X-Client-Port``, announce it
+to a ``ResponseParser``, parse an nginx-like 200 with a 6-byte body and
+``encode_response_head`` it; 20,000 times. httptools there parses both messages
+(one request and one response parser); h11 is left out (it cannot be told which
+request a response answers without driving a client connection too).
 
 Contenders, each doing what a proxy needs at the least (method, target, header list,
 every body byte, the end of each message):
@@ -38,7 +46,17 @@ from importlib.metadata import version
 import h11
 import httptools
 
-from vproxy.processor.http1 import BodyChunk, RequestEnd, RequestParser
+from vproxy.processor.http1 import (
+    BodyChunk,
+    RequestEnd,
+    RequestHead,
+    RequestParser,
+    ResponseEnd,
+    ResponseHead,
+    ResponseParser,
+    encode_head,
+    encode_response_head,
+)
 
 GET = (
     b"GET /static/app.js?v=20240101 HTTP/1.1\r\n"
@@ -65,6 +83,18 @@ POST = (
     b"\r\n" + BODY
 )
 READ_SIZE = 64 * 1024
+PAIR_REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
+PAIR_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"Server: nginx/1.24.0\r\n"
+    b"Date: Mon, 01 Jan 2024 00:00:00 GMT\r\n"
+    b"Content-Type: text/html\r\n"
+    b"Content-Length: 6\r\n"
+    b"Connection: keep-alive\r\n"
+    b"\r\n"
+    b"hello\n"
+)
+FORWARDED = [(b"X-Forwarded-For", b"127.0.0.1"), (b"X-Client-Port", b"50000")]
 
 
 def segments(message: bytes, count: int) -> list[bytes]:
@@ -137,10 +167,46 @@ def run_vproxy(reads: list[bytes]) -> int:
     return messages
 
 
+def pair_reads(count: int) -> list[bytes]:
+    """The proxy pair workload: request, response, request, ... one per call."""
+    return [PAIR_REQUEST, PAIR_RESPONSE] * count
+
+
+def run_httptools_pair(reads: list[bytes]) -> int:
+    consumer = _HttptoolsConsumer()
+    requests = httptools.HttpRequestParser(consumer)
+    responses = httptools.HttpResponseParser(consumer)
+    for i in range(0, len(reads), 2):
+        requests.feed_data(reads[i])
+        responses.feed_data(reads[i + 1])
+    return consumer.messages // 2
+
+
+def run_vproxy_pair(reads: list[bytes]) -> int:
+    requests = RequestParser()
+    responses = ResponseParser()
+    pairs = 0
+    for i in range(0, len(reads), 2):
+        for event in requests.receive_data(reads[i]):
+            if type(event) is RequestHead:
+                encode_head(event, FORWARDED)
+                responses.expect_response(event.method)
+        for event in responses.receive_data(reads[i + 1]):
+            if type(event) is ResponseHead:
+                encode_response_head(event)
+            elif type(event) is ResponseEnd:
+                pairs += 1
+    return pairs
+
+
 PARSERS: dict[str, Callable[[list[bytes]], int]] = {
     "httptools": run_httptools,
     "h11": run_h11,
     "vproxy": run_vproxy,
+}
+PAIR_PARSERS: dict[str, Callable[[list[bytes]], int]] = {
+    "httptools": run_httptools_pair,
+    "vproxy": run_vproxy_pair,
 }
 
 
@@ -162,21 +228,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args(argv)
     scale = 10 if args.quick else 1
+    pairs = 20_000 // scale
     workloads = {
-        "GET": (GET, 20_000 // scale),
-        "POST 64KiB": (POST, 500 // scale),
+        "GET": (len(GET), 20_000 // scale, segments(GET, 20_000 // scale), PARSERS),
+        "POST 64KiB": (len(POST), 500 // scale, segments(POST, 500 // scale), PARSERS),
+        "proxy pair": (
+            len(PAIR_REQUEST) + len(PAIR_RESPONSE),
+            pairs,
+            pair_reads(pairs),
+            PAIR_PARSERS,
+        ),
     }
     results: dict[str, dict[str, dict[str, float]]] = {}
-    for wname, (message, count) in workloads.items():
-        reads = segments(message, count)
+    for wname, (size, count, reads, parsers) in workloads.items():
         results[wname] = {}
-        for pname, run in PARSERS.items():
-            run(reads[:2] if count > 1 else reads)  # warm up (imports, caches)
+        for pname, run in parsers.items():
+            run(reads[:2])  # warm up (imports, caches)
             times = [measure(run, reads, count) for _ in range(args.runs)]
             median = statistics.median(times)
             results[wname][pname] = {
                 "requests_per_s": count / median,
-                "mb_per_s": len(message) * count / median / 1e6,
+                "mb_per_s": size * count / median / 1e6,
                 "seconds": median,
             }
     if args.json:
@@ -186,7 +258,10 @@ def main(argv: list[str] | None = None) -> int:
         f"Python {platform.python_version()}, httptools {version('httptools')}, "
         f"h11 {version('h11')}; median of {args.runs}; {READ_SIZE // 1024} KiB reads"
     )
-    print(f"GET is {len(GET)} bytes; POST is {len(POST)} bytes")
+    print(
+        f"GET is {len(GET)} bytes; POST is {len(POST)} bytes; a proxy pair is "
+        f"{len(PAIR_REQUEST)} + {len(PAIR_RESPONSE)} bytes (requests/s: pairs/s)"
+    )
     print(f"{'workload':<12} {'parser':<10} {'requests/s':>12} {'MB/s':>9}")
     for wname, by_parser in results.items():
         for pname, r in by_parser.items():

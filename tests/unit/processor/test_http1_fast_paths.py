@@ -1,0 +1,268 @@
+"""The shortcuts of vproxy.processor.http1 give what the plain rules give.
+
+The parsers take whole clean heads in a few C calls, build heads without the
+dataclass ``__init__``, and the encoders copy fields in one pass when no Connection
+option names a field. Each shortcut is checked here against the straightforward
+version of the same rule: the dataclass constructor, and a two-pass encoder written
+from the module docstring.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vproxy.processor.http1 import (
+    BodyChunk,
+    BodyKind,
+    LocalProtocolError,
+    RemoteProtocolError,
+    RequestEnd,
+    RequestHead,
+    RequestParser,
+    ResponseEnd,
+    ResponseHead,
+    ResponseParser,
+    encode_head,
+    encode_response_head,
+)
+
+PROPERTY = settings(
+    max_examples=300,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+HOP = {b"connection", b"keep-alive", b"proxy-connection"}
+PROTECTED = {b"host", b"content-length", b"transfer-encoding"}
+LIST_VALUED = {b"x-forwarded-for", b"forwarded", b"via"}
+
+
+def tokens(values: list[bytes]) -> list[bytes]:
+    return [t.strip(b" \t") for v in values for t in v.split(b",") if t.strip(b" \t")]
+
+
+def reference_encode_head(head: RequestHead, add: list[tuple[bytes, bytes]]) -> bytes:
+    """encode_head as the module docstring states it, two passes, no shortcut."""
+    added = {n.lower() for n, _ in add}
+    options = tokens([v for n, v in head.headers if n.lower() == b"connection"])
+    kept = [o for o in options if o.lower() not in PROTECTED | added]
+    drop = HOP | ({o.lower() for o in kept} - {b"close", b"keep-alive", b"upgrade"})
+    upgrading = head.upgrade is not None
+    drop = drop - {o.lower() for o in kept} if upgrading else drop | {b"upgrade"}
+    if upgrading and kept:
+        connection = b", ".join(kept)
+    elif head.version == b"1.0" and head.keep_alive:
+        connection = b"keep-alive"
+    else:
+        connection = b""
+    previous: dict[bytes, list[bytes]] = {}
+    out = head.method + b" " + head.target + b" HTTP/" + head.version + b"\r\n"
+    for name, value in head.headers:
+        lname = name.lower()
+        if lname in added:
+            previous.setdefault(lname, []).append(value)
+        elif lname == b"connection":
+            if connection:
+                out += name + b": " + connection + b"\r\n"
+                connection = b""
+        elif lname not in drop:
+            out += name + b": " + value + b"\r\n"
+    for name, value in add:
+        lname = name.lower()
+        if lname in LIST_VALUED and lname in previous:
+            value = b", ".join([*previous[lname], value])
+        out += name + b": " + value + b"\r\n"
+    return out + b"\r\n"
+
+
+def reference_encode_response_head(head: ResponseHead, close: bool) -> bytes:
+    out = b"HTTP/" + head.version + b" %d " % head.status + head.reason + b"\r\n"
+    if head.status < 200:
+        drop = set() if head.status == 101 else HOP
+        connection = b""
+    else:
+        options = tokens([v for n, v in head.headers if n.lower() == b"connection"])
+        named = {o.lower() for o in options if o.lower() not in PROTECTED}
+        drop = HOP | (named - {b"close", b"keep-alive", b"upgrade"})
+        if head.status != 426:
+            drop = drop | {b"upgrade"}
+        connection = b"close" if close else b"keep-alive" if head.version == b"1.0" else b""
+    for name, value in head.headers:
+        if name.lower() not in drop:
+            out += name + b": " + value + b"\r\n"
+    if connection:
+        out += b"Connection: " + connection + b"\r\n"
+    return out + b"\r\n"
+
+
+# Field lines that exercise every branch: hop-by-hop fields, Connection options that
+# name fields (or protected ones, or added ones), forwarding fields the client sent.
+FIELDS = [
+    (b"Accept", b"*/*"),
+    (b"X-Secret", b"s"),
+    (b"Keep-Alive", b"timeout=5"),
+    (b"Proxy-Connection", b"keep-alive"),
+    (b"Upgrade", b"websocket"),
+    (b"X-Forwarded-For", b"1.1.1.1"),
+    (b"x-forwarded-for", b"2.2.2.2, 3.3.3.3"),
+    (b"X-Client-Port", b"1"),
+    (b"Via", b"1.1 a"),
+    (b"Content-Length", b"0"),
+    (b"Connection", b"keep-alive"),
+    (b"Connection", b"close"),
+    (b"connection", b"Upgrade"),
+    (b"Connection", b"X-Secret"),
+    (b"Connection", b"keep-alive, x-secret , Content-Length"),
+    (b"Connection", b"x-forwarded-for"),
+    (b"CONNECTION", b"upgrade, HTTP2-Settings"),
+    (b"HTTP2-Settings", b"AAMAAABkAAQAAP__"),
+    (b"TE", b"trailers"),
+]
+ADDED = [
+    [],
+    [(b"X-Forwarded-For", b"127.0.0.1"), (b"X-Client-Port", b"50000")],
+    [(b"x-forwarded-for", b"10.0.0.9")],
+    [(b"Via", b"1.1 vproxy"), (b"X-Real-IP", b"10.0.0.9")],
+]
+
+
+def parse_request(data: bytes) -> RequestHead | None:
+    try:
+        events = RequestParser().receive_data(data)
+    except RemoteProtocolError:
+        return None
+    head = events[0]
+    assert isinstance(head, RequestHead)
+    return head
+
+
+@PROPERTY
+@given(
+    st.sampled_from([b"1.0", b"1.1"]),
+    st.lists(st.sampled_from(FIELDS), max_size=7),
+    st.sampled_from(ADDED),
+)
+def test_encode_head_matches_the_two_pass_rules(
+    version: bytes, fields: list[tuple[bytes, bytes]], add: list[tuple[bytes, bytes]]
+) -> None:
+    wire = b"GET /x HTTP/" + version + b"\r\nHost: a\r\n"
+    wire += b"".join(n + b": " + v + b"\r\n" for n, v in fields) + b"\r\n"
+    head = parse_request(wire)
+    if head is None:
+        return
+    assert encode_head(head, add) == reference_encode_head(head, add)
+    assert encode_head(head, tuple(add)) == reference_encode_head(head, add)
+
+
+@PROPERTY
+@given(
+    st.sampled_from([b"1.0", b"1.1"]),
+    st.sampled_from([100, 101, 103, 200, 204, 404, 426]),
+    st.lists(st.sampled_from(FIELDS), max_size=7),
+    st.booleans(),
+)
+def test_encode_response_head_matches_the_two_pass_rules(
+    version: bytes, status: int, fields: list[tuple[bytes, bytes]], close: bool
+) -> None:
+    head = ResponseHead(status, b"Reason", version, fields, True, BodyKind.NONE)
+    assert encode_response_head(head, close) == reference_encode_response_head(head, close)
+
+
+def test_add_headers_are_checked_on_every_call() -> None:
+    (head, _) = RequestParser().receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert isinstance(head, RequestHead)
+    for _ in range(2):
+        with pytest.raises(LocalProtocolError):
+            encode_head(head, [(b"X-Forwarded-For", b"1\r\nHost: evil")])
+        with pytest.raises(LocalProtocolError):
+            encode_head(head, [(b"Connection", b"close")])
+    # Unhashable field pairs are accepted as they always were.
+    unhashable = [[b"X-A", b"1"]]
+    assert encode_head(head, unhashable) == b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n\r\n"  # type: ignore[arg-type]
+
+
+def test_many_distinct_add_headers() -> None:
+    (head, _) = RequestParser().receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert isinstance(head, RequestHead)
+    for port in range(3000):
+        add = [(b"X-Client-Port", str(port).encode())]
+        assert encode_head(head, add).endswith(b"X-Client-Port: %d\r\n\r\n" % port)
+
+
+def test_parsed_heads_are_the_dataclasses() -> None:
+    data = (
+        b"POST /u HTTP/1.1\r\nHost: A:1\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok"
+        b"GET http://b/ HTTP/1.0\r\n\r\n"
+    )
+    events = RequestParser().receive_data(data)
+    kinds = [type(e) for e in events]
+    assert kinds == [RequestHead, BodyChunk, RequestEnd, RequestHead, RequestEnd]
+    for event in events:
+        if isinstance(event, RequestHead):
+            rebuilt = RequestHead(
+                **{f.name: getattr(event, f.name) for f in dataclasses.fields(RequestHead)}
+            )
+            assert rebuilt == event
+            assert repr(rebuilt) == repr(event)
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                event.method = b"PUT"  # type: ignore[misc]
+    parser = ResponseParser()
+    parser.expect_response(b"GET")
+    parser.expect_response(b"GET")
+    events = parser.receive_data(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx" + b"HTTP/1.1 100 Continue\r\n\r\n"
+    )
+    head = events[0]
+    assert isinstance(head, ResponseHead)
+    assert head == ResponseHead(200, b"OK", b"1.1", [(b"Content-Length", b"1")], True,
+                                BodyKind.LENGTH, 1)  # fmt: skip
+    assert events[1:] == [BodyChunk(b"x"), ResponseEnd(), events[3]]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        head.status = 500  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("line", "status"),
+    [
+        (b"CONNECT / HTTP/1.1", 501),
+        (b"CONNECT /a#b HTTP/1.1", 501),
+        (b"GET /a#b HTTP/1.1", 400),
+        (b"GET /a#b HTTP/1.2", 505),
+        (b"GET / HTTP/1.2", 505),
+        (b"GET / HTTP/2.1", 505),
+        (b"get /#", 400),
+    ],
+)
+def test_request_line_shortcut_keeps_the_verdicts(line: bytes, status: int) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        RequestParser().receive_data(line + b"\r\nHost: a\r\n\r\n")
+    assert info.value.status == status
+
+
+def test_request_line_shortcut_fields() -> None:
+    for line, expected in [
+        (b"GET /a?b=%22c%22 HTTP/1.1", (b"GET", b"/a?b=%22c%22", b"1.1", "a")),
+        (b"M-X / HTTP/1.0", (b"M-X", b"/", b"1.0", "a")),
+        (b"OPTIONS * HTTP/1.1", (b"OPTIONS", b"*", b"1.1", "a")),
+        (b"GET http://a:80/p HTTP/1.1", (b"GET", b"http://a:80/p", b"1.1", "a")),
+    ]:
+        head = parse_request(line + b"\r\nHost: a\r\n\r\n")
+        assert head is not None
+        assert (head.method, head.target, head.version, head.host) == expected
+
+
+def test_host_hint_follows_each_request() -> None:
+    parser = RequestParser()
+    hosts = []
+    for host in (b"A", b"a", b"b:8080", b"b:8080", b"[::1]", b"", b"a"):
+        (head, _) = parser.receive_data(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+        assert isinstance(head, RequestHead)
+        hosts.append(head.host)
+    assert hosts == ["a", "a", "b", "b", "[::1]", None, "a"]
+    with pytest.raises(RemoteProtocolError):
+        parser.receive_data(b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n")
