@@ -69,9 +69,14 @@ class _Req:
 
 
 class H2BackendProtocol(asyncio.Protocol):
-    def __init__(self, ident: str, stats: dict[str, int]) -> None:
+    def __init__(self, ident: str, stats: dict[str, int], goaway_after: int = 0) -> None:
         self.ident = ident.encode()
         self.stats = stats
+        # As nginx's keepalive_requests: after this many requests, a GOAWAY naming the
+        # last one; later streams are left unanswered (refused), earlier ones finish.
+        self.goaway_after = goaway_after
+        self.count = 0
+        self.last: int | None = None
         self.conn = H2Connection(H2Configuration(client_side=False, header_encoding=None))
         self.transport: asyncio.Transport | None = None
         self.reqs: dict[int, _Req] = {}
@@ -112,8 +117,21 @@ class H2BackendProtocol(asyncio.Protocol):
             return
         for ev in events:
             if isinstance(ev, RequestReceived):
+                if self.last is not None and ev.stream_id > self.last:
+                    self.stats["refused"] = self.stats.get("refused", 0) + 1
+                    continue
                 self.reqs[ev.stream_id] = _Req(dict(ev.headers))
                 self.stats["requests"] = self.stats.get("requests", 0) + 1
+                self.count += 1
+                if self.goaway_after and self.last is None and self.count >= self.goaway_after:
+                    self.last = ev.stream_id
+                    self._flush()
+                    if self.transport is not None:  # raw: h2 would close its state machine
+                        self.transport.write(
+                            b"\x00\x00\x08\x07\x00\x00\x00\x00\x00"  # GOAWAY, 8 bytes
+                            + ev.stream_id.to_bytes(4, "big")
+                            + b"\x00\x00\x00\x00"  # NO_ERROR
+                        )
             elif isinstance(ev, DataReceived):
                 req = self.reqs.get(ev.stream_id)
                 if req is not None:
@@ -246,24 +264,32 @@ class H2BackendProtocol(asyncio.Protocol):
 
 
 async def serve(
-    ident: str, host: str = "127.0.0.1", port: int = 0, stats: dict[str, int] | None = None
+    ident: str,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    stats: dict[str, int] | None = None,
+    goaway_after: int = 0,
 ) -> asyncio.AbstractServer:
     """Start the backend on the running loop."""
     counters = stats if stats is not None else {}
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: H2BackendProtocol(ident, counters), host, port)
+    return await loop.create_server(
+        lambda: H2BackendProtocol(ident, counters, goaway_after), host, port
+    )
 
 
 class ThreadBackend:
     """The backend on its own loop thread in the test process."""
 
-    def __init__(self, ident: str) -> None:
+    def __init__(self, ident: str, goaway_after: int = 0) -> None:
         self.ident = ident
         self.stats: dict[str, int] = {}
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        fut = asyncio.run_coroutine_threadsafe(serve(ident, stats=self.stats), self.loop)
+        fut = asyncio.run_coroutine_threadsafe(
+            serve(ident, stats=self.stats, goaway_after=goaway_after), self.loop
+        )
         self.server = fut.result(10)
         self.port: int = self.server.sockets[0].getsockname()[1]
 

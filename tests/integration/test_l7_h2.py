@@ -35,6 +35,7 @@ from h2.events import (
 )
 from h2.settings import SettingCodes, Settings
 
+from h2_backend import ThreadBackend
 from helpers import ROOT, rss_kib, vproxy_process, wait_until
 from tls_certs import CertAuthority
 from vproxy import HealthCheckConfig, ServerGroup, TcpLB, Upstream
@@ -646,3 +647,22 @@ def test_head_deadline_and_idle_timeout(
         wait_until(lambda: not lb.l7_sessions, timeout=5)
     finally:
         lb.stop(close_sessions=True)
+
+
+def test_backend_goaway_finishes_owed_streams_and_retries_refused_ones(
+    elg_factory: ElgFactory,
+) -> None:
+    # As nginx does every keepalive_requests requests: GOAWAY naming the last stream it
+    # will answer, with later streams already in flight.
+    backend = ThreadBackend("g", goaway_after=50)
+    lb = make_lb(elg_factory, {"g": [backend.address]})
+    try:
+        text = h2load(f"http://127.0.0.1:{lb.address[1]}/", "-n", "1000", "-c", "2", "-m", "20")
+        total, ok, _ = h2load_counts(text)
+        assert (total, ok) == (1000, 1000), text
+        assert "1000 2xx" in text, text
+        assert backend.stats["connections"] >= 10  # a fresh connection after each GOAWAY
+        assert backend.stats.get("refused", 0) > 0  # some streams were refused, then retried
+    finally:
+        lb.stop(close_sessions=True)
+        backend.close()

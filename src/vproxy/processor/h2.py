@@ -37,6 +37,7 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
+    ConnectionTerminated,
     Event,
     PingReceived,
     RemoteSettingsChanged,
@@ -67,6 +68,7 @@ Header = tuple[bytes, bytes]
 
 # Frame types (RFC 9113 §6) the scanner looks at.
 _DATA, _HEADERS, _PRIORITY, _RST_STREAM, _SETTINGS, _PUSH_PROMISE, _PING = 0, 1, 2, 3, 4, 5, 6
+_GOAWAY = 7
 _CONTINUATION = 9
 _FLAG_ACK = 0x1
 _FLAG_END_STREAM = 0x1
@@ -449,12 +451,61 @@ class BackendFacing(H2Side):
 
     The backend is trusted more than a client, but its header blocks and cheap frames
     are capped the same way; push is disabled.
+
+    A backend's GOAWAY is taken out of the byte stream here and reported as a
+    :class:`~h2.events.ConnectionTerminated` event in its place: ``h2`` closes its
+    state machine on a GOAWAY and would refuse the responses the backend still owes
+    for streams up to the GOAWAY's last stream id (RFC 9113 §6.8 lets them complete;
+    nginx says GOAWAY every ``keepalive_requests`` requests). Frames go to ``h2``
+    whole, so a frame cut by a read waits here for its end.
     """
 
-    __slots__ = ()
+    __slots__ = ("_rest",)
 
     def __init__(self, limits: H2Limits) -> None:
         super().__init__(limits, server=False)
+        self._rest = b""
+
+    def receive_data(self, data: bytes | memoryview, now: float) -> list[Event]:
+        """Feed received bytes; return the events they complete (GOAWAY included).
+
+        Raises:
+            RemoteProtocolError: As :meth:`H2Side.receive_data`; also a GOAWAY
+                shorter than its 8 fixed bytes.
+        """
+        buf = self._rest + bytes(data) if self._rest else bytes(data)
+        events: list[Event] = []
+        n = len(buf)
+        start = pos = 0  # start: first byte not given to h2; pos: next frame
+        while n - pos >= 9:
+            end = pos + 9 + int.from_bytes(buf[pos : pos + 3], "big")
+            if end > n:
+                break
+            if buf[pos + 3] == _GOAWAY:
+                if pos > start:
+                    events += super().receive_data(buf[start:pos], now)
+                events.append(self._goaway_event(buf[pos + 9 : end]))
+                start = end
+            pos = end
+        if pos > start:
+            events += super().receive_data(buf[start:pos], now)
+        self._rest = buf[pos:]
+        return events
+
+    def _goaway_event(self, payload: bytes) -> ConnectionTerminated:
+        if len(payload) < 8:
+            raise self._fail(
+                RemoteProtocolError("GOAWAY shorter than 8 bytes", ErrorCodes.FRAME_SIZE_ERROR)
+            )
+        ev = ConnectionTerminated()
+        ev.last_stream_id = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
+        code = int.from_bytes(payload[4:8], "big")
+        try:
+            ev.error_code = ErrorCodes(code)
+        except ValueError:
+            ev.error_code = code
+        ev.additional_data = payload[8:] or None
+        return ev
 
 
 def _settings(limits: H2Limits, *, server: bool) -> Settings:

@@ -389,3 +389,52 @@ def test_no_io_imports_and_docstring() -> None:
     doc = ast.get_docstring(tree) or ""
     assert "Owns" in doc
     assert "Must not" in doc
+
+
+def _backend_after_goaway(chunk: int) -> list[object]:
+    """A backend answers stream 1 after a GOAWAY(last=1) and never answers stream 3."""
+    from h2.events import ConnectionTerminated, ResponseReceived, StreamEnded
+    from hpack import Encoder
+    from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame, SettingsFrame
+
+    client = BackendFacing(H2Limits())
+    client.initiate()
+    req = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"x"), (b":path", b"/")]
+    client.conn.send_headers(1, req, end_stream=True)
+    client.conn.send_headers(3, req, end_stream=True)
+    client.data_to_send()
+    enc = Encoder()
+    goaway = GoAwayFrame(0)
+    goaway.last_stream_id = 1
+    headers = HeadersFrame(1)
+    headers.data = enc.encode([(b":status", b"200")])
+    headers.flags.add("END_HEADERS")
+    data = DataFrame(1)
+    data.data = b"hello"
+    data.flags.add("END_STREAM")
+    wire = b"".join(f.serialize() for f in (SettingsFrame(0), goaway, headers, data))
+    events: list[object] = []
+    for i in range(0, len(wire), chunk):
+        events += client.receive_data(wire[i : i + chunk], 0.0)
+    kinds = [type(e) for e in events]
+    assert ConnectionTerminated in kinds
+    term = next(e for e in events if isinstance(e, ConnectionTerminated))
+    assert term.last_stream_id == 1
+    assert term.error_code == ErrorCodes.NO_ERROR
+    # what the backend still owed for stream 1 arrives after the GOAWAY
+    assert kinds.index(ConnectionTerminated) < kinds.index(ResponseReceived)
+    assert any(isinstance(e, StreamEnded) and e.stream_id == 1 for e in events)
+    return events
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 10_000])
+def test_backend_goaway_lets_the_owed_responses_through(chunk: int) -> None:
+    _backend_after_goaway(chunk)
+
+
+def test_backend_short_goaway_is_a_protocol_error() -> None:
+    client = BackendFacing(H2Limits())
+    client.initiate()
+    with pytest.raises(h2mod.RemoteProtocolError) as info:
+        client.receive_data(b"\x00\x00\x04\x07\x00\x00\x00\x00\x00\x00\x00\x00\x01", 0.0)
+    assert info.value.error_code == ErrorCodes.FRAME_SIZE_ERROR

@@ -153,8 +153,10 @@ class _Stream:
         "headers",
         "hint",
         "replied",
+        "retry",
         "sid",
         "tried",
+        "tried_again",
         "up",
         "up_done",
         "up_end",
@@ -168,6 +170,8 @@ class _Stream:
         self.back: _BackendConn | None = None
         self.bsid = 0
         self.headers: list[Any] | None = None
+        self.retry: list[Any] | None = None  # a bodiless request, kept to send again
+        self.tried_again = False
         self.hint: str | None = None
         self.tried: list[Server] = []
         self.up: deque[memoryview] = deque()
@@ -685,6 +689,9 @@ class _BackendConn(asyncio.Protocol):
             s.front.local_reply(s, 502, "bad request for the backend\n")
             return
         s.headers = None
+        # A request without a body can be sent again if the backend refuses it unseen
+        # (GOAWAY above its id, or REFUSED_STREAM; RFC 9113 §8.7): once.
+        s.retry = headers if end and not s.tried_again else None
         s.back = self
         s.bsid = bsid
         s.up_done = end
@@ -776,6 +783,9 @@ class _BackendConn(asyncio.Protocol):
             if s is not None:
                 self.blocked.discard(s)
                 s.back = None
+                if ev.error_code == ErrorCodes.REFUSED_STREAM and self._retry(s):
+                    self._maybe_idle()
+                    return
                 s.front.reset(s, ev.error_code)
                 self._maybe_idle()
         elif isinstance(ev, RemoteSettingsChanged):
@@ -790,8 +800,22 @@ class _BackendConn(asyncio.Protocol):
             last = ev.last_stream_id if ev.last_stream_id is not None else 0
             for bsid in [i for i in self.streams if i > last]:
                 s = self.streams.pop(bsid)
+                self.blocked.discard(s)
                 s.back = None
-                s.front.reset(s, ErrorCodes.REFUSED_STREAM)
+                if not self._retry(s):
+                    s.front.reset(s, ErrorCodes.REFUSED_STREAM)
+
+    def _retry(self, s: _Stream) -> bool:
+        """Send a refused, unprocessed bodiless request again (on another connection)."""
+        request = s.retry
+        if request is None or s.closed or s.replied:
+            return False
+        s.retry = None
+        s.tried_again = True
+        s.headers = request
+        s.bsid = 0
+        s.front.dispatch(s)
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
