@@ -350,7 +350,7 @@ events {{ worker_connections {maxconn()}; multi_accept on; }}
 """
 
 
-def nginx_backend_conf(tmp: Path, http_port: int) -> str:
+def nginx_backend_conf(tmp: Path, http_port: int, h2_port: int) -> str:
     return (
         nginx_common(tmp)
         + f"""http {{
@@ -364,6 +364,14 @@ def nginx_backend_conf(tmp: Path, http_port: int) -> str:
     keepalive_timeout 60s;
     server {{
         listen {HOST}:{http_port} reuseport backlog=4096;
+        location / {{
+            default_type text/plain;
+            return 200 "hello\\n";
+        }}
+    }}
+    http2_max_requests 10000000;
+    server {{
+        listen {HOST}:{h2_port} http2 reuseport backlog=4096;
         location / {{
             default_type text/plain;
             return 200 "hello\\n";
@@ -413,7 +421,7 @@ listen l{port}
     mode http
     bind {HOST}:{port}{" proto h2" if h2 else ""}
     timeout http-keep-alive 120s
-    server s1 {HOST}:{backend}
+    server s1 {HOST}:{backend}{" proto h2" if h2 else ""}
 """
         for port, backend, h2 in http or []
     )
@@ -472,6 +480,7 @@ class Bench:
         self.pm = ProcessManager(self.tmp)
         self.backend_http = 0
         self.backend_iperf = 0
+        self.backend_h2 = 0
         self.backend_nginx: Proc | None = None
         self.targets: dict[str, Target] = {}
         self.failures: list[str] = []
@@ -525,8 +534,9 @@ class Bench:
         d = self.tmp / "backend"
         d.mkdir()
         self.backend_http = free_port()
+        self.backend_h2 = free_port()  # h2c (prior knowledge), for the h2 rows
         conf = d / "nginx.conf"
-        conf.write_text(nginx_backend_conf(d, self.backend_http))
+        conf.write_text(nginx_backend_conf(d, self.backend_http, self.backend_h2))
         self.backend_nginx = self.pm.start(
             "backend-nginx", ["nginx", "-p", str(d), "-e", str(d / "error.log"), "-c", str(conf)]
         )
@@ -551,7 +561,7 @@ class Bench:
         if name == "haproxy":
             t.ports = {"http1": free_port(), "h2": free_port(), "socks5": t.http_port}
             http = [(t.ports["http1"], self.backend_http, False)]
-            http.append((t.ports["h2"], self.backend_http, True))
+            http.append((t.ports["h2"], self.backend_h2, True))
             cfg = self.tmp / "haproxy.cfg"
             cfg.write_text(haproxy_conf(listen, http))
             p = self.pm.start("haproxy", ["haproxy", "-db", "-f", str(cfg)])
@@ -618,10 +628,13 @@ class Bench:
 
     def _start_vproxy_extra(self, t: Target, env: dict[str, str], extra: list[str]) -> None:
         """The socks5-server and the L7 tcp-lbs, one process each (started, not waited for)."""
-        for kind, protocol in (("http1", "http/1.x"), ("h2", "h2")):
+        for kind, protocol, backend in (
+            ("http1", "http/1.x", self.backend_http),
+            ("h2", "h2", self.backend_h2),
+        ):
             port = free_port()
             argv = [self.args.python, "-m", "vproxy", "simple", "bind", str(port)]
-            argv += ["backend", f"{HOST}:{self.backend_http}", "address", HOST]
+            argv += ["backend", f"{HOST}:{backend}", "address", HOST]
             argv += ["protocol", protocol, *extra]
             t.ports[kind] = port
             t.kind_procs[kind] = self.pm.start(
@@ -1025,8 +1038,9 @@ def build_report(b: Bench, machine: dict[str, Any], started: str, cmdline: str) 
         "same client and request without socks5 (their tcp listener). The client is a limit "
         "too: its CPU seconds are in latest.json (`client_cpu_s`).",
         "- L7 rows: vproxy `simple ... protocol http/1.x` and `protocol h2` (h2c, prior "
-        "knowledge) vs haproxy `mode http` and `bind ... proto h2`, both to the same nginx over "
-        "HTTP/1.1; n/a where vproxy did not start with that protocol",
+        "knowledge) vs haproxy `mode http` and `bind ... proto h2`; http/1.x: both to the same "
+        "nginx over HTTP/1.1; h2: both to the same nginx over h2c (`server ... proto h2`: h2 on "
+        "both sides, as vproxy's h2 mode); n/a where vproxy did not start with that protocol",
         "",
         "## Throughput (higher is better)",
         "",
