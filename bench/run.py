@@ -916,13 +916,14 @@ def parse_h2load(out: str) -> dict[str, Any]:
     )
     if not rps or not reqs:
         raise BenchError(f"cannot parse h2load output:\n{out[-800:]}")
-    status = re.search(r"status codes: (\d+) 2xx", out)
+    status = re.search(r"status codes: \d+ 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
     ok = int(reqs.group(2))
     return {
         "rps": float(rps.group(1)) * (ok / int(reqs.group(1)) if int(reqs.group(1)) else 0),
         "requests": ok,
         "socket_errors": int(reqs.group(3)) + int(reqs.group(4)),
-        "non_2xx": ok - int(status.group(1)) if status else 0,
+        # with -D, streams still open at the end count as done but have no status
+        "non_2xx": sum(int(g) for g in status.groups()) if status else 0,
     }
 
 
