@@ -17,6 +17,8 @@ from vproxy.component.server_group import Server, ServerGroup, SmoothWrr
 __all__ = ["GroupHandle", "Upstream", "UpstreamError", "hint_match_level", "normalize_host"]
 
 MAX_GROUP_WEIGHT = 10_000
+MAX_CACHED_HINTS = 1024
+"""Distinct hints whose group ranking an upstream keeps (cleared when full)."""
 
 
 class UpstreamError(ValueError):
@@ -69,6 +71,10 @@ class Upstream:
         self._wrr = SmoothWrr((), ())
         # the usable handles self._wrr was built over; None forces a rebuild
         self._wrr_over: tuple[GroupHandle, ...] | None = None
+        # hint -> the groups it matches, best first (see _ranked); valid while the
+        # member tuple and every member's annotations dict are the ones in _hints_for
+        self._hints: dict[str, tuple[ServerGroup, ...]] = {}
+        self._hints_for: tuple[tuple[GroupHandle, ...], tuple[dict[str, str], ...]] = ((), ())
 
     def __repr__(self) -> str:
         return f"Upstream({self.name!r}, {[(h.group.name, h.weight) for h in self._handles]})"
@@ -128,9 +134,9 @@ class Upstream:
         that matches nothing usable falls back to WRR over the usable groups.
         """
         if hint:
-            best = self._match(normalize_host(hint))
-            if best is not None:
-                return best
+            for g in self._ranked(hint):
+                if _usable_group(g, self._handles):
+                    return g
         handles = self._handles
         if len(handles) == 1:
             # The common case (one group): WRR over one item is that item, and the
@@ -157,6 +163,43 @@ class Upstream:
         """The group that best matches ``hint`` (no WRR fallback), or None."""
         return self._match(normalize_host(hint)) if hint else None
 
+    def _ranked(self, hint: str) -> tuple[ServerGroup, ...]:
+        """The groups ``hint`` (as sent) matches, best first, whatever their health.
+
+        Cached per hint: every L7 request carries one, and normalising and comparing
+        each group's names per request cost more than choosing the server. Bounded:
+        hints come from clients.
+        """
+        handles = self._handles
+        key = self._hints_for
+        if key[0] is not handles or any(
+            h.group.annotations is not a for h, a in zip(handles, key[1], strict=False)
+        ):
+            self._hints = {}
+            self._hints_for = (handles, tuple(h.group.annotations for h in handles))
+        hints = self._hints
+        ranked = hints.get(hint)
+        if ranked is None:
+            if len(hints) >= MAX_CACHED_HINTS:
+                hints.clear()
+            ranked = hints[hint] = self._rank(normalize_host(hint), handles)
+        return ranked
+
+    @staticmethod
+    def _rank(hint: str, handles: tuple[GroupHandle, ...]) -> tuple[ServerGroup, ...]:
+        scored = []
+        for i, h in enumerate(handles):
+            g = h.group
+            best = (0, -1)
+            for cand in (g.annotations.get("host"), g.name):
+                if cand:
+                    c = normalize_host(cand)
+                    best = max(best, (hint_match_level(hint, c), len(c)))
+            if best[0]:
+                scored.append((-best[0], -best[1], i, g))
+        scored.sort(key=lambda x: x[:3])
+        return tuple(x[3] for x in scored)
+
     def _match(self, hint: str) -> ServerGroup | None:
         best: ServerGroup | None = None
         best_level = 0
@@ -180,6 +223,13 @@ class Upstream:
         if group is None:
             return None
         return group.next(source)
+
+
+def _usable_group(g: ServerGroup, handles: tuple[GroupHandle, ...]) -> bool:
+    for h in handles:
+        if h.group is g:
+            return _usable(h)
+    return False
 
 
 def _usable(h: GroupHandle) -> bool:

@@ -311,3 +311,43 @@ def test_bad_group_weight_is_refused(weight: object) -> None:
     with pytest.raises(UpstreamError, match=r"weight must be an integer 0\.\.10000, got"):
         u.update("a", weight=weight)  # type: ignore[arg-type]
     assert [(h.group.name, h.weight) for h in u.groups] == [("a", 4)]
+
+
+_LABELS = st.sampled_from(["a", "b", "example", "com", "test"])
+_HOSTS = st.lists(_LABELS, min_size=1, max_size=3).map(".".join)
+
+
+@MID
+@given(
+    names=st.lists(_HOSTS, min_size=1, max_size=4, unique=True),
+    hosts=st.lists(st.none() | _HOSTS, min_size=4, max_size=4),
+    healthy=st.lists(st.booleans(), min_size=4, max_size=4),
+    hints=st.lists(_HOSTS.map(lambda h: h.upper() + ":8080"), min_size=1, max_size=6),
+)
+def test_cached_hint_ranking_picks_what_a_fresh_match_picks(
+    names: list[str], hosts: list[str | None], healthy: list[bool], hints: list[str]
+) -> None:
+    ups = Upstream("u")
+    for i, name in enumerate(names):
+        ups.add(group(name, host=hosts[i], healthy=healthy[i]), 10)
+    for hint in hints * 2:  # the second pass comes from the cache
+        fresh = ups._match(normalize_host(hint))
+        if fresh is not None:
+            assert ups.select_group(hint) is fresh
+
+
+def test_hint_cache_follows_annotations_membership_and_stays_bounded() -> None:
+    ups = Upstream("u")
+    a = group("a.test")
+    b = group("b.test")
+    ups.add(a, 10)
+    ups.add(b, 10)
+    assert ups.select_group("x.b.test") is b
+    b.annotations = {"host": "other.test"}  # as `update server-group ... annotations`
+    a.annotations = {"host": "x.b.test"}
+    assert ups.select_group("x.b.test") is a
+    ups.remove("a.test")
+    assert ups.select_group("x.b.test") is b  # the name still matches as a parent
+    for i in range(3000):  # client-chosen hints cannot grow the cache without bound
+        ups.select_group(f"h{i}.example")
+    assert len(ups._hints) <= 1024
