@@ -25,6 +25,7 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
+from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -478,25 +479,13 @@ class H2Frontend(asyncio.Protocol):
         b = s.back
         sent = 0
         try:
-            while s.down:
-                if self.paused:
-                    self.blocked.add(s)
-                    break
-                window = conn.local_flow_control_window(s.sid)
-                if window <= 0:
-                    self.blocked.add(s)
-                    break
-                chunk = s.down[0]
-                n = min(window, len(chunk), conn.max_outbound_frame_size)
-                if n < len(chunk):
-                    piece = chunk[:n]
-                    s.down[0] = chunk[n:]
-                else:
-                    piece = s.down.popleft()
-                conn.send_data(s.sid, piece)
-                s.down_size -= n
-                sent += n
-            if not s.down and s.down_end and not s.down_done:
+            sent, error = _send_queued(conn, s.sid, s.down, self.paused)
+            s.down_size -= sent
+            if error is not None:
+                raise error
+            if s.down:
+                self.blocked.add(s)
+            elif s.down_end and not s.down_done:
                 if s.down_trailers is not None:
                     conn.send_headers(s.sid, s.down_trailers, end_stream=True)
                 else:
@@ -914,25 +903,13 @@ class _BackendConn(asyncio.Protocol):
         conn = self.h2.conn
         sent = 0
         try:
-            while s.up:
-                if self.paused:
-                    self.blocked.add(s)
-                    break
-                window = conn.local_flow_control_window(s.bsid)
-                if window <= 0:
-                    self.blocked.add(s)
-                    break
-                chunk = s.up[0]
-                n = min(window, len(chunk), conn.max_outbound_frame_size)
-                if n < len(chunk):
-                    piece = chunk[:n]
-                    s.up[0] = chunk[n:]
-                else:
-                    piece = s.up.popleft()
-                conn.send_data(s.bsid, piece)
-                s.up_size -= n
-                sent += n
-            if not s.up and s.up_end and not s.up_done:
+            sent, error = _send_queued(conn, s.bsid, s.up, self.paused)
+            s.up_size -= sent
+            if error is not None:
+                raise error
+            if s.up:
+                self.blocked.add(s)
+            elif s.up_end and not s.up_done:
                 if s.up_trailers is not None:
                     conn.send_headers(s.bsid, s.up_trailers, end_stream=True)
                 else:
@@ -984,3 +961,31 @@ class _BackendConn(asyncio.Protocol):
         self.streams.pop(s.bsid, None)
         self.blocked.discard(s)
         self._maybe_idle()
+
+
+def _send_queued(
+    conn: H2Connection, sid: int, queue: deque[memoryview], paused: bool
+) -> tuple[int, _H2Error | None]:
+    """Send DATA from the front of ``queue`` on stream ``sid`` as far as its window and
+    the frame size allow (nothing while ``paused``): (bytes sent, the error that
+    stopped it, if any). What is left in ``queue`` waits for a window update."""
+    sent = 0
+    if paused:
+        return 0, None
+    try:
+        while queue:
+            window = conn.local_flow_control_window(sid)
+            if window <= 0:
+                break
+            chunk = queue[0]
+            n = min(window, len(chunk), conn.max_outbound_frame_size)
+            if n < len(chunk):
+                piece = chunk[:n]
+                queue[0] = chunk[n:]
+            else:
+                piece = queue.popleft()
+            conn.send_data(sid, piece)
+            sent += n
+    except _H2Error as exc:
+        return sent, exc
+    return sent, None
