@@ -494,6 +494,8 @@ class Bench:
         """The tests ``t`` runs: L4 everywhere, the others where they have a meaning."""
         out = []
         for test in TESTS:
+            if test not in self.args.tests:
+                continue
             allowed = TEST_TARGETS.get(test)
             if allowed is not None:
                 if t.name not in allowed:
@@ -1291,6 +1293,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=",".join(ALL_TARGETS),
         help=f"comma-separated targets among {','.join(ALL_TARGETS)} (default: all)",
     )
+    p.add_argument(
+        "--tests",
+        default=",".join(TESTS),
+        help=f"comma-separated tests among {','.join(TESTS)} (default: all)",
+    )
     p.add_argument("--python", default=sys.executable, help="interpreter for vproxy")
     p.add_argument("--vproxy-args", default="", help="extra arguments for `vproxy simple`")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="where latest.{md,json} go")
@@ -1300,6 +1307,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad = [t for t in a.only if t not in ALL_TARGETS]
     if bad or not a.only:
         p.error(f"unknown target(s) {bad}; choose among {','.join(ALL_TARGETS)}")
+    a.tests = [t.strip() for t in a.tests.split(",") if t.strip()]
+    bad = [t for t in a.tests if t not in TESTS]
+    if bad or not a.tests:
+        p.error(f"unknown test(s) {bad}; choose among {','.join(TESTS)}")
     if a.duration is None:
         a.duration = 2 if a.quick else 8
     if a.runs is None:
