@@ -31,7 +31,7 @@ from vproxy.component.security_group import SecurityGroup
 from vproxy.component.server_group import Server
 from vproxy.component.upstream import Upstream
 from vproxy.net.connection import Session
-from vproxy.net.event_loop import EventLoop, EventLoopError, EventLoopGroup
+from vproxy.net.event_loop import READABLE, EventLoop, EventLoopError, EventLoopGroup
 from vproxy.net.server_sock import ServerSock, bind_listener, format_address, parse_address
 from vproxy.processor.socks5 import (
     AuthFailed,
@@ -254,11 +254,19 @@ class Socks5Server:
         except EventLoopError:
             sock.close()
             return
-        self.gate.hand_off(el, self._start, el, sock, addr)
+        if el.in_loop_thread:
+            self._start(el, sock, addr)
+        else:
+            self.gate.hand_off(el, self._start, el, sock, addr)
 
     # -- per connection (worker thread) ----------------------------------------------------
     def _start(self, el: EventLoop, sock: socket.socket, addr: Any) -> None:
         # The session is registered here, before the hand-off counts as done.
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            sock.close()  # the client is already gone
+            return
         session = Session(
             el,
             addr,
@@ -266,22 +274,12 @@ class Socks5Server:
             self.out_buffer_size,
             self.timeout,
             self._closed,
+            sock=sock,
             half_closed_timeout_ms=self.half_closed_timeout,
         )
-        el.session_started()
+        el.session_started(session)
         self.sessions.add(session)
-        task = el.loop.create_task(self._serve(el, sock, session))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _serve(self, el: EventLoop, sock: socket.socket, session: Session) -> None:
-        hs = _Handshake(self, session)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            await el.loop.connect_accepted_socket(lambda: hs, sock)
-        except Exception:
-            sock.close()
-            self._closed(session)
+        _Handshake(self, session).start()
 
     def _closed(self, session: Session) -> None:
         if session not in self.sessions:
@@ -293,7 +291,7 @@ class Socks5Server:
         server = session.server
         if isinstance(server, Server):
             server.session_closed(session, session.back.bytes_in, session.front.bytes_in)
-        session.el.session_done()
+        session.el.session_done(session)
         log = self.access_log
         if log is not None:
             duration, target = self._accept_clock.pop(session.client)
@@ -355,106 +353,165 @@ def _reply_for(exc: BaseException) -> ReplyCode:
     return ReplyCode.GENERAL_FAILURE
 
 
-class _Handshake(asyncio.Protocol):
-    """The client side before the relay: feeds the socks5 processor, then hands over."""
+class _Handshake:
+    """The client side before the relay: feeds the socks5 processor, then links.
+
+    Socket mode, like the tcp-lb's relay: the client's socket is watched by the
+    loop's :class:`~vproxy.net.event_loop.FdWatcher` through the session's front
+    :class:`~vproxy.net.connection.Connection` (so closing the session stops the
+    watch), the backend is connected with :meth:`Session.connect`, and
+    :meth:`Session.link` turns the pair into the relay. Only a CONNECT to a domain
+    name that is no backend (``allow-non-backend``) takes a task, for the lookup.
+    """
+
+    __slots__ = ("deadline", "done", "early", "proc", "server", "session", "target")
 
     def __init__(self, server: Socks5Server, session: Session) -> None:
         self.server = server
         self.session = session
         self.proc = Socks5ServerConnection(auth=server.check_user if server.users else None)
-        self.transport: asyncio.Transport | None = None
-        self.deadline: asyncio.TimerHandle | None = None
-        self.task: asyncio.Task[None] | None = None
+        self.deadline = -1  # key of the handshake deadline in the loop's timers
         self.done = False
+        self.early: list[bytes] = []  # bytes the client sent after its request
+        self.target: Server | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        loop = self.session._loop
-        self.deadline = loop.call_later(self.server.handshake_timeout / 1000, self._expired)
+    def start(self) -> None:
+        session = self.session
+        front = session.front
+        front._mask = READABLE
+        session._watcher.add(front.fd, READABLE, self._on_readable)
+        self.deadline = session._timers.add(self.server.handshake_timeout / 1000, self._expired)
 
     def _expired(self) -> None:
-        if not self.done and self.transport is not None:
+        self.deadline = -1
+        if not self.done and not self.session.closed:
             _log.debug("socks5 handshake from %s timed out", self.session.client)
-            self.transport.abort()
+            self._end()
+            self.session.abort()
 
-    def data_received(self, data: bytes) -> None:
+    def _end(self) -> None:
+        self.done = True
+        if self.deadline >= 0:
+            self.session._timers.cancel(self.deadline, self._expired)
+            self.deadline = -1
+
+    def _on_readable(self, _events: int = 0) -> None:
+        session = self.session
+        sock = session.front.sock
+        assert sock is not None
+        try:
+            data = sock.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the client gave up (or broke) during the handshake
+            self._end()
+            session.abort()
+            return
         try:
             events = self.proc.receive_data(data)
         except Socks5Error:
             self._fail()
             return
         out = self.proc.data_to_send()
-        if out and self.transport is not None:
-            self.transport.write(out)
+        if out and not self._send(out):
+            return
         for ev in events:
             if isinstance(ev, ConnectRequest):
-                assert self.transport is not None
-                self.transport.pause_reading()
-                loop = self.session._loop
-                self.task = loop.create_task(self._connect(ev))
-                self.server._tasks.add(self.task)
-                self.task.add_done_callback(self.server._tasks.discard)
+                self._stop_reading()
+                self._connect(ev)
             elif isinstance(ev, Payload):
-                self.session.front.pending.append(ev.data)
+                self.early.append(ev.data)
             elif isinstance(ev, AuthFailed | ProtocolError):
                 self._fail()
                 return
 
+    def _stop_reading(self) -> None:
+        front = self.session.front
+        if front._mask:
+            front._mask = 0
+            self.session._watcher.remove(front.fd)
+
+    def _send(self, data: bytes) -> bool:
+        """Write a (small) reply to the client; False if the session was closed.
+
+        A fresh socket takes a few hundred bytes at once: a client whose buffer
+        cannot is broken, and is closed.
+        """
+        session = self.session
+        sock = session.front.sock
+        try:
+            sent = sock.send(data) if sock is not None and not session.closing else -1
+        except OSError:
+            sent = -1
+        if sent != len(data):
+            self._end()
+            session.abort()
+            return False
+        return True
+
     def _fail(self) -> None:
         out = self.proc.data_to_send()
-        if self.transport is not None:
-            if out:
-                self.transport.write(out)
-            self.transport.close()
+        self._end()
+        if not out or self._send(out):
+            self.session.close()
 
-    async def _connect(self, req: ConnectRequest) -> None:
-        session, server = self.session, self.server
-        backend: Server | None = None
+    def _connect(self, req: ConnectRequest) -> None:
+        server, session = self.server, self.session
         try:
             host, port, backend = server.choose_target(req, str(session.client[0]))
-            back = session.reset_backend()
-            async with asyncio.timeout(_connect_timeout(backend)):
-                await session._loop.create_connection(back.itself, host, port)
-        except Exception as exc:
-            if isinstance(exc, PermissionError):
-                server.denied += 1
-            else:
-                server.failed += 1
-                if backend is not None:
-                    backend.connect_failed()  # the passive failure, visible in stats
-            self.proc.reject(_reply_for(exc))
-            self._fail()
+        except PermissionError as exc:
+            server.denied += 1
+            self._reject(exc)
             return
-        if self.transport is None or self.transport.is_closing():
-            session.abort()
+        self.target = backend
+        if server.access_log is not None:
+            server._accept_clock.target(session.client, format_address(req.host, req.port))
+        timeout = _connect_timeout(backend)
+        if _is_ip(host):
+            session.connect(host, port, timeout, self._connected)
+            return
+        task = session._loop.create_task(self._resolve_and_connect(host, port, seconds=timeout))
+        server._tasks.add(task)
+        task.add_done_callback(server._tasks.discard)
+
+    async def _resolve_and_connect(self, host: str, port: int, *, seconds: float) -> None:
+        session = self.session
+        try:
+            async with asyncio.timeout(seconds):
+                infos = await session._loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except Exception as exc:
+            if not session.closed:
+                self._connected(exc if isinstance(exc, OSError) else OSError(str(exc)))
+            return
+        if not session.closed:
+            ip, resolved_port = infos[0][4][:2]
+            session.connect(str(ip), int(resolved_port), seconds, self._connected)
+
+    def _connected(self, error: OSError | None) -> None:
+        server, session, backend = self.server, self.session, self.target
+        if error is not None:
+            server.failed += 1
+            if backend is not None:
+                backend.connect_failed()  # the passive failure, visible in stats
+            self._reject(error)
+            return
+        if self.done:  # timed out meanwhile
             return
         session.server = backend
         if backend is not None:
             backend.session_opened(session)
-        if server.access_log is not None:
-            server._accept_clock.target(session.client, format_address(req.host, req.port))
-        bound = back.transport.get_extra_info("sockname") if back.transport else None
+        bound = session.back.get_extra_info("sockname")
         self.proc.accept(*(bound[:2] if bound else ("0.0.0.0", 0)))
-        self.transport.write(self.proc.data_to_send())
-        self.done = True
-        if self.deadline is not None:
-            self.deadline.cancel()
-        # From here on the relay owns the client transport.
-        self.transport.set_protocol(session.front)
-        session.front.connection_made(self.transport)
-        session.link()
+        self._end()
+        if self._send(self.proc.data_to_send()):
+            # From here on the relay owns both sockets.
+            session.link(b"".join(self.early))
 
-    def eof_received(self) -> bool:
-        return False  # the client gave up during the handshake: close
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.deadline is not None:
-            self.deadline.cancel()
-        if not self.done:
-            self.done = True
-            if self.task is not None:
-                self.task.cancel()
-            self.session.abort()
+    def _reject(self, exc: BaseException) -> None:
+        self.proc.reject(_reply_for(exc))
+        self._fail()
 
 
 def _connect_timeout(server: Server | None) -> float:

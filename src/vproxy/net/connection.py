@@ -706,18 +706,22 @@ class Session:
         self.front.peer = self.back
         return self.back
 
-    def link(self) -> None:
-        """Both sides exist: start relaying and the idle timer."""
+    def link(self, early: bytes = b"") -> None:
+        """Both sides exist: start relaying and the idle timer.
+
+        ``early`` (socket mode): bytes the client sent before the session was linked
+        (after a socks5 CONNECT, say); they go to the backend first.
+        """
         if self.closed or self.closing or self.linked:
             return
         if self.socket_mode:
-            self._link_sockets()
+            self._link_sockets(early)
         else:
             self._link_transports()
         if self.timeout > 0:
             self._idle_handle = self._timers.add(self.timeout / 1000, self._check_idle)
 
-    def _link_sockets(self) -> None:
+    def _link_sockets(self, early: bytes) -> None:
         front, back = self.front, self.back
         fs, bs = front.sock, back.sock
         if fs is None or bs is None:
@@ -733,9 +737,22 @@ class Session:
             back._bulk_read = len(back._view) // BULK_READ_FRACTION
         if self._watcher.kind == "epoll":
             front._reads_left = back._reads_left = PROMOTE_AFTER_READS
-        front._start_reading()
+        if early:
+            front.bytes_in += len(early)
+            try:
+                sent = _write(back.fd, early)
+            except _RETRY:
+                sent = 0
+            except OSError as exc:
+                self._fail(exc)
+                return
+            if sent != len(early):  # the backend's buffer is full: wait for it
+                front.backlog = memoryview(early)[sent:]
+        if front.backlog is None:
+            front._start_reading()
         back.reading = True
-        back.writing = False  # the connect watch becomes the reader
+        # The connect watch becomes the reader (and the writer while early bytes wait).
+        back.writing = front.backlog is not None
         back._watch()
 
     def _link_transports(self) -> None:
