@@ -264,6 +264,9 @@ class ServerGroup:
         self._lock = threading.Lock()
         self._servers: dict[str, Server] = {}
         self._healthy: tuple[Server, ...] = ()
+        # A healthy server with a weight above 0 exists (kept by _rebuild, read for
+        # every connection by the upstream).
+        self.pickable = False
         self._wrr = SmoothWrr((), ())
         self._wlc_cursor = 0
         self._listeners: list[HealthListener] = []
@@ -347,6 +350,7 @@ class ServerGroup:
         """Recompute the healthy snapshot and the WRR state (lock held)."""
         healthy = tuple(s for s in self._servers.values() if s.health.healthy)
         self._healthy = healthy
+        self.pickable = any(s.weight > 0 for s in healthy)
         self._wrr = SmoothWrr(healthy, [s.weight for s in healthy])
 
     # -- changing -----------------------------------------------------------------------

@@ -234,7 +234,7 @@ def _usable_group(g: ServerGroup, handles: tuple[GroupHandle, ...]) -> bool:
 
 def _usable(h: GroupHandle) -> bool:
     """A group can take a connection: weight above 0 and a healthy server that can be picked."""
-    return h.weight > 0 and any(s.weight > 0 for s in h.group.healthy_servers)
+    return h.weight > 0 and h.group.pickable
 
 
 def _check_weight(weight: int) -> None:

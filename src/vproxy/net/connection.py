@@ -654,7 +654,13 @@ class Session:
             back.writing = False
             back._watch()
             return
-        err = sock.getsockopt(_SOL_SOCKET, _SO_ERROR)
+        # epoll reports a failed connect with EPOLLERR: without it, the connect
+        # succeeded and asking SO_ERROR is a system call for nothing. The loop's
+        # own watch (the fallback) gives no event bits: ask there.
+        if events & _ERRORS or self._watcher.kind != "epoll":
+            err = sock.getsockopt(_SOL_SOCKET, _SO_ERROR)
+        else:
+            err = 0
         cb = self._connect_cb
         if err:
             self._end_connect()
