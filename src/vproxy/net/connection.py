@@ -395,7 +395,13 @@ class Connection(asyncio.Protocol):
 
     def _on_eof(self) -> None:
         self.eof = True
-        self._stop_reading()
+        peer = self.peer
+        if peer is not None and peer.eof and not peer._holding and not self.session.closing:
+            # The other direction ended and was flushed: the session closes this
+            # socket right away, which takes it out of the epoll set (no EPOLL_CTL_DEL).
+            self.reading = False
+        else:
+            self._stop_reading()
         self.session._on_sock_eof(self)
 
     def _watch(self) -> None:
