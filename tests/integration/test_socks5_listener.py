@@ -213,6 +213,79 @@ def test_byte_at_a_time_and_combined_segment(world: World) -> None:
         assert data.startswith(b"\x05\x00\x05\x00\x00\x01")
 
 
+def test_request_payload_and_fin_before_the_reply(world: World) -> None:
+    """Bytes and a FIN sent right behind the CONNECT reach the backend, in order."""
+    hello = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    msg = b"\x05\x01\x00" + req(1, 1, v4("127.0.0.1"), world.v4.port)
+    for split in (False, True):
+        with raw(world.port) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if split:  # request, then payload in its own segment, then the FIN
+                s.sendall(msg)
+                s.sendall(hello)
+            else:
+                s.sendall(msg + hello)
+            s.shutdown(socket.SHUT_WR)
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+            assert data.startswith(b"\x05\x00\x05\x00\x00\x01")
+            assert data.endswith(b"v4"), data
+    wait_until(lambda: not world.s5.sessions)
+    assert world.s5.bytes_from_clients == 2 * len(hello)
+
+
+def test_bytes_sent_while_the_connect_is_pending(world: World) -> None:
+    """A slow connect: what the client sends meanwhile (more than is kept while
+    connecting) and its FIN reach the target once connected, all and in order."""
+    world.s5.update(allow_non_backend=True)
+    target = socket.socket()
+    target.bind(("127.0.0.1", 0))
+    target.listen(0)
+    # Fill the accept queue: the proxy's SYN is then dropped until it has room
+    # (and the SYN is sent again about 1 s later).
+    fillers = []
+    for _ in range(2):
+        f = socket.socket()
+        f.setblocking(False)
+        f.connect_ex(target.getsockname())
+        fillers.append(f)
+    time.sleep(0.1)
+    payload = bytes(range(256)) * 512  # 128 KiB: more than MAX_EARLY_BYTES
+    try:
+        with raw(world.port) as s:
+            s.sendall(b"\x05\x01\x00" + req(1, 1, v4("127.0.0.1"), target.getsockname()[1]))
+            assert recv_exact(s, 2) == b"\x05\x00"
+            time.sleep(0.2)  # the proxy is connecting now
+            s.setblocking(False)
+            sent = 0
+            deadline = time.monotonic() + 2
+            while sent < len(payload) and time.monotonic() < deadline:
+                try:
+                    sent += s.send(payload[sent:])
+                except BlockingIOError:
+                    time.sleep(0.01)
+            s.setblocking(True)
+            target.settimeout(5)
+            for _ in fillers:  # make room: the proxy's next SYN gets in
+                target.accept()[0].close()
+            conn, _ = target.accept()
+            with conn:
+                conn.settimeout(5)
+                while sent < len(payload):
+                    sent += s.send(payload[sent:])
+                s.shutdown(socket.SHUT_WR)
+                assert recv_exact(s, 10)[:2] == b"\x05\x00"
+                got = b""
+                while chunk := conn.recv(65536):
+                    got += chunk
+                assert got == payload
+    finally:
+        target.close()
+        for f in fillers:
+            f.close()
+
+
 def test_255_byte_domain(world: World) -> None:
     name = (b"a" * 63 + b".") * 3 + b"b" * 62 + b".svc.test"
     name = name[-255:]

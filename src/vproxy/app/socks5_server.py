@@ -50,6 +50,8 @@ _log = logging.getLogger("vproxy.app")
 DEFAULT_BUFFER_SIZE = 16384
 DEFAULT_TIMEOUT_MS = 900_000
 DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000
+#: bytes kept from a client while its CONNECT is being connected (then it is not read)
+MAX_EARLY_BYTES = 65536
 DEFAULT_CONNECT_TIMEOUT_MS = 3_000
 MAX_HANDSHAKE_TIMEOUT_MS = 3_600_000
 
@@ -364,7 +366,7 @@ class _Handshake:
     name that is no backend (``allow-non-backend``) takes a task, for the lookup.
     """
 
-    __slots__ = ("deadline", "done", "early", "proc", "server", "session", "target")
+    __slots__ = ("deadline", "done", "early", "early_size", "proc", "server", "session", "target")
 
     def __init__(self, server: Socks5Server, session: Session) -> None:
         self.server = server
@@ -373,6 +375,7 @@ class _Handshake:
         self.deadline = -1  # key of the handshake deadline in the loop's timers
         self.done = False
         self.early: list[bytes] = []  # bytes the client sent after its request
+        self.early_size = 0
         self.target: Server | None = None
 
     def start(self) -> None:
@@ -419,13 +422,35 @@ class _Handshake:
             return
         for ev in events:
             if isinstance(ev, ConnectRequest):
-                self._stop_reading()
+                # The watch stays on while connecting (link() takes it over): what
+                # the client sends meanwhile is kept for the backend, up to a bound.
+                self.session._watcher.set_handler(session.front.fd, self._on_early)
                 self._connect(ev)
             elif isinstance(ev, Payload):
                 self.early.append(ev.data)
+                self.early_size += len(ev.data)
             elif isinstance(ev, AuthFailed | ProtocolError):
                 self._fail()
                 return
+
+    def _on_early(self, _events: int = 0) -> None:
+        """Readable while connecting: keep the bytes (bounded) for the backend."""
+        session = self.session
+        sock = session.front.sock
+        assert sock is not None
+        try:
+            data = sock.recv(MAX_EARLY_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if data:
+            self.early.append(data)
+            self.early_size += len(data)
+        if not data or self.early_size >= MAX_EARLY_BYTES:
+            # A FIN (or enough bytes): read nothing more until the relay starts,
+            # which reads the FIN again and passes it on.
+            self._stop_reading()
 
     def _stop_reading(self) -> None:
         front = self.session.front

@@ -760,7 +760,13 @@ class Session:
                 return
             if sent != len(early):  # the backend's buffer is full: wait for it
                 front.backlog = memoryview(early)[sent:]
-        if front.backlog is None:
+        if front.backlog is not None:
+            front._watch()  # (stop a watch that a handshake left on)
+        elif front._mask == _READABLE and not front.reading:
+            # Still watched from a handshake that read it: only the handler changes.
+            front.reading = True
+            self._watcher.set_handler(front.fd, front._handler())
+        else:
             front._start_reading()
         back.reading = True
         # The connect watch becomes the reader (and the writer while early bytes wait).
