@@ -98,7 +98,7 @@ class FdWatcher:
     ``VPROXY_FD_WATCHER=loop``, every socket uses the loop's own.
     """
 
-    __slots__ = ("_dead", "_ep", "_handlers", "_loop", "_masks", "_promoted")
+    __slots__ = ("_dead", "_ep", "_handlers", "_loop", "_masks", "_promoted", "epoll", "windows")
 
     #: events fetched per round (more wait for the next one: the set is level-triggered)
     BATCH = 64
@@ -116,6 +116,11 @@ class FdWatcher:
         if use_epoll and hasattr(select, "epoll"):
             self._ep = select.epoll()
             loop.add_reader(self._ep.fileno(), self._dispatch)
+        #: True when sockets are in our own epoll set (``kind == "epoll"``)
+        self.epoll = self._ep is not None
+        #: read windows of the relays on this loop, by size (net/connection.py): a
+        #: relay sends what it read on before its next read, so they share them
+        self.windows: dict[int, memoryview] = {}
 
     @property
     def kind(self) -> str:
@@ -235,16 +240,23 @@ class CoarseTimers:
     bucket: :meth:`add` and :meth:`cancel` are a dict operation each. A callback runs
     at most one tick late, never early. Use it from the loop's thread only.
 
-    A bucket emptied by cancels is dropped with its loop timer at once: idle
-    deadlines lie a whole idle timeout ahead (15 minutes by default), and keeping
-    ~32 emptied buckets a second that long (each dict keeps the size it once had,
-    each with a pending loop timer) grew a busy process by megabytes.
+    A bucket emptied by cancels keeps its loop timer until it fires, but gives back
+    the table it grew to (a dict keeps the size it once had: ~32 buckets a second
+    kept a whole idle timeout long grew a busy process by megabytes). Deadlines
+    :attr:`LONG_DELAY` or more ahead (idle timeouts, 15 minutes by default) share
+    one-second buckets, so at most one bucket per second of the longest timeout
+    waits, empty or not.
     """
 
     __slots__ = ("_buckets", "_firing", "_firing_key", "_handles", "_loop", "_time")
 
     #: bucket width in seconds
     TICK = 1 / 32
+    #: deadlines at least this far ahead (idle timeouts) go to buckets LONG_TICKS
+    #: ticks wide: at most a second late, and one loop timer serves a second of
+    #: sessions instead of a 32nd
+    LONG_DELAY = 10.0
+    LONG_TICKS = 32
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -255,12 +267,15 @@ class CoarseTimers:
         self._firing_key = -1
 
     def add(self, delay: float, callback: Callable[[], object]) -> int:
-        """Call ``callback()`` in ``delay`` seconds (or up to a tick later).
+        """Call ``callback()`` in ``delay`` seconds (or up to a tick later; a second
+        for delays of :attr:`LONG_DELAY` or more).
 
         Returns the key to :meth:`cancel` it with. ``callback`` is also its identity:
         add a callback to one deadline at a time.
         """
         key = int((self._time() + delay) / self.TICK) + 1
+        if delay >= self.LONG_DELAY:
+            key = -(-key // self.LONG_TICKS) * self.LONG_TICKS  # rounded up
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = {}
@@ -277,10 +292,10 @@ class CoarseTimers:
             return
         bucket.pop(callback, None)
         if not bucket:
-            del self._buckets[key]
-            handle = self._handles.pop(key, None)
-            if handle is not None:
-                handle.cancel()
+            # Kept with its loop timer (the next session's deadline is likely to
+            # land in it: dropping and re-creating a loop timer per connect cost
+            # more than the rest of the timers), but without the table it grew to.
+            bucket.clear()
 
     def _fire(self, key: int) -> None:
         self._handles.pop(key, None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable
 
 from vproxy.net.event_loop import CoarseTimers
@@ -37,18 +38,32 @@ def test_deadlines_fire_once_not_early_and_cancels_hold() -> None:
     asyncio.run(run())
 
 
-def test_an_emptied_bucket_is_dropped_with_its_loop_timer() -> None:
+def test_emptied_buckets_give_back_their_table_and_long_deadlines_share_buckets() -> None:
     async def run() -> None:
         loop = asyncio.get_running_loop()
         timers = CoarseTimers(loop)
         callbacks: list[Callable[[], None]] = [lambda: None for _ in range(1000)]
         keys = [timers.add(900.0, f) for f in callbacks]  # an idle timeout far ahead
+        assert len(set(keys)) == 1  # added within a second: one bucket
+        grown = sys.getsizeof(timers._buckets[keys[0]])
         for key, f in zip(keys, callbacks, strict=True):
             timers.cancel(key, f)
         assert len(timers) == 0
-        assert not timers._buckets
-        assert not timers._handles
+        assert sys.getsizeof(timers._buckets[keys[0]]) < grown / 10
         timers.cancel(keys[0], callbacks[0])  # again: a no-op
+        # A second of sessions, each adding and cancelling its idle deadline: the
+        # loop timers they need stay at about one per second, not one per session.
+        start = len(timers._handles)
+        t_end = loop.time() + 1.0
+        while loop.time() < t_end:
+            f = callbacks[0]
+            timers.cancel(timers.add(900.0, f), f)
+            await asyncio.sleep(0.005)
+        assert len(timers._handles) - start <= 2
+        # Short deadlines keep their 1/32 s precision.
+        k1 = timers.add(0.5, callbacks[1])
+        k2 = timers.add(0.5 + 2 * CoarseTimers.TICK, callbacks[2])
+        assert k1 != k2
 
     asyncio.run(run())
 
