@@ -15,8 +15,8 @@ connection: it is closed before a byte is read and before any backend connect.
 
 from __future__ import annotations
 
+import _socket
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -73,7 +73,7 @@ class AcceptGate:
         """Accepted sockets handed to a worker loop that has not started them yet."""
         return self._handoffs
 
-    def admit(self, sock: socket.socket, live: int, limit: int) -> bool:
+    def admit(self, sock: _socket.socket, live: int, limit: int) -> bool:
         """True when a new connection fits (``live`` sessions now, at most ``limit``).
 
         Otherwise the socket is closed and counted (call in the acceptor thread,

@@ -17,6 +17,7 @@ Must not: parse commands or decide about names beyond the upstream's hint rule.
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import errno
 import hmac
@@ -241,7 +242,7 @@ class Socks5Server:
                     loop.call_soon_threadsafe(s.abort)
 
     # -- accept (acceptor thread) -------------------------------------------------------
-    def _on_accept(self, sock: socket.socket, addr: Any) -> None:
+    def _on_accept(self, sock: _socket.socket, addr: Any) -> None:
         secg = self.security_group
         if secg is not None and not secg.allowed(addr[0], "TCP", self.address[1]):
             self.denied += 1
@@ -262,7 +263,7 @@ class Socks5Server:
             self.gate.hand_off(el, self._start, el, sock, addr)
 
     # -- per connection (worker thread) ----------------------------------------------------
-    def _start(self, el: EventLoop, sock: socket.socket, addr: Any) -> None:
+    def _start(self, el: EventLoop, sock: _socket.socket, addr: Any) -> None:
         # The session is registered here, before the hand-off counts as done.
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -12,9 +12,9 @@ Must not: parse commands; the control plane calls this API.
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import logging
-import socket
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import fields
@@ -33,7 +33,13 @@ from vproxy.component.server_group import Method, ServerGroup
 from vproxy.component.upstream import Upstream
 from vproxy.net.connection import Session
 from vproxy.net.event_loop import EventLoopError, EventLoopGroup
-from vproxy.net.server_sock import ServerSock, bind_listener, format_address, parse_address
+from vproxy.net.server_sock import (
+    ServerSock,
+    as_socket,
+    bind_listener,
+    format_address,
+    parse_address,
+)
 
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
@@ -168,7 +174,7 @@ class TcpLB:
         self.access_log: AccessLog | None = None
         self._accept_clock = AcceptClock()
 
-    def _on_accept(self, sock: socket.socket, addr: Any) -> None:
+    def _on_accept(self, sock: _socket.socket, addr: Any) -> None:
         secg = self.security_group
         if secg is not None and not secg.allowed(addr[0], "TCP", self.address[1]):
             self.denied += 1
@@ -191,11 +197,11 @@ class TcpLB:
         # gate counts the socket as in flight.
         if mode is not None:
             if el.in_loop_thread:
-                start_l7(self, mode, el, sock, addr)
+                start_l7(self, mode, el, as_socket(sock), addr)
             else:
-                self.gate.hand_off(el, start_l7, self, mode, el, sock, addr)
+                self.gate.hand_off(el, start_l7, self, mode, el, as_socket(sock), addr)
         elif tls is not None:
-            self.gate.hand_off(el, serve_tls, self, tls, el, sock, addr)
+            self.gate.hand_off(el, serve_tls, self, tls, el, as_socket(sock), addr)
         elif el.in_loop_thread:
             self.proxy._start(el, sock, addr)
         else:

@@ -12,6 +12,7 @@ and every new session reads it afresh.
 
 from __future__ import annotations
 
+import _socket
 import logging
 import socket
 from collections.abc import Callable
@@ -78,7 +79,7 @@ class Proxy:
         self.on_session_closed: Callable[[Session], None] | None = None
 
     # Runs in the acceptor loop's thread.
-    def on_accept(self, sock: socket.socket, addr: Any) -> None:
+    def on_accept(self, sock: _socket.socket, addr: Any) -> None:
         """Hand an accepted socket to the next worker loop.
 
         When that loop is the acceptor's own (acceptor and worker groups share
@@ -96,7 +97,7 @@ class Proxy:
             el.call_soon(self._start, el, sock, addr)
 
     # Runs in the worker loop's thread from here on.
-    def _start(self, el: EventLoop, sock: socket.socket, addr: Any) -> None:
+    def _start(self, el: EventLoop, sock: _socket.socket, addr: Any) -> None:
         cfg = self.settings
         try:
             sock.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)

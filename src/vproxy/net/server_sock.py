@@ -11,6 +11,7 @@ Must not: decide what happens to an accepted socket; it hands it to ``on_accept`
 
 from __future__ import annotations
 
+import _socket
 import errno
 import logging
 import socket
@@ -113,7 +114,7 @@ class ServerSock:
         name: str,
         sock: socket.socket,
         acceptor_elg: EventLoopGroup,
-        on_accept: Callable[[socket.socket, Any], None],
+        on_accept: Callable[[_socket.socket, Any], None],
     ) -> None:
         self.name = name
         self.sock = sock
@@ -150,9 +151,11 @@ class ServerSock:
 
     def _accept_ready(self) -> None:
         # The C-level accept plus our own wrapping: socket.accept() costs twice as
-        # much (it looks up and converts the family and type enums each time).
+        # much (it looks up and converts the family and type enums each time). The
+        # wrapper is the C socket type: socket.socket adds a Python __init__ and a
+        # Python close() per connection; as_socket() makes one where it is needed.
         accept = cast(Callable[[], tuple[int, Any]], self.sock._accept)  # type: ignore[attr-defined]
-        family, stype, wrap = self._family, socket.SOCK_STREAM, socket.socket
+        family, stype, wrap = self._family, socket.SOCK_STREAM, _socket.socket
         on_accept = self.on_accept
         for _ in range(ACCEPT_BATCH):
             try:
@@ -218,3 +221,8 @@ class ServerSock:
                 except Exception:
                     pass
         self.sock.close()
+
+
+def as_socket(sock: _socket.socket) -> socket.socket:
+    """The accepted ``sock`` as a :class:`socket.socket` (for asyncio and ssl)."""
+    return socket.socket(sock.family, sock.type, sock.proto, sock.detach())
