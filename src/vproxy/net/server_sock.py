@@ -154,7 +154,7 @@ class ServerSock:
         # much (it looks up and converts the family and type enums each time). The
         # wrapper is the C socket type: socket.socket adds a Python __init__ and a
         # Python close() per connection; as_socket() makes one where it is needed.
-        accept = cast(Callable[[], tuple[int, Any]], self.sock._accept)  # type: ignore[attr-defined]
+        accept = cast("Callable[[], tuple[int, Any]]", self.sock._accept)  # type: ignore[attr-defined]
         family, stype, wrap = self._family, socket.SOCK_STREAM, _socket.socket
         on_accept = self.on_accept
         for _ in range(ACCEPT_BATCH):
