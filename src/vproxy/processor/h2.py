@@ -1,26 +1,32 @@
-"""Sans-IO HTTP/2 rules for the ``h2`` tcp-lb mode, around python-hyper's ``h2``.
+"""Sans-IO HTTP/2 (RFC 9113) for the ``h2`` tcp-lb mode: frames in, events and bytes out.
 
 Owns: the two kinds of HTTP/2 connection a proxy holds — :class:`ClientFacing` (vproxy
 is the server, the peer a client) and :class:`BackendFacing` (vproxy is the client of
-an h2c backend) — their settings and windows, and the defences a proxy needs on top
-of ``h2`` (which implements the protocol, not resource policy):
+an h2c backend): framing, the stream states a proxy needs, both directions' flow-control
+windows, SETTINGS (and their ACK), PING answers, GOAWAY, RST_STREAM, CONTINUATION
+assembly, header validation (RFC 9113 §8.2-8.3) and HPACK (``vproxy.processor.hpack``);
+and the defences a proxy needs against floods:
 
-* CONTINUATION floods: ``h2`` parks every frame of a header block until END_HEADERS
-  (up to 64 frames of up to the frame size each). :class:`FrameScanner` reads the
-  9-byte frame headers *before* ``h2`` sees the bytes and refuses a block with too many
-  frames or too many bytes.
+* CONTINUATION floods: a header block may have at most ``max_continuation_frames``
+  CONTINUATION frames and ``max_header_block_size`` encoded bytes, checked on each
+  frame header, before its payload is waited for.
 * HPACK bombs: the decoder stops at ``max_header_list_size`` decoded bytes.
 * Rapid reset (CVE-2023-44487): resets by the client of streams younger than
   ``rapid_reset_age`` are paid from a token bucket; an empty bucket, or more than half
   of the streams reset young once ``rapid_reset_min_streams`` were opened, is a flood.
 * Control-frame floods (PING, SETTINGS, PRIORITY, RST_STREAM, empty DATA): paid from
   another token bucket; and while the I/O glue reports its output blocked
-  (:attr:`ClientFacing.output_blocked`), answers queued for frames that demand one
-  (PING, SETTINGS) are counted and capped.
+  (:attr:`H2Side.output_blocked`), answers queued for frames that demand one (PING,
+  SETTINGS) are counted and capped.
 
-A flood ends the connection with GOAWAY ENHANCE_YOUR_CALM; any other violation with
-the code ``h2`` chose. Either way :meth:`H2Side.receive_data` raises
-:class:`RemoteProtocolError`, whose ``wire`` holds what to write before closing.
+A flood ends the connection with GOAWAY ENHANCE_YOUR_CALM, any other connection error
+with its RFC 9113 code: :meth:`H2Side.receive_data` raises :class:`RemoteProtocolError`,
+whose ``wire`` holds what to write before closing. A stream error (a malformed request,
+DATA beyond its content-length...) resets only that stream (and reports
+:class:`StreamReset` if the stream had been reported).
+
+Stream states are a table (see ``_TRANSITIONS``); a stream leaves :attr:`H2Side.streams`
+when it closes, and frames that still arrive for a stream we reset are ignored.
 
 Must not: do I/O, import asyncio, socket, selectors or time (time comes in as the
 ``now`` argument), choose backends, or buffer stream data (the glue holds at most the
@@ -29,34 +35,37 @@ windows this module grants).
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from enum import IntEnum
 
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.errors import ErrorCodes
-from h2.events import (
-    ConnectionTerminated,
-    Event,
-    PingReceived,
-    RemoteSettingsChanged,
-    RequestReceived,
-    StreamReset,
-)
-from h2.exceptions import ProtocolError as _H2ProtocolError
-from h2.settings import SettingCodes, Settings
+from vproxy.processor.hpack import Decoder, Encoder, HeaderListTooLarge, HpackError
 
 __all__ = [
     "PREFACE",
     "BackendFacing",
     "ClientFacing",
-    "FrameScanner",
+    "ConnectionTerminated",
+    "DataReceived",
+    "ErrorCode",
     "H2Error",
     "H2Limits",
+    "H2Side",
+    "Header",
+    "InformationalResponseReceived",
     "LocalProtocolError",
     "RemoteProtocolError",
+    "RemoteSettingsChanged",
+    "RequestReceived",
+    "ResponseReceived",
+    "StreamReset",
+    "StreamState",
     "TokenBucket",
+    "TooManyStreams",
+    "TrailersReceived",
+    "WindowUpdated",
     "authority_hint",
     "forward_headers",
     "local_response",
@@ -66,28 +75,71 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 Header = tuple[bytes, bytes]
 
-# Frame types (RFC 9113 §6) the scanner looks at.
+
+class ErrorCode(IntEnum):
+    """HTTP/2 error codes (RFC 9113 §7)."""
+
+    NO_ERROR = 0x0
+    PROTOCOL_ERROR = 0x1
+    INTERNAL_ERROR = 0x2
+    FLOW_CONTROL_ERROR = 0x3
+    SETTINGS_TIMEOUT = 0x4
+    STREAM_CLOSED = 0x5
+    FRAME_SIZE_ERROR = 0x6
+    REFUSED_STREAM = 0x7
+    CANCEL = 0x8
+    COMPRESSION_ERROR = 0x9
+    CONNECT_ERROR = 0xA
+    ENHANCE_YOUR_CALM = 0xB
+    INADEQUATE_SECURITY = 0xC
+    HTTP_1_1_REQUIRED = 0xD
+
+
+def _code(value: int) -> ErrorCode | int:
+    try:
+        return ErrorCode(value)
+    except ValueError:
+        return value  # unknown codes pass through (RFC 9113 §7: treat as INTERNAL_ERROR)
+
+
+# Frame types and flags (RFC 9113 §6).
 _DATA, _HEADERS, _PRIORITY, _RST_STREAM, _SETTINGS, _PUSH_PROMISE, _PING = 0, 1, 2, 3, 4, 5, 6
-_GOAWAY = 7
-_CONTINUATION = 9
+_GOAWAY, _WINDOW_UPDATE, _CONTINUATION = 7, 8, 9
 _FLAG_ACK = 0x1
 _FLAG_END_STREAM = 0x1
 _FLAG_END_HEADERS = 0x4
+_FLAG_PADDED = 0x8
+_FLAG_PRIORITY = 0x20
 _HEAD = struct.Struct(">HBBBL")  # 24-bit length as 16+8, type, flags, stream id
+_U32 = struct.Struct(">L")
+_SETTING = struct.Struct(">HL")
+_MAX_WINDOW = 2**31 - 1
+_DEFAULT_WINDOW = 65535
+_FRAME_SIZE = 16384  # what we accept (SETTINGS_MAX_FRAME_SIZE is not advertised)
+_TABLE_SIZE = 4096  # HPACK table size both ways (the default: not advertised)
+_RECENT_RESETS = 1024
+
+# SETTINGS identifiers.
+_S_HEADER_TABLE_SIZE, _S_ENABLE_PUSH, _S_MAX_CONCURRENT_STREAMS = 1, 2, 3
+_S_INITIAL_WINDOW_SIZE, _S_MAX_FRAME_SIZE, _S_MAX_HEADER_LIST_SIZE = 4, 5, 6
+
+
+def _frame_head(length: int, ftype: int, flags: int, sid: int) -> bytes:
+    return _HEAD.pack(length >> 8, length & 0xFF, ftype, flags, sid)
 
 
 # -- errors -----------------------------------------------------------------------------
 
 
 class H2Error(Exception):
-    """Base of this layer's errors: the connection cannot go on.
+    """Base of this layer's errors.
 
     Attributes:
-        error_code: The HTTP/2 error code of the GOAWAY.
+        error_code: The HTTP/2 error code (of the GOAWAY, for a connection error).
         wire: Bytes to write to the peer before closing (ends with the GOAWAY).
     """
 
-    def __init__(self, message: str, error_code: ErrorCodes, wire: bytes = b"") -> None:
+    def __init__(self, message: str, error_code: ErrorCode, wire: bytes = b"") -> None:
         super().__init__(message)
         self.error_code = error_code
         self.wire = wire
@@ -98,7 +150,120 @@ class RemoteProtocolError(H2Error):
 
 
 class LocalProtocolError(H2Error):
-    """The caller used this layer wrongly."""
+    """The caller used this layer wrongly (sent on a closed stream, past a window...)."""
+
+
+class TooManyStreams(LocalProtocolError):
+    """A new stream would exceed the peer's SETTINGS_MAX_CONCURRENT_STREAMS."""
+
+
+class _StreamError(Exception):
+    """The peer broke the rules of one stream: reset it, the connection goes on."""
+
+    def __init__(self, sid: int, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.sid = sid
+        self.code = code
+
+
+# -- events -----------------------------------------------------------------------------
+# Slotted, not frozen: a frozen dataclass costs 1 µs more to build (object.__setattr__
+# per field), and a proxied request makes about eight of them. Nobody mutates them.
+
+
+@dataclass(slots=True)
+class RequestReceived:
+    """A client opened a stream with a valid request header list."""
+
+    stream_id: int
+    headers: list[Header]
+    end_stream: bool
+
+
+@dataclass(slots=True)
+class ResponseReceived:
+    """A backend answered a stream (final status)."""
+
+    stream_id: int
+    headers: list[Header]
+    end_stream: bool
+
+
+@dataclass(slots=True)
+class InformationalResponseReceived:
+    """A backend sent a 1xx response on a stream."""
+
+    stream_id: int
+    headers: list[Header]
+
+
+@dataclass(slots=True)
+class TrailersReceived:
+    """A trailer header list: it ends the peer's side of the stream."""
+
+    stream_id: int
+    headers: list[Header]
+
+
+@dataclass(slots=True)
+class DataReceived:
+    """DATA on a stream. Its bytes count against our windows until acknowledged with
+    :meth:`H2Side.acknowledge_received_data` (padding is acknowledged here)."""
+
+    stream_id: int
+    data: bytes
+    end_stream: bool
+
+
+@dataclass(slots=True)
+class StreamReset:
+    """A stream ended abnormally: the peer's RST_STREAM, or ours after the peer broke
+    the stream's rules."""
+
+    stream_id: int
+    error_code: ErrorCode | int
+
+
+@dataclass(slots=True)
+class WindowUpdated:
+    """More may be sent on ``stream_id`` (0: on the connection)."""
+
+    stream_id: int
+
+
+@dataclass(slots=True)
+class RemoteSettingsChanged:
+    """The peer's SETTINGS (the first one ends its preface).
+
+    Attributes:
+        initial_window_changed: Stream send windows moved.
+        max_concurrent_streams: The new value, if the frame set it.
+    """
+
+    initial_window_changed: bool
+    max_concurrent_streams: int | None
+
+
+@dataclass(slots=True)
+class ConnectionTerminated:
+    """The peer's GOAWAY: streams above ``last_stream_id`` were not processed."""
+
+    last_stream_id: int
+    error_code: ErrorCode | int
+    additional_data: bytes | None
+
+
+Event = (
+    RequestReceived
+    | ResponseReceived
+    | InformationalResponseReceived
+    | TrailersReceived
+    | DataReceived
+    | StreamReset
+    | WindowUpdated
+    | RemoteSettingsChanged
+    | ConnectionTerminated
+)
 
 
 # -- limits ------------------------------------------------------------------------------
@@ -109,7 +274,8 @@ class H2Limits:
     """Resource limits of one HTTP/2 connection (all counts, bytes and seconds).
 
     Attributes:
-        max_concurrent_streams: Streams the peer may have open (advertised).
+        max_concurrent_streams: Streams the peer may have open (advertised; more are
+            refused with REFUSED_STREAM).
         max_header_list_size: Decoded bytes of one header list (advertised; HPACK
             decoding stops past it).
         max_headers: Fields in one header list (checked by the glue with
@@ -149,9 +315,6 @@ class H2Limits:
         return self.max_header_list_size + 16 * self.max_headers + 1024
 
 
-# -- building blocks ---------------------------------------------------------------------
-
-
 class TokenBucket:
     """A token bucket with an injected clock: ``take(now)`` pays one token."""
 
@@ -173,273 +336,972 @@ class TokenBucket:
         return self._tokens >= 0
 
 
-class FrameScanner:
-    """Reads frame headers ahead of ``h2`` to refuse floods before they are buffered.
+# -- stream states -----------------------------------------------------------------------
+#
+# A stream is created open by the HEADERS that start it (sent by us as a client, received
+# as a server) and is then driven by four inputs: we send or receive a frame without
+# END_STREAM, or with it. ``_TRANSITIONS`` maps (state, input) to the next state; a
+# missing entry means the input is not allowed in that state (the peer's: STREAM_CLOSED;
+# ours: LocalProtocolError). CLOSED streams leave ``H2Side.streams``; RST_STREAM either
+# way closes at once. Idle and reserved states are not kept (push is disabled).
 
-    Only the 9-byte headers are looked at; payloads are skipped by length, so the
-    cost is per frame, not per byte. Counts CONTINUATION frames and encoded bytes per
-    header block, and cheap frames (see :class:`H2Limits`) against a token bucket.
-    """
 
+class StreamState(IntEnum):
+    """The states of a stream that exists (RFC 9113 §5.1)."""
+
+    OPEN = 1
+    HALF_CLOSED_LOCAL = 2  # we sent END_STREAM
+    HALF_CLOSED_REMOTE = 3  # the peer sent END_STREAM
+    CLOSED = 4
+
+
+class StreamInput(IntEnum):
+    """What happens to a stream."""
+
+    SEND = 1
+    SEND_END = 2
+    RECV = 3
+    RECV_END = 4
+
+
+_S = StreamState
+_I = StreamInput
+_TRANSITIONS: dict[tuple[StreamState, StreamInput], StreamState] = {
+    (_S.OPEN, _I.SEND): _S.OPEN,
+    (_S.OPEN, _I.SEND_END): _S.HALF_CLOSED_LOCAL,
+    (_S.OPEN, _I.RECV): _S.OPEN,
+    (_S.OPEN, _I.RECV_END): _S.HALF_CLOSED_REMOTE,
+    (_S.HALF_CLOSED_LOCAL, _I.RECV): _S.HALF_CLOSED_LOCAL,
+    (_S.HALF_CLOSED_LOCAL, _I.RECV_END): _S.CLOSED,
+    (_S.HALF_CLOSED_REMOTE, _I.SEND): _S.HALF_CLOSED_REMOTE,
+    (_S.HALF_CLOSED_REMOTE, _I.SEND_END): _S.CLOSED,
+}
+
+
+class _Stream:
     __slots__ = (
-        "_block_bytes",
-        "_block_frames",
-        "_cheap",
-        "_head",
-        "_in_block",
-        "_limits",
-        "_preface_left",
-        "_skip",
+        "content_length",
+        "in_unacked",
+        "in_window",
+        "out_window",
+        "received",
+        "reported",
+        "responded",
+        "state",
     )
 
-    def __init__(self, limits: H2Limits, *, server: bool) -> None:
-        self._limits = limits
-        self._preface_left = len(PREFACE) if server else 0
-        self._skip = 0  # payload bytes of the current frame not seen yet
-        self._head = b""  # a frame header cut by a read
-        self._in_block = False
-        self._block_frames = 0
-        self._block_bytes = 0
-        self._cheap = TokenBucket(limits.control_burst, limits.control_rate)
-
-    def feed(self, data: bytes | memoryview, now: float) -> None:
-        """Look at the next received bytes.
-
-        Raises:
-            RemoteProtocolError: A flood (error code ENHANCE_YOUR_CALM, ``wire``
-                empty: the caller adds the GOAWAY).
-        """
-        view = memoryview(data)
-        pos = 0
-        end = len(view)
-        if self._preface_left:
-            n = min(self._preface_left, end)
-            self._preface_left -= n
-            pos = n
-        while pos < end:
-            if self._skip:
-                n = min(self._skip, end - pos)
-                self._skip -= n
-                pos += n
-                continue
-            if self._head:
-                need = 9 - len(self._head)
-                self._head += bytes(view[pos : pos + need])
-                pos += min(need, end - pos)
-                if len(self._head) < 9:
-                    return
-                hi, lo, ftype, flags, _ = _HEAD.unpack(self._head)
-                self._head = b""
-                self._frame((hi << 8) | lo, ftype, flags, now)
-                continue
-            if end - pos < 9:
-                self._head = bytes(view[pos:end])
-                return
-            hi, lo, ftype, flags, _ = _HEAD.unpack_from(view, pos)
-            self._frame((hi << 8) | lo, ftype, flags, now)
-            pos += 9
-
-    def _frame(self, length: int, ftype: int, flags: int, now: float) -> None:
-        self._skip = length
-        limits = self._limits
-        if ftype == _CONTINUATION:
-            self._block_frames += 1
-            self._block_bytes += length
-            if self._block_frames > limits.max_continuation_frames:
-                raise RemoteProtocolError(
-                    f"more than {limits.max_continuation_frames} CONTINUATION frames"
-                    " in one header block",
-                    ErrorCodes.ENHANCE_YOUR_CALM,
-                )
-            if self._block_bytes > limits.max_header_block_size:
-                raise RemoteProtocolError(
-                    f"header block over {limits.max_header_block_size} bytes",
-                    ErrorCodes.ENHANCE_YOUR_CALM,
-                )
-            if flags & _FLAG_END_HEADERS:
-                self._in_block = False
-            return
-        if ftype in (_HEADERS, _PUSH_PROMISE):
-            self._in_block = not flags & _FLAG_END_HEADERS
-            self._block_frames = 0
-            self._block_bytes = length
-            return
-        if ftype in (_PING, _SETTINGS):
-            cheap = not flags & _FLAG_ACK
-        elif ftype == _DATA:
-            cheap = length == 0 and not flags & _FLAG_END_STREAM
-        else:
-            cheap = ftype in (_PRIORITY, _RST_STREAM)
-        if cheap and not self._cheap.take(now):
-            raise RemoteProtocolError("control frame flood", ErrorCodes.ENHANCE_YOUR_CALM)
+    def __init__(self, in_window: int, out_window: int) -> None:
+        self.state = StreamState.OPEN
+        self.in_window = in_window  # what the peer may still send us
+        self.in_unacked = 0  # handed onward, not yet given back in a WINDOW_UPDATE
+        self.out_window = out_window  # what we may still send
+        self.content_length: int | None = None
+        self.received = 0  # DATA bytes (without padding), for content-length
+        self.reported = False  # the glue knows it (a reset must be reported)
+        self.responded = False  # client role: the final response arrived
 
 
-# -- the two sides -----------------------------------------------------------------------
+# -- header validation ---------------------------------------------------------------------
+
+# RFC 9113 §8.2.1: no uppercase, no controls, no space, no DEL or non-ASCII, and no
+# colon but a pseudo-header's first.
+_NAME_OK = re.compile(rb":?[\x21-\x39\x3b-\x40\x5b-\x7e]+\Z")
+_VALUE_BAD = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
+_CONNECTION_HEADERS = frozenset(
+    (b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding", b"upgrade")
+)
+_REQUEST_PSEUDO = frozenset((b":method", b":scheme", b":authority", b":path"))
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _check_fields(
+    headers: Sequence[Header], pseudo_allowed: frozenset[bytes]
+) -> dict[bytes, bytes]:
+    """Common rules; returns the pseudo-header fields (each at most once, first)."""
+    pseudo: dict[bytes, bytes] = {}
+    regular = False
+    for name, value in headers:
+        if not _NAME_OK.match(name):
+            raise _Malformed(f"invalid field name {name[:40]!r}")
+        if value and _VALUE_BAD.search(value):
+            raise _Malformed(f"invalid value of {name[:40]!r}")
+        if name[0] == 0x3A:
+            if regular:
+                raise _Malformed("pseudo-header field after a regular one")
+            if name not in pseudo_allowed or name in pseudo:
+                raise _Malformed(f"pseudo-header field {name[:40]!r} not allowed here")
+            pseudo[name] = value
+            continue
+        regular = True
+        if name in _CONNECTION_HEADERS:
+            raise _Malformed(f"connection-specific field {name!r}")
+        if name == b"te" and value.lower() != b"trailers":
+            raise _Malformed("te other than trailers")
+    return pseudo
+
+
+def _content_length(headers: Sequence[Header]) -> int | None:
+    length: int | None = None
+    for name, value in headers:
+        if name == b"content-length":
+            if not value.isdigit() or len(value) > 18:
+                raise _Malformed("invalid content-length")
+            n = int(value)
+            if length is not None and n != length:
+                raise _Malformed("conflicting content-length fields")
+            length = n
+    return length
+
+
+def _check_request(headers: Sequence[Header]) -> int | None:
+    """Validate a request header list; its content-length, if any."""
+    pseudo = _check_fields(headers, _REQUEST_PSEUDO)
+    method = pseudo.get(b":method")
+    if not method:
+        raise _Malformed("no :method")
+    authority = pseudo.get(b":authority")
+    if method == b"CONNECT":
+        if b":scheme" in pseudo or b":path" in pseudo or not authority:
+            raise _Malformed("CONNECT needs :authority and no :scheme or :path")
+    elif not pseudo.get(b":scheme") or not pseudo.get(b":path"):
+        raise _Malformed("a request needs :scheme and a non-empty :path")
+    host: bytes | None = None
+    for name, value in headers:
+        if name == b"host":
+            if host is not None:
+                raise _Malformed("more than one host field")
+            host = value
+    if authority is None and host is None:
+        raise _Malformed("no :authority or host")
+    if authority is not None and host is not None and authority != host:
+        raise _Malformed(":authority and host differ")
+    return _content_length(headers)
+
+
+_STATUS = frozenset((b":status",))
+_NO_PSEUDO: frozenset[bytes] = frozenset()
+
+
+def _check_response(headers: Sequence[Header]) -> tuple[int, int | None]:
+    """Validate a response header list: (status, content-length)."""
+    pseudo = _check_fields(headers, _STATUS)
+    status = pseudo.get(b":status")
+    if status is None or len(status) != 3 or not status.isdigit():
+        raise _Malformed("no valid :status")
+    return int(status), _content_length(headers)
+
+
+def _check_trailers(headers: Sequence[Header]) -> None:
+    _check_fields(headers, _NO_PSEUDO)
+
+
+_CHECKED_ENTRIES = 256
+
+
+# -- the connection ------------------------------------------------------------------------
 
 
 class H2Side:
-    """One HTTP/2 connection: ``h2`` plus the guards of this module.
+    """One HTTP/2 connection, either role (see :class:`ClientFacing`,
+    :class:`BackendFacing`): feed :meth:`receive_data`, call the ``send_*`` methods,
+    write what :meth:`data_to_send` returns.
 
-    Send through :attr:`conn` (the ``h2`` connection); receive through
-    :meth:`receive_data`; write what :meth:`data_to_send` returns.
+    Attributes:
+        limits: This connection's limits.
+        streams: Open streams by id (closed ones leave).
+        output_blocked: Set by the I/O glue while its transport is over its
+            high-water mark; answers queued meanwhile are capped.
+        max_outbound_frame_size: The peer's SETTINGS_MAX_FRAME_SIZE.
+        peer_max_concurrent_streams: The peer's SETTINGS_MAX_CONCURRENT_STREAMS.
     """
 
-    __slots__ = ("conn", "limits", "scanner")
+    __slots__ = (
+        "_answers",
+        "_block",
+        "_block_end_stream",
+        "_block_frames",
+        "_block_sid",
+        "_buf",
+        "_cheap",
+        "_checked",
+        "_decoder",
+        "_encoder",
+        "_failed",
+        "_goaway_sent",
+        "_in_unacked",
+        "_in_window",
+        "_last_peer_sid",
+        "_next_sid",
+        "_out",
+        "_out_window",
+        "_peer_initial_window",
+        "_preface_left",
+        "_recent_resets",
+        "_settings_seen",
+        "limits",
+        "max_outbound_frame_size",
+        "output_blocked",
+        "peer_max_concurrent_streams",
+        "server",
+        "streams",
+    )
 
     def __init__(self, limits: H2Limits, *, server: bool) -> None:
         self.limits = limits
-        # Outbound headers are ones ``h2`` validated inbound on the other side (plus
-        # the forwarding fields built here): checking them again costs about a third
-        # of the per-request CPU and finds nothing.
-        config = H2Configuration(
-            client_side=not server,
-            header_encoding=None,
-            validate_inbound_headers=True,
-            normalize_inbound_headers=True,
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
-        )
-        self.conn = H2Connection(config=config)
-        self.conn.decoder.max_header_list_size = limits.max_header_list_size
-        self.scanner = FrameScanner(limits, server=server)
+        self.server = server
+        self.streams: dict[int, _Stream] = {}
+        self.output_blocked = False
+        self.max_outbound_frame_size = _FRAME_SIZE
+        self.peer_max_concurrent_streams = 2**31 - 1
+        self._answers = 0
+        self._preface_left = len(PREFACE) if server else 0
+        self._buf = bytearray()
+        self._out: list[bytes | memoryview] = []
+        self._encoder = Encoder(_TABLE_SIZE)
+        self._decoder = Decoder(limits.max_header_list_size, _TABLE_SIZE)
+        self._checked: dict[int, tuple[list[Header], int | None]] = {}
+        self._cheap = TokenBucket(limits.control_burst, limits.control_rate)
+        self._settings_seen = False
+        self._failed = False
+        self._goaway_sent = False
+        self._last_peer_sid = 0
+        self._next_sid = 1
+        self._recent_resets: dict[int, None] = {}
+        self._in_window = _DEFAULT_WINDOW  # connection: what the peer may still send
+        self._in_unacked = 0
+        self._out_window = _DEFAULT_WINDOW  # connection: what we may still send
+        self._peer_initial_window = _DEFAULT_WINDOW
+        self._block: bytearray | None = None  # a header block awaiting CONTINUATION
+        self._block_sid = 0
+        self._block_end_stream = False
+        self._block_frames = 0
+
+    # -- output --------------------------------------------------------------------------
 
     def initiate(self) -> None:
-        """Queue the preface (client role) and our SETTINGS and window."""
-        conn = self.conn
-        conn.local_settings = _settings(self.limits, server=not conn.config.client_side)
-        conn.initiate_connection()
-        grow = self.limits.connection_window - conn.inbound_flow_control_window
+        """Queue the preface (client role), our SETTINGS and the connection window."""
+        limits = self.limits
+        settings = [
+            (_S_MAX_CONCURRENT_STREAMS, limits.max_concurrent_streams),
+            (_S_INITIAL_WINDOW_SIZE, limits.stream_window),
+            (_S_MAX_HEADER_LIST_SIZE, limits.max_header_list_size),
+        ]
+        if not self.server:
+            settings.insert(0, (_S_ENABLE_PUSH, 0))
+        payload = b"".join(_SETTING.pack(k, v) for k, v in settings)
+        out = self._out
+        if not self.server:
+            out.append(PREFACE)
+        out.append(_frame_head(len(payload), _SETTINGS, 0, 0) + payload)
+        grow = limits.connection_window - self._in_window
         if grow > 0:
-            conn.increment_flow_control_window(grow)
+            self._in_window += grow
+            out.append(_frame_head(4, _WINDOW_UPDATE, 0, 0) + _U32.pack(grow))
 
     def data_to_send(self) -> bytes:
         """Bytes to write to the peer now."""
-        return self.conn.data_to_send()
+        out = self._out
+        if not out:
+            return b""
+        self._out = []
+        return out[0] if len(out) == 1 and type(out[0]) is bytes else b"".join(out)
+
+    def goaway(self, error_code: ErrorCode = ErrorCode.NO_ERROR, debug: bytes = b"") -> bytes:
+        """Queue a GOAWAY (once) and return everything to write before closing."""
+        if not self._goaway_sent:
+            self._goaway_sent = True
+            payload = _U32.pack(self._last_peer_sid) + _U32.pack(error_code) + debug
+            self._out.append(_frame_head(len(payload), _GOAWAY, 0, 0) + payload)
+        return self.data_to_send()
+
+    @property
+    def outbound_flow_control_window(self) -> int:
+        """Bytes of DATA that may be sent on the connection now (all streams)."""
+        return self._out_window
+
+    @property
+    def inbound_flow_control_window(self) -> int:
+        """Bytes of DATA the peer may still send on the connection."""
+        return self._in_window
+
+    def next_stream_id(self) -> int:
+        """The id :meth:`send_headers` opens a new stream with (client role)."""
+        return self._next_sid
+
+    def local_flow_control_window(self, sid: int) -> int:
+        """Bytes of DATA that may be sent on ``sid`` now."""
+        st = self.streams.get(sid)
+        if st is None:
+            return 0
+        w = st.out_window
+        return w if w < self._out_window else self._out_window
+
+    def send_headers(self, sid: int, headers: list[Header], *, end_stream: bool = False) -> None:
+        """Send a header list on ``sid``: a new request (client role, ``sid`` =
+        :meth:`next_stream_id`), a response or 1xx, or trailers (with ``end_stream``).
+
+        ``headers`` must not be mutated afterwards (the encoder remembers it).
+
+        Raises:
+            TooManyStreams: The peer takes no more streams now.
+            LocalProtocolError: The stream cannot send.
+        """
+        st = self.streams.get(sid)
+        if st is None:
+            if self.server or sid != self._next_sid:
+                raise LocalProtocolError(f"stream {sid} cannot send", ErrorCode.STREAM_CLOSED)
+            if len(self.streams) >= self.peer_max_concurrent_streams:
+                raise TooManyStreams(
+                    "peer's MAX_CONCURRENT_STREAMS reached", ErrorCode.REFUSED_STREAM
+                )
+            self._next_sid += 2
+            st = self.streams[sid] = _Stream(self.limits.stream_window, self._peer_initial_window)
+            st.reported = True
+        new = _TRANSITIONS.get((st.state, _I.SEND_END if end_stream else _I.SEND))
+        if new is None:
+            raise LocalProtocolError(f"stream {sid} cannot send", ErrorCode.STREAM_CLOSED)
+        block = self._encoder.encode(headers)
+        limit = self.max_outbound_frame_size
+        flags = _FLAG_END_STREAM if end_stream else 0
+        out = self._out
+        if len(block) <= limit:
+            out.append(_frame_head(len(block), _HEADERS, flags | _FLAG_END_HEADERS, sid) + block)
+        else:
+            view = memoryview(block)
+            pieces = [view[i : i + limit] for i in range(0, len(block), limit)]
+            for i, piece in enumerate(pieces):
+                last = i == len(pieces) - 1
+                ftype = _CONTINUATION if i else _HEADERS
+                f = (flags if not i else 0) | (_FLAG_END_HEADERS if last else 0)
+                out.append(_frame_head(len(piece), ftype, f, sid))
+                out.append(piece)
+        self._set_state(sid, st, new)
+
+    def send_data(self, sid: int, data: bytes | memoryview, *, end_stream: bool = False) -> None:
+        """Send DATA on ``sid`` (within :meth:`local_flow_control_window`; split into
+        frames of :attr:`max_outbound_frame_size`).
+
+        Raises:
+            LocalProtocolError: The stream cannot send, or ``data`` exceeds a window.
+        """
+        st = self.streams.get(sid)
+        if st is None:
+            raise LocalProtocolError(f"stream {sid} cannot send", ErrorCode.STREAM_CLOSED)
+        new = _TRANSITIONS.get((st.state, _I.SEND_END if end_stream else _I.SEND))
+        if new is None:
+            raise LocalProtocolError(f"stream {sid} cannot send", ErrorCode.STREAM_CLOSED)
+        n = len(data)
+        if n > st.out_window or n > self._out_window:
+            raise LocalProtocolError(
+                "DATA beyond the flow-control window", ErrorCode.FLOW_CONTROL_ERROR
+            )
+        st.out_window -= n
+        self._out_window -= n
+        out = self._out
+        limit = self.max_outbound_frame_size
+        if n <= limit:
+            out.append(_frame_head(n, _DATA, _FLAG_END_STREAM if end_stream else 0, sid))
+            if n:
+                out.append(data)
+        else:
+            view = memoryview(data)
+            for i in range(0, n, limit):
+                piece = view[i : i + limit]
+                last = i + limit >= n
+                out.append(
+                    _frame_head(
+                        len(piece), _DATA, _FLAG_END_STREAM if end_stream and last else 0, sid
+                    )
+                )
+                out.append(piece)
+        if new is not st.state:
+            self._set_state(sid, st, new)
+
+    def end_stream(self, sid: int) -> None:
+        """End our side of ``sid`` with an empty DATA frame."""
+        self.send_data(sid, b"", end_stream=True)
+
+    def reset_stream(self, sid: int, error_code: ErrorCode | int = ErrorCode.CANCEL) -> bool:
+        """Reset ``sid`` if it is open; ``False`` (nothing sent) if it is not."""
+        if self.streams.pop(sid, None) is None:
+            return False
+        self._queue_rst(sid, error_code)
+        return True
+
+    def acknowledge_received_data(self, n: int, sid: int) -> None:
+        """``n`` received DATA bytes of ``sid`` were handed onward: the peer may send as
+        many again (WINDOW_UPDATEs go out once half a window is owed)."""
+        if n <= 0 or self._failed:
+            return
+        self._in_unacked += n
+        if self._in_unacked * 2 >= self.limits.connection_window:
+            inc = self._in_unacked
+            self._in_unacked = 0
+            self._in_window += inc
+            self._out.append(_frame_head(4, _WINDOW_UPDATE, 0, 0) + _U32.pack(inc))
+        st = self.streams.get(sid)
+        if st is not None and st.state is not _S.HALF_CLOSED_REMOTE:
+            st.in_unacked += n
+            if st.in_unacked * 2 >= self.limits.stream_window:
+                inc = st.in_unacked
+                st.in_unacked = 0
+                st.in_window += inc
+                self._out.append(_frame_head(4, _WINDOW_UPDATE, 0, sid) + _U32.pack(inc))
+
+    def _set_state(self, sid: int, st: _Stream, new: StreamState) -> None:
+        if new is _S.CLOSED:
+            del self.streams[sid]
+        else:
+            st.state = new
+
+    def _queue_rst(self, sid: int, code: ErrorCode | int) -> None:
+        self._out.append(_frame_head(4, _RST_STREAM, 0, sid) + _U32.pack(code))
+        recent = self._recent_resets
+        recent[sid] = None
+        if len(recent) > _RECENT_RESETS:
+            del recent[next(iter(recent))]
+
+    # -- input ---------------------------------------------------------------------------
 
     def receive_data(self, data: bytes | memoryview, now: float) -> list[Event]:
-        """Feed received bytes; return the ``h2`` events they complete.
+        """Feed received bytes; return the events they complete.
 
         Raises:
             RemoteProtocolError: The peer broke the protocol or flooded; ``wire`` ends
                 with the GOAWAY to send before closing.
         """
+        if self._failed:
+            return []
+        events: list[Event] = []
         try:
-            self.scanner.feed(data, now)
+            self._receive(data, now, events)
         except RemoteProtocolError as exc:
-            raise self._fail(exc) from None
-        try:
-            events = self.conn.receive_data(data)
-        except _H2ProtocolError as exc:
-            code = _error_code(exc)
-            wire = self._wire() or self.goaway(code)  # a bad preface queues no GOAWAY
-            raise RemoteProtocolError(str(exc) or type(exc).__name__, code, wire) from exc
+            self._failed = True
+            self._buf = bytearray()
+            raise RemoteProtocolError(
+                str(exc), exc.error_code, self.goaway(exc.error_code, str(exc).encode()[:64])
+            ) from None
         return events
 
-    def goaway(self, error_code: ErrorCodes = ErrorCodes.NO_ERROR, debug: bytes = b"") -> bytes:
-        """Queue a GOAWAY and return everything to write before closing."""
+    def _receive(self, data: bytes | memoryview, now: float, events: list[Event]) -> None:
+        if self._preface_left:
+            data = self._check_preface(data)
+            if not data:
+                return
+        buf = self._buf
+        work: bytes
+        if buf:
+            buf += data
+            work = bytes(buf)
+        else:
+            work = data if type(data) is bytes else bytes(data)
+        n = len(work)
+        pos = 0
+        head = _HEAD.unpack_from
         try:
-            self.conn.close_connection(error_code=error_code, additional_data=debug or None)
-        except _H2ProtocolError:
-            pass  # already closed: nothing more to say
-        return self._wire()
+            while n - pos >= 9:
+                hi, lo, ftype, flags, sid = head(work, pos)
+                length = (hi << 8) | lo
+                if length > _FRAME_SIZE:
+                    raise RemoteProtocolError(
+                        f"frame of {length} bytes", ErrorCode.FRAME_SIZE_ERROR
+                    )
+                if self._block is not None:
+                    self._check_continuation(self._block, ftype, sid & 0x7FFFFFFF, length)
+                end = pos + 9 + length
+                if end > n:
+                    break
+                sid &= 0x7FFFFFFF
+                try:
+                    if ftype == _DATA:
+                        self._on_data(work[pos + 9 : end], flags, sid, events, now)
+                    elif ftype == _HEADERS:
+                        self._on_headers(work[pos + 9 : end], flags, sid, events, now)
+                    elif not self._settings_seen and ftype != _SETTINGS:
+                        raise RemoteProtocolError(
+                            "preface without SETTINGS", ErrorCode.PROTOCOL_ERROR
+                        )
+                    elif ftype == _WINDOW_UPDATE:
+                        self._on_window_update(work[pos + 9 : end], sid, events)
+                    elif ftype == _SETTINGS:
+                        self._on_settings(work[pos + 9 : end], flags, sid, events, now)
+                    elif ftype == _RST_STREAM:
+                        self._on_rst(work[pos + 9 : end], sid, events, now)
+                    elif ftype == _PING:
+                        self._on_ping(work[pos + 9 : end], flags, sid, now)
+                    elif ftype == _PRIORITY:
+                        if sid == 0:
+                            raise RemoteProtocolError(
+                                "PRIORITY on stream 0", ErrorCode.PROTOCOL_ERROR
+                            )
+                        if length != 5:
+                            raise RemoteProtocolError(
+                                "PRIORITY not 5 bytes", ErrorCode.FRAME_SIZE_ERROR
+                            )
+                        self._pay_cheap(now)
+                    elif ftype == _CONTINUATION:
+                        self._on_continuation(work[pos + 9 : end], flags, sid, events, now)
+                    elif ftype == _GOAWAY:
+                        self._on_goaway(work[pos + 9 : end], sid, events)
+                    elif ftype == _PUSH_PROMISE:
+                        raise RemoteProtocolError(
+                            "PUSH_PROMISE (push is disabled)", ErrorCode.PROTOCOL_ERROR
+                        )
+                    # other types are extensions: ignored (RFC 9113 §5.5)
+                except _StreamError as exc:
+                    self._stream_error(exc, events)
+                pos = end
+        finally:
+            if pos < n:
+                self._buf = bytearray(work[pos:]) if pos or not buf else buf
+            elif buf:
+                self._buf = bytearray()
 
-    def _fail(self, exc: H2Error) -> RemoteProtocolError:
-        wire = self.goaway(exc.error_code, str(exc).encode()[:64])
-        return RemoteProtocolError(str(exc), exc.error_code, wire)
+    def _check_preface(self, data: bytes | memoryview) -> bytes | memoryview:
+        got = len(PREFACE) - self._preface_left
+        n = min(self._preface_left, len(data))
+        if bytes(data[:n]) != PREFACE[got : got + n]:
+            raise RemoteProtocolError("invalid connection preface", ErrorCode.PROTOCOL_ERROR)
+        self._preface_left -= n
+        return data[n:]
 
-    def _wire(self) -> bytes:
-        return self.conn.data_to_send()
+    def _check_continuation(self, block: bytearray, ftype: int, sid: int, length: int) -> None:
+        """Refuse a header block past its limits as soon as a frame header shows it."""
+        if ftype != _CONTINUATION or sid != self._block_sid:
+            raise RemoteProtocolError("header block interrupted", ErrorCode.PROTOCOL_ERROR)
+        limits = self.limits
+        if self._block_frames + 1 > limits.max_continuation_frames:
+            raise RemoteProtocolError(
+                f"more than {limits.max_continuation_frames} CONTINUATION frames"
+                " in one header block",
+                ErrorCode.ENHANCE_YOUR_CALM,
+            )
+        if len(block) + length > limits.max_header_block_size:
+            raise RemoteProtocolError(
+                f"header block over {limits.max_header_block_size} bytes",
+                ErrorCode.ENHANCE_YOUR_CALM,
+            )
 
+    def _pay_cheap(self, now: float) -> None:
+        if not self._cheap.take(now):
+            raise RemoteProtocolError("control frame flood", ErrorCode.ENHANCE_YOUR_CALM)
 
-class ClientFacing(H2Side):
-    """The connection to a client: vproxy is the HTTP/2 server.
-
-    Attributes:
-        output_blocked: Set by the I/O glue while its transport is over its
-            high-water mark; answers queued meanwhile are capped.
-        streams_opened: Streams the client opened so far.
-        rapid_resets: Resets of young streams so far.
-    """
-
-    __slots__ = (
-        "_answers",
-        "_opened",
-        "_resets",
-        "output_blocked",
-        "rapid_resets",
-        "streams_opened",
-    )
-
-    def __init__(self, limits: H2Limits) -> None:
-        super().__init__(limits, server=True)
-        self.output_blocked = False
-        self._answers = 0
-        self._opened: dict[int, float] = {}
-        self._resets = TokenBucket(limits.rapid_reset_burst, limits.rapid_reset_rate)
-        self.streams_opened = 0
-        self.rapid_resets = 0
+    def _answer(self) -> None:
+        if self.output_blocked:
+            self._answers += 1
+            if self._answers > self.limits.max_queued_answers:
+                raise RemoteProtocolError(
+                    "peer does not read the answers to its PING/SETTINGS",
+                    ErrorCode.ENHANCE_YOUR_CALM,
+                )
 
     def unblocked(self) -> None:
         """The glue's output went below its low-water mark again."""
         self.output_blocked = False
         self._answers = 0
 
+    def _stream_error(self, exc: _StreamError, events: list[Event]) -> None:
+        st = self.streams.pop(exc.sid, None)
+        self._queue_rst(exc.sid, exc.code)
+        if st is not None and st.reported:
+            events.append(StreamReset(exc.sid, exc.code))
+
+    def _is_idle(self, sid: int) -> bool:
+        """A stream id not opened yet (a frame on it is a connection error)."""
+        if self.server:
+            return sid > self._last_peer_sid
+        return sid % 2 == 0 or sid >= self._next_sid
+
+    def _closed_frame(self, sid: int, what: str) -> None:
+        """A frame for a stream that is not open: ignored if we reset it."""
+        if sid in self._recent_resets:
+            return
+        raise _StreamError(sid, ErrorCode.STREAM_CLOSED, f"{what} on closed stream {sid}")
+
+    # -- frames ------------------------------------------------------------------------------
+
+    def _on_data(
+        self, payload: bytes, flags: int, sid: int, events: list[Event], now: float
+    ) -> None:
+        if not self._settings_seen:
+            raise RemoteProtocolError("preface without SETTINGS", ErrorCode.PROTOCOL_ERROR)
+        if sid == 0:
+            raise RemoteProtocolError("DATA on stream 0", ErrorCode.PROTOCOL_ERROR)
+        flow = len(payload)
+        data = payload
+        if flags & _FLAG_PADDED:
+            if not flow or payload[0] >= flow:
+                raise RemoteProtocolError("DATA padding too long", ErrorCode.PROTOCOL_ERROR)
+            data = payload[1 : flow - payload[0]]
+        self._in_window -= flow
+        if self._in_window < 0:
+            raise RemoteProtocolError(
+                "DATA beyond the connection window", ErrorCode.FLOW_CONTROL_ERROR
+            )
+        end = bool(flags & _FLAG_END_STREAM)
+        if not flow and not end:
+            self._pay_cheap(now)
+        st = self.streams.get(sid)
+        if st is None:
+            if self._is_idle(sid):
+                raise RemoteProtocolError(f"DATA on idle stream {sid}", ErrorCode.PROTOCOL_ERROR)
+            self.acknowledge_received_data(flow, 0)
+            self._closed_frame(sid, "DATA")
+            return
+        new = _TRANSITIONS.get((st.state, _I.RECV_END if end else _I.RECV))
+        if new is None or (not self.server and not st.responded):
+            self.acknowledge_received_data(flow, 0)
+            code = ErrorCode.STREAM_CLOSED if new is None else ErrorCode.PROTOCOL_ERROR
+            raise _StreamError(sid, code, "DATA not allowed now")
+        st.in_window -= flow
+        if st.in_window < 0:
+            raise RemoteProtocolError("DATA beyond the stream window", ErrorCode.FLOW_CONTROL_ERROR)
+        if flow != len(data):
+            self.acknowledge_received_data(flow - len(data), sid)
+        cl = st.content_length
+        if cl is not None:
+            st.received += len(data)
+            if st.received > cl or (end and st.received != cl):
+                self.acknowledge_received_data(len(data), 0)
+                raise _StreamError(
+                    sid, ErrorCode.PROTOCOL_ERROR, "DATA does not match content-length"
+                )
+        if new is not st.state:
+            self._set_state(sid, st, new)
+        events.append(DataReceived(sid, data, end))
+
+    def _on_headers(
+        self, payload: bytes, flags: int, sid: int, events: list[Event], now: float
+    ) -> None:
+        if not self._settings_seen:
+            raise RemoteProtocolError("preface without SETTINGS", ErrorCode.PROTOCOL_ERROR)
+        if sid == 0:
+            raise RemoteProtocolError("HEADERS on stream 0", ErrorCode.PROTOCOL_ERROR)
+        if flags & (_FLAG_PADDED | _FLAG_PRIORITY):
+            start = 0
+            stop = len(payload)
+            if flags & _FLAG_PADDED:
+                if not stop:
+                    raise RemoteProtocolError("HEADERS padding", ErrorCode.FRAME_SIZE_ERROR)
+                stop -= payload[0]
+                start = 1
+            if flags & _FLAG_PRIORITY:
+                start += 5
+            if stop < start:
+                raise RemoteProtocolError("HEADERS padding too long", ErrorCode.PROTOCOL_ERROR)
+            payload = payload[start:stop]
+        end_stream = bool(flags & _FLAG_END_STREAM)
+        if flags & _FLAG_END_HEADERS:
+            self._on_block(payload, sid, end_stream, events, now)
+            return
+        if len(payload) > self.limits.max_header_block_size:
+            raise RemoteProtocolError("header block too large", ErrorCode.ENHANCE_YOUR_CALM)
+        self._block = bytearray(payload)
+        self._block_sid = sid
+        self._block_end_stream = end_stream
+        self._block_frames = 0
+
+    def _on_continuation(
+        self, payload: bytes, flags: int, sid: int, events: list[Event], now: float
+    ) -> None:
+        block = self._block
+        if block is None:
+            raise RemoteProtocolError(
+                "CONTINUATION outside a header block", ErrorCode.PROTOCOL_ERROR
+            )
+        self._block_frames += 1
+        block += payload
+        if flags & _FLAG_END_HEADERS:
+            self._block = None
+            self._on_block(bytes(block), sid, self._block_end_stream, events, now)
+
+    def _decode(self, block: bytes) -> list[Header]:
+        try:
+            return self._decoder.decode(block)
+        except HeaderListTooLarge as exc:
+            raise RemoteProtocolError(str(exc), ErrorCode.ENHANCE_YOUR_CALM) from None
+        except HpackError as exc:
+            raise RemoteProtocolError(f"HPACK: {exc}", ErrorCode.COMPRESSION_ERROR) from None
+
+    def _on_block(
+        self, block: bytes, sid: int, end_stream: bool, events: list[Event], now: float
+    ) -> None:
+        """A complete header block: decoded first whatever becomes of it (HPACK state
+        is the connection's)."""
+        headers = self._decode(block)
+        st = self.streams.get(sid)
+        if st is None:
+            if self.server and sid > self._last_peer_sid:
+                self._open_stream(sid, headers, end_stream, events, now)
+                return
+            if self._is_idle(sid):
+                raise RemoteProtocolError(f"HEADERS on idle stream {sid}", ErrorCode.PROTOCOL_ERROR)
+            self._closed_frame(sid, "HEADERS")
+            return
+        if not self.server and not st.responded:
+            self._on_response(st, sid, headers, end_stream, events)
+            return
+        # trailers
+        new = _TRANSITIONS.get((st.state, _I.RECV_END))
+        if new is None:
+            raise _StreamError(sid, ErrorCode.STREAM_CLOSED, "HEADERS on a half-closed stream")
+        if not end_stream:
+            raise _StreamError(sid, ErrorCode.PROTOCOL_ERROR, "trailers without END_STREAM")
+        try:
+            _check_trailers(headers)
+        except _Malformed as exc:
+            raise _StreamError(sid, ErrorCode.PROTOCOL_ERROR, str(exc)) from None
+        if st.content_length is not None and st.received != st.content_length:
+            raise _StreamError(sid, ErrorCode.PROTOCOL_ERROR, "DATA does not match content-length")
+        self._set_state(sid, st, new)
+        events.append(TrailersReceived(sid, headers))
+
+    def _checked_request(self, headers: list[Header]) -> int | None:
+        """:func:`_check_request`, remembered for the decoder's remembered lists."""
+        key = id(headers)
+        hit = self._checked.get(key)
+        if hit is not None and hit[0] is headers:
+            return hit[1]
+        length = _check_request(headers)
+        checked = self._checked
+        if len(checked) >= _CHECKED_ENTRIES:
+            checked.clear()
+        checked[key] = (headers, length)
+        return length
+
+    def _open_stream(
+        self, sid: int, headers: list[Header], end_stream: bool, events: list[Event], now: float
+    ) -> None:
+        if sid % 2 == 0:
+            raise RemoteProtocolError(f"client opened even stream {sid}", ErrorCode.PROTOCOL_ERROR)
+        self._last_peer_sid = sid
+        if self._goaway_sent:
+            return  # above the last id of our GOAWAY: not processed
+        if len(self.streams) >= self.limits.max_concurrent_streams:
+            self._queue_rst(sid, ErrorCode.REFUSED_STREAM)
+            return
+        try:
+            length = self._checked_request(headers)
+        except _Malformed as exc:
+            raise _StreamError(sid, ErrorCode.PROTOCOL_ERROR, str(exc)) from None
+        if end_stream and length:
+            raise _StreamError(sid, ErrorCode.PROTOCOL_ERROR, "content-length without DATA")
+        st = _Stream(self.limits.stream_window, self._peer_initial_window)
+        st.content_length = length
+        st.reported = True
+        if end_stream:
+            st.state = _S.HALF_CLOSED_REMOTE
+        self.streams[sid] = st
+        self._stream_opened(sid, now)
+        events.append(RequestReceived(sid, headers, end_stream))
+
+    def _stream_opened(self, sid: int, now: float) -> None:
+        """A client opened stream ``sid`` (accounting hook)."""
+
+    def _on_response(
+        self, st: _Stream, sid: int, headers: list[Header], end_stream: bool, events: list[Event]
+    ) -> None:
+        new = _TRANSITIONS.get((st.state, _I.RECV_END if end_stream else _I.RECV))
+        if new is None:
+            raise _StreamError(sid, ErrorCode.STREAM_CLOSED, "HEADERS on a half-closed stream")
+        key = id(headers)
+        hit = self._checked.get(key)
+        if hit is not None and hit[0] is headers and hit[1] is not None:
+            status, length = divmod(hit[1], 1 << 62)
+            cl: int | None = length - 1 if length else None
+        else:
+            try:
+                status, cl = _check_response(headers)
+            except _Malformed as exc:
+                raise _StreamError(sid, ErrorCode.PROTOCOL_ERROR, str(exc)) from None
+            checked = self._checked
+            if len(checked) >= _CHECKED_ENTRIES:
+                checked.clear()
+            checked[key] = (headers, (status << 62) + (0 if cl is None else cl + 1))
+        if status < 200:
+            if end_stream:
+                raise _StreamError(sid, ErrorCode.PROTOCOL_ERROR, "1xx response with END_STREAM")
+            events.append(InformationalResponseReceived(sid, headers))
+            return
+        st.responded = True
+        st.content_length = cl
+        if end_stream and cl:
+            raise _StreamError(sid, ErrorCode.PROTOCOL_ERROR, "content-length without DATA")
+        if new is not st.state:
+            self._set_state(sid, st, new)
+        events.append(ResponseReceived(sid, headers, end_stream))
+
+    def _on_window_update(self, payload: bytes, sid: int, events: list[Event]) -> None:
+        if len(payload) != 4:
+            raise RemoteProtocolError("WINDOW_UPDATE not 4 bytes", ErrorCode.FRAME_SIZE_ERROR)
+        inc = _U32.unpack(payload)[0] & 0x7FFFFFFF
+        if sid == 0:
+            if not inc:
+                raise RemoteProtocolError("WINDOW_UPDATE of 0", ErrorCode.PROTOCOL_ERROR)
+            self._out_window += inc
+            if self._out_window > _MAX_WINDOW:
+                raise RemoteProtocolError(
+                    "connection window over 2**31-1", ErrorCode.FLOW_CONTROL_ERROR
+                )
+            events.append(WindowUpdated(0))
+            return
+        st = self.streams.get(sid)
+        if st is None:
+            if self._is_idle(sid):
+                raise RemoteProtocolError(
+                    f"WINDOW_UPDATE on idle stream {sid}", ErrorCode.PROTOCOL_ERROR
+                )
+            return  # closed: may arrive late (RFC 9113 §6.9)
+        if not inc:
+            raise _StreamError(sid, ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+        st.out_window += inc
+        if st.out_window > _MAX_WINDOW:
+            raise _StreamError(sid, ErrorCode.FLOW_CONTROL_ERROR, "stream window over 2**31-1")
+        events.append(WindowUpdated(sid))
+
+    def _on_settings(
+        self, payload: bytes, flags: int, sid: int, events: list[Event], now: float
+    ) -> None:
+        if sid != 0:
+            raise RemoteProtocolError("SETTINGS on a stream", ErrorCode.PROTOCOL_ERROR)
+        if flags & _FLAG_ACK:
+            if payload:
+                raise RemoteProtocolError("SETTINGS ACK with a payload", ErrorCode.FRAME_SIZE_ERROR)
+            if not self._settings_seen:
+                raise RemoteProtocolError("preface without SETTINGS", ErrorCode.PROTOCOL_ERROR)
+            return
+        if len(payload) % 6:
+            raise RemoteProtocolError(
+                "SETTINGS not a multiple of 6 bytes", ErrorCode.FRAME_SIZE_ERROR
+            )
+        self._pay_cheap(now)
+        self._answer()
+        window_changed = False
+        concurrent: int | None = None
+        for i in range(0, len(payload), 6):
+            key, value = _SETTING.unpack_from(payload, i)
+            if key == _S_HEADER_TABLE_SIZE:
+                self._encoder.set_max_table_size(min(value, _TABLE_SIZE))
+            elif key == _S_ENABLE_PUSH:
+                if value > 1 or (value == 1 and not self.server):
+                    raise RemoteProtocolError(
+                        "invalid SETTINGS_ENABLE_PUSH", ErrorCode.PROTOCOL_ERROR
+                    )
+            elif key == _S_MAX_CONCURRENT_STREAMS:
+                self.peer_max_concurrent_streams = value
+                concurrent = value
+            elif key == _S_INITIAL_WINDOW_SIZE:
+                if value > _MAX_WINDOW:
+                    raise RemoteProtocolError(
+                        "initial window over 2**31-1", ErrorCode.FLOW_CONTROL_ERROR
+                    )
+                delta = value - self._peer_initial_window
+                self._peer_initial_window = value
+                if delta:
+                    window_changed = True
+                    for st in self.streams.values():
+                        st.out_window += delta
+                        if st.out_window > _MAX_WINDOW:
+                            raise RemoteProtocolError(
+                                "stream window over 2**31-1", ErrorCode.FLOW_CONTROL_ERROR
+                            )
+            elif key == _S_MAX_FRAME_SIZE:
+                if not _FRAME_SIZE <= value <= 2**24 - 1:
+                    raise RemoteProtocolError(
+                        "invalid SETTINGS_MAX_FRAME_SIZE", ErrorCode.PROTOCOL_ERROR
+                    )
+                self.max_outbound_frame_size = value
+        self._settings_seen = True
+        self._out.append(_frame_head(0, _SETTINGS, _FLAG_ACK, 0))
+        events.append(RemoteSettingsChanged(window_changed, concurrent))
+
+    def _on_rst(self, payload: bytes, sid: int, events: list[Event], now: float) -> None:
+        if len(payload) != 4:
+            raise RemoteProtocolError("RST_STREAM not 4 bytes", ErrorCode.FRAME_SIZE_ERROR)
+        if sid == 0:
+            raise RemoteProtocolError("RST_STREAM on stream 0", ErrorCode.PROTOCOL_ERROR)
+        self._pay_cheap(now)
+        st = self.streams.pop(sid, None)
+        if st is None:
+            if self._is_idle(sid):
+                raise RemoteProtocolError(
+                    f"RST_STREAM on idle stream {sid}", ErrorCode.PROTOCOL_ERROR
+                )
+            return
+        events.append(StreamReset(sid, _code(_U32.unpack(payload)[0])))
+        self._stream_reset_by_peer(sid, now)
+
+    def _stream_reset_by_peer(self, sid: int, now: float) -> None:
+        """The peer reset stream ``sid`` (accounting hook)."""
+
+    def _on_ping(self, payload: bytes, flags: int, sid: int, now: float) -> None:
+        if len(payload) != 8:
+            raise RemoteProtocolError("PING not 8 bytes", ErrorCode.FRAME_SIZE_ERROR)
+        if sid != 0:
+            raise RemoteProtocolError("PING on a stream", ErrorCode.PROTOCOL_ERROR)
+        if flags & _FLAG_ACK:
+            return
+        self._pay_cheap(now)
+        self._answer()
+        self._out.append(_frame_head(8, _PING, _FLAG_ACK, 0) + payload)
+
+    def _on_goaway(self, payload: bytes, sid: int, events: list[Event]) -> None:
+        if sid != 0:
+            raise RemoteProtocolError("GOAWAY on a stream", ErrorCode.PROTOCOL_ERROR)
+        if len(payload) < 8:
+            raise RemoteProtocolError("GOAWAY shorter than 8 bytes", ErrorCode.FRAME_SIZE_ERROR)
+        last = _U32.unpack_from(payload)[0] & 0x7FFFFFFF
+        code = _code(_U32.unpack_from(payload, 4)[0])
+        events.append(ConnectionTerminated(last, code, bytes(payload[8:]) or None))
+
+
+class ClientFacing(H2Side):
+    """The connection to a client: vproxy is the HTTP/2 server.
+
+    Attributes:
+        streams_opened: Streams the client opened so far.
+        rapid_resets: Resets of young streams so far.
+    """
+
+    __slots__ = ("_opened", "_resets", "rapid_resets", "streams_opened")
+
+    def __init__(self, limits: H2Limits) -> None:
+        super().__init__(limits, server=True)
+        self._opened: dict[int, float] = {}
+        self._resets = TokenBucket(limits.rapid_reset_burst, limits.rapid_reset_rate)
+        self.streams_opened = 0
+        self.rapid_resets = 0
+
     def too_many_headers(self, headers: Sequence[Header]) -> bool:
         """True when a header list has more fields than ``max_headers``."""
         return len(headers) > self.limits.max_headers
 
-    def receive_data(self, data: bytes | memoryview, now: float) -> list[Event]:
-        """Feed received bytes; return the ``h2`` events they complete.
-
-        Raises:
-            RemoteProtocolError: The client broke the protocol or flooded (rapid
-                reset, CONTINUATION, control frames, HPACK size); ``wire`` ends with
-                the GOAWAY.
-        """
-        events = super().receive_data(data, now)
-        try:
-            self._account(events, now)
-        except RemoteProtocolError as exc:
-            raise self._fail(exc) from None
-        return events
-
-    def _account(self, events: Iterable[Event], now: float) -> None:
-        limits = self.limits
+    def _stream_opened(self, sid: int, now: float) -> None:
+        self.streams_opened += 1
         opened = self._opened
-        for ev in events:
-            if isinstance(ev, RequestReceived):
-                self.streams_opened += 1
-                if ev.stream_id is not None:
-                    opened[ev.stream_id] = now
-            elif isinstance(ev, StreamReset):
-                born = opened.pop(ev.stream_id, None) if ev.stream_id is not None else None
-                if born is not None and now - born < limits.rapid_reset_age:
-                    self.rapid_resets += 1
-                    if not self._resets.take(now):
-                        raise RemoteProtocolError("rapid reset flood", ErrorCodes.ENHANCE_YOUR_CALM)
-                    if (
-                        self.streams_opened >= limits.rapid_reset_min_streams
-                        and self.rapid_resets * 2 > self.streams_opened
-                    ):
-                        raise RemoteProtocolError(
-                            "most streams reset right after opening",
-                            ErrorCodes.ENHANCE_YOUR_CALM,
-                        )
-            elif isinstance(ev, PingReceived | RemoteSettingsChanged) and self.output_blocked:
-                self._answers += 1
-                if self._answers > limits.max_queued_answers:
-                    raise RemoteProtocolError(
-                        "peer does not read the answers to its PING/SETTINGS",
-                        ErrorCodes.ENHANCE_YOUR_CALM,
-                    )
-        if len(opened) > 4 * limits.max_concurrent_streams + 64:
-            self._prune()
+        opened[sid] = now
+        if len(opened) > 4 * self.limits.max_concurrent_streams + 64:
+            streams = self.streams
+            self._opened = {k: t for k, t in opened.items() if k in streams}
 
-    def _prune(self) -> None:
-        streams = self.conn.streams
-        self._opened = {
-            sid: t for sid, t in self._opened.items() if sid in streams and not streams[sid].closed
-        }
+    def _stream_reset_by_peer(self, sid: int, now: float) -> None:
+        limits = self.limits
+        born = self._opened.pop(sid, None)
+        if born is None or now - born >= limits.rapid_reset_age:
+            return
+        self.rapid_resets += 1
+        if not self._resets.take(now):
+            raise RemoteProtocolError("rapid reset flood", ErrorCode.ENHANCE_YOUR_CALM)
+        if (
+            self.streams_opened >= limits.rapid_reset_min_streams
+            and self.rapid_resets * 2 > self.streams_opened
+        ):
+            raise RemoteProtocolError(
+                "most streams reset right after opening", ErrorCode.ENHANCE_YOUR_CALM
+            )
 
     def stream_done(self, stream_id: int) -> None:
         """Forget a stream the glue finished with (its reset is no longer rapid)."""
@@ -450,79 +1312,15 @@ class BackendFacing(H2Side):
     """The connection to an h2c backend: vproxy is the HTTP/2 client.
 
     The backend is trusted more than a client, but its header blocks and cheap frames
-    are capped the same way; push is disabled.
-
-    A backend's GOAWAY is taken out of the byte stream here and reported as a
-    :class:`~h2.events.ConnectionTerminated` event in its place: ``h2`` closes its
-    state machine on a GOAWAY and would refuse the responses the backend still owes
-    for streams up to the GOAWAY's last stream id (RFC 9113 §6.8 lets them complete;
-    nginx says GOAWAY every ``keepalive_requests`` requests). Frames go to ``h2``
-    whole, so a frame cut by a read waits here for its end.
+    are capped the same way; push is disabled. After a backend's GOAWAY the responses
+    it still owes (streams up to its last stream id) keep arriving as events (RFC 9113
+    §6.8 lets them complete; nginx says GOAWAY every ``keepalive_requests`` requests).
     """
 
-    __slots__ = ("_rest",)
+    __slots__ = ()
 
     def __init__(self, limits: H2Limits) -> None:
         super().__init__(limits, server=False)
-        self._rest = b""
-
-    def receive_data(self, data: bytes | memoryview, now: float) -> list[Event]:
-        """Feed received bytes; return the events they complete (GOAWAY included).
-
-        Raises:
-            RemoteProtocolError: As :meth:`H2Side.receive_data`; also a GOAWAY
-                shorter than its 8 fixed bytes.
-        """
-        buf = self._rest + bytes(data) if self._rest else bytes(data)
-        events: list[Event] = []
-        n = len(buf)
-        start = pos = 0  # start: first byte not given to h2; pos: next frame
-        while n - pos >= 9:
-            end = pos + 9 + int.from_bytes(buf[pos : pos + 3], "big")
-            if end > n:
-                break
-            if buf[pos + 3] == _GOAWAY:
-                if pos > start:
-                    events += super().receive_data(buf[start:pos], now)
-                events.append(self._goaway_event(buf[pos + 9 : end]))
-                start = end
-            pos = end
-        if pos > start:
-            events += super().receive_data(buf[start:pos], now)
-        self._rest = buf[pos:]
-        return events
-
-    def _goaway_event(self, payload: bytes) -> ConnectionTerminated:
-        if len(payload) < 8:
-            raise self._fail(
-                RemoteProtocolError("GOAWAY shorter than 8 bytes", ErrorCodes.FRAME_SIZE_ERROR)
-            )
-        ev = ConnectionTerminated()
-        ev.last_stream_id = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
-        code = int.from_bytes(payload[4:8], "big")
-        try:
-            ev.error_code = ErrorCodes(code)
-        except ValueError:
-            ev.error_code = code
-        ev.additional_data = payload[8:] or None
-        return ev
-
-
-def _settings(limits: H2Limits, *, server: bool) -> Settings:
-    return Settings(
-        client=not server,
-        initial_values={
-            SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
-            SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
-            SettingCodes.INITIAL_WINDOW_SIZE: limits.stream_window,
-            SettingCodes.ENABLE_PUSH: 0,
-        },
-    )
-
-
-def _error_code(exc: _H2ProtocolError) -> ErrorCodes:
-    code = getattr(exc, "error_code", ErrorCodes.PROTOCOL_ERROR)
-    return code if isinstance(code, ErrorCodes) else ErrorCodes.PROTOCOL_ERROR
 
 
 # -- headers -----------------------------------------------------------------------------

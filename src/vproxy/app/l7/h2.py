@@ -11,10 +11,9 @@ request no backend can take gets a local 503 (502 when its backend is lost befor
 answered).
 
 Must not: parse HTTP/2 itself or decide what is a flood (``vproxy.processor.h2``
-does, with the ``h2`` library), or hold more than the windows it granted: per stream
-at most ``stream_window`` bytes each way, per client connection at most its
-``connection_window`` upstream, and a transport's write buffer above its high-water
-mark stops the data feeding it.
+does), or hold more than the windows it granted: per stream at most ``stream_window``
+bytes each way, per client connection at most its ``connection_window`` upstream, and
+a transport's write buffer above its high-water mark stops the data feeding it.
 """
 
 from __future__ import annotations
@@ -25,33 +24,28 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
-from h2.connection import H2Connection
-from h2.errors import ErrorCodes
-from h2.events import (
-    ConnectionTerminated,
-    DataReceived,
-    Event,
-    InformationalResponseReceived,
-    RemoteSettingsChanged,
-    RequestReceived,
-    ResponseReceived,
-    StreamEnded,
-    StreamReset,
-    TrailersReceived,
-    WindowUpdated,
-)
-from h2.exceptions import ProtocolError as _H2Error
-from h2.exceptions import TooManyStreamsError
-from h2.settings import SettingCodes
-
 from vproxy.app.l7.base import L7Limits, L7Session, choose_server, open_connection
 from vproxy.component.server_group import Server
 from vproxy.net.event_loop import EventLoop
 from vproxy.processor.h2 import (
     BackendFacing,
     ClientFacing,
+    ConnectionTerminated,
+    DataReceived,
+    ErrorCode,
+    Event,
     H2Error,
     H2Limits,
+    H2Side,
+    Header,
+    InformationalResponseReceived,
+    RemoteSettingsChanged,
+    RequestReceived,
+    ResponseReceived,
+    StreamReset,
+    TooManyStreams,
+    TrailersReceived,
+    WindowUpdated,
     authority_hint,
     forward_headers,
     local_response,
@@ -212,6 +206,7 @@ class H2Frontend(asyncio.Protocol):
         self.client_ip, self.client_port = _peer(session.client)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _Stream] = {}
+        self.forwarded: dict[int, tuple[list[Header], list[Header], str | None]] = {}
         self.blocked: set[_Stream] = set()
         self.paused = False
         self.closing = False
@@ -258,7 +253,7 @@ class H2Frontend(asyncio.Protocol):
         self.streams.clear()
         self.blocked.clear()
         for s in streams:
-            self._detach_backend(s, ErrorCodes.CANCEL)
+            self._detach_backend(s, ErrorCode.CANCEL)
         self.session.finish()
 
     def pause_writing(self) -> None:
@@ -308,7 +303,7 @@ class H2Frontend(asyncio.Protocol):
     def _head_expired(self) -> None:
         self.head_timer = None
         _log.debug("h2 client %s: no preface and SETTINGS in time", self.session.client)
-        self._close(self.h2.goaway(ErrorCodes.PROTOCOL_ERROR, b"head timeout"))
+        self._close(self.h2.goaway(ErrorCode.PROTOCOL_ERROR, b"head timeout"))
 
     def _arm_idle(self) -> None:
         front = self.session.front
@@ -320,38 +315,34 @@ class H2Frontend(asyncio.Protocol):
         if self.closing:
             return
         if front.bytes_in + front.bytes_out == self.idle_mark:
-            self._close(self.h2.goaway(ErrorCodes.NO_ERROR, b"idle"))
+            self._close(self.h2.goaway(ErrorCode.NO_ERROR, b"idle"))
             return
         self._arm_idle()
 
     # -- events from the client ------------------------------------------------------------
 
     def _handle(self, events: list[Event]) -> None:
-        resets = {ev.stream_id for ev in events if isinstance(ev, StreamReset)}
-        conn = self.h2.conn
+        resets = (
+            {ev.stream_id for ev in events if type(ev) is StreamReset} if len(events) > 1 else ()
+        )
+        h2 = self.h2
         for ev in events:
-            if isinstance(ev, DataReceived):
+            if type(ev) is DataReceived:
                 s = self.streams.get(ev.stream_id)
-                if s is None:
-                    conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-                    continue
                 data = ev.data
-                pad = ev.flow_controlled_length - len(data)
-                if pad:
-                    conn.acknowledge_received_data(pad, ev.stream_id)
+                if s is None:
+                    h2.acknowledge_received_data(len(data), ev.stream_id)
+                    continue
                 if data:
                     s.up.append(memoryview(data))
                     s.up_size += len(data)
-                    self._pump_up(s)
-            elif isinstance(ev, RequestReceived):
+                if ev.end_stream:
+                    s.up_end = True
+                self._pump_up(s)
+            elif type(ev) is RequestReceived:
                 if ev.stream_id not in resets and not self.closing:
                     self._new_stream(ev)
-            elif isinstance(ev, StreamEnded):
-                s = self.streams.get(ev.stream_id)
-                if s is not None and not s.up_end:
-                    s.up_end = True
-                    self._pump_up(s)
-            elif isinstance(ev, WindowUpdated):
+            elif type(ev) is WindowUpdated:
                 if ev.stream_id == 0:
                     self._pump_blocked()
                 else:
@@ -359,22 +350,24 @@ class H2Frontend(asyncio.Protocol):
                     if s is not None:
                         self.blocked.discard(s)
                         self._pump_down(s)
-            elif isinstance(ev, StreamReset):
+            elif type(ev) is StreamReset:
                 s = self.streams.get(ev.stream_id)
                 if s is not None:
                     self._forget(s)
-                    self._detach_backend(s, ErrorCodes.CANCEL)
-            elif isinstance(ev, TrailersReceived):
+                    self._detach_backend(s, ErrorCode.CANCEL)
+            elif type(ev) is TrailersReceived:
                 s = self.streams.get(ev.stream_id)
                 if s is not None:
-                    s.up_trailers = list(ev.headers)
-            elif isinstance(ev, RemoteSettingsChanged):
+                    s.up_trailers = ev.headers
+                    s.up_end = True
+                    self._pump_up(s)
+            elif type(ev) is RemoteSettingsChanged:
                 if self.head_timer is not None:
                     self.head_timer.cancel()
                     self.head_timer = None
-                if SettingCodes.INITIAL_WINDOW_SIZE in ev.changed_settings:
+                if ev.initial_window_changed:
                     self._pump_blocked()
-            elif isinstance(ev, ConnectionTerminated):
+            elif type(ev) is ConnectionTerminated:
                 self.goaway_received = True
         if self.goaway_received and not self.streams:
             self._close()
@@ -382,14 +375,24 @@ class H2Frontend(asyncio.Protocol):
     def _new_stream(self, ev: RequestReceived) -> None:
         s = _Stream(self, ev.stream_id)
         self.streams[s.sid] = s
-        s.up_end = ev.stream_ended is not None
+        s.up_end = ev.end_stream
         headers = ev.headers
         self.session.requests += 1
         if self.h2.too_many_headers(headers):
             self.local_reply(s, 431, "too many header fields\n")
             return
-        s.headers = forward_headers(headers, self.client_ip, self.client_port)
-        s.hint = authority_hint(headers)
+        # The decoder hands out the same list for the same block while its table is
+        # unchanged: so are the forwarded list and the hint, and the backend's encoder
+        # then finds the list it encoded last time.
+        hit = self.forwarded.get(id(headers))
+        if hit is None or hit[0] is not headers:
+            fwd = forward_headers(headers, self.client_ip, self.client_port)
+            hit = (headers, fwd, authority_hint(headers))
+            if len(self.forwarded) >= 64:
+                self.forwarded.clear()
+            self.forwarded[id(headers)] = hit
+        s.headers = hit[1]
+        s.hint = hit[2]
         self.dispatch(s)
 
     def dispatch(self, s: _Stream) -> None:
@@ -412,15 +415,15 @@ class H2Frontend(asyncio.Protocol):
         self.blocked.discard(s)
         self.h2.stream_done(s.sid)
         if s.up_size and not self.closing:
-            with contextlib.suppress(_H2Error):
-                self.h2.conn.acknowledge_received_data(s.up_size, s.sid)
+            with contextlib.suppress(H2Error):
+                self.h2.acknowledge_received_data(s.up_size, s.sid)
         s.up.clear()
         s.up_size = 0
         s.headers = None
         if self.goaway_received and not self.streams:
             self._close()
 
-    def _detach_backend(self, s: _Stream, code: ErrorCodes) -> None:
+    def _detach_backend(self, s: _Stream, code: ErrorCode) -> None:
         """The client side of a stream is gone: reset its backend stream."""
         b = s.back
         s.back = None
@@ -431,12 +434,12 @@ class H2Frontend(asyncio.Protocol):
         s.down.clear()
         s.down_size = 0
 
-    def reset(self, s: _Stream, code: ErrorCodes | int) -> None:
+    def reset(self, s: _Stream, code: ErrorCode | int) -> None:
         """Reset a client stream (its backend side is done already)."""
         if s.closed:
             return
-        with contextlib.suppress(_H2Error):
-            self.h2.conn.reset_stream(s.sid, code)
+        with contextlib.suppress(H2Error):
+            self.h2.reset_stream(s.sid, code)
         self._forget(s)
         s.down.clear()
         s.down_size = 0
@@ -447,15 +450,15 @@ class H2Frontend(asyncio.Protocol):
         if s.closed:
             return
         headers, body = local_response(status, text)
-        conn = self.h2.conn
+        conn = self.h2
         try:
             conn.send_headers(s.sid, headers)
             conn.send_data(s.sid, body, end_stream=True)
             if not s.up_end:  # RFC 9113 §8.1: stop the request body, no error
-                conn.reset_stream(s.sid, ErrorCodes.NO_ERROR)
-        except _H2Error:
-            with contextlib.suppress(_H2Error):
-                conn.reset_stream(s.sid, ErrorCodes.INTERNAL_ERROR)
+                conn.reset_stream(s.sid, ErrorCode.NO_ERROR)
+        except H2Error:
+            with contextlib.suppress(H2Error):
+                conn.reset_stream(s.sid, ErrorCode.INTERNAL_ERROR)
         self._forget(s)
         self.schedule_flush()
 
@@ -475,7 +478,7 @@ class H2Frontend(asyncio.Protocol):
         each byte sent re-opens the backend's window by as much."""
         if s.closed:
             return
-        conn = self.h2.conn
+        conn = self.h2
         b = s.back
         sent = 0
         try:
@@ -491,11 +494,11 @@ class H2Frontend(asyncio.Protocol):
                 else:
                     conn.end_stream(s.sid)
                 s.down_done = True
-        except _H2Error:
+        except H2Error:
             if sent and b is not None:
                 b.acknowledge(s, sent)
-            self.reset(s, ErrorCodes.INTERNAL_ERROR)
-            self._detach_backend(s, ErrorCodes.CANCEL)
+            self.reset(s, ErrorCode.INTERNAL_ERROR)
+            self._detach_backend(s, ErrorCode.CANCEL)
             return
         if sent and b is not None:
             b.acknowledge(s, sent)
@@ -509,11 +512,11 @@ class H2Frontend(asyncio.Protocol):
         b = s.back
         if not s.up_done:
             if not s.up_end:
-                with contextlib.suppress(_H2Error):
-                    self.h2.conn.reset_stream(s.sid, ErrorCodes.NO_ERROR)
+                with contextlib.suppress(H2Error):
+                    self.h2.reset_stream(s.sid, ErrorCode.NO_ERROR)
             s.back = None
             if b is not None:
-                b.drop(s, ErrorCodes.NO_ERROR if s.up_end else ErrorCodes.CANCEL)
+                b.drop(s, ErrorCode.NO_ERROR if s.up_end else ErrorCode.CANCEL)
         elif b is not None:
             s.back = None
             b.finished(s)
@@ -524,9 +527,9 @@ class H2Frontend(asyncio.Protocol):
         if s.closed:
             return False
         try:
-            self.h2.conn.send_headers(s.sid, headers, end_stream=end)
-        except _H2Error:
-            self.reset(s, ErrorCodes.INTERNAL_ERROR)
+            self.h2.send_headers(s.sid, headers, end_stream=end)
+        except H2Error:
+            self.reset(s, ErrorCode.INTERNAL_ERROR)
             return False
         self.schedule_flush()
         if end:
@@ -537,8 +540,8 @@ class H2Frontend(asyncio.Protocol):
     def acknowledge(self, s: _Stream, n: int) -> None:
         """``n`` request bytes of ``s`` went to the backend: the client may send more."""
         if not self.closing:
-            with contextlib.suppress(_H2Error):
-                self.h2.conn.acknowledge_received_data(n, s.sid)
+            with contextlib.suppress(H2Error):
+                self.h2.acknowledge_received_data(n, s.sid)
             self.schedule_flush()
 
 
@@ -661,19 +664,19 @@ class _BackendConn(asyncio.Protocol):
             self._start(s)
 
     def _start(self, s: _Stream) -> None:
-        conn = self.h2.conn
+        conn = self.h2
         headers = s.headers
         if headers is None or s.closed:
             return
         end = s.up_end and not s.up and s.up_trailers is None
         try:
-            bsid = conn.get_next_available_stream_id()
+            bsid = conn.next_stream_id()
             conn.send_headers(bsid, headers, end_stream=end)
-        except TooManyStreamsError:
+        except TooManyStreams:
             self.capacity = max(1, len(self.streams))
             self.pool.submit(s, self.idle_timeout)
             return
-        except _H2Error as exc:
+        except H2Error as exc:
             _log.debug("h2 backend %s: request refused: %s", self.server.address_text, exc)
             s.front.local_reply(s, 502, "bad request for the backend\n")
             return
@@ -724,37 +727,30 @@ class _BackendConn(asyncio.Protocol):
             self.close()
 
     def _event(self, ev: Event) -> None:
-        if isinstance(ev, DataReceived):
+        if type(ev) is DataReceived:
             s = self.streams.get(ev.stream_id)
-            conn = self.h2.conn
-            if s is None:
-                conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-                return
             data = ev.data
-            s.front.session.back.bytes_in += ev.flow_controlled_length + 9
-            pad = ev.flow_controlled_length - len(data)
-            if pad:
-                conn.acknowledge_received_data(pad, ev.stream_id)
+            if s is None:
+                self.h2.acknowledge_received_data(len(data), ev.stream_id)
+                return
+            s.front.session.back.bytes_in += len(data) + 9
             if data:
                 s.down.append(memoryview(data))
                 s.down_size += len(data)
-                s.front._pump_down(s)
-        elif isinstance(ev, ResponseReceived | InformationalResponseReceived):
+            if ev.end_stream:
+                s.down_end = True
+            s.front._pump_down(s)
+        elif type(ev) is ResponseReceived or type(ev) is InformationalResponseReceived:
             s = self.streams.get(ev.stream_id)
             if s is None:
                 return
             s.front.session.back.bytes_in += 9 + sum(len(n) + len(v) for n, v in ev.headers)
-            end = isinstance(ev, ResponseReceived) and ev.stream_ended is not None
-            if isinstance(ev, ResponseReceived):
+            end = type(ev) is ResponseReceived and ev.end_stream
+            if type(ev) is ResponseReceived:
                 s.replied = True
-            if not s.front.send_response_headers(s, list(ev.headers), end):
-                self.drop(s, ErrorCodes.CANCEL)
-        elif isinstance(ev, StreamEnded):
-            s = self.streams.get(ev.stream_id)
-            if s is not None and not s.down_end:
-                s.down_end = True
-                s.front._pump_down(s)
-        elif isinstance(ev, WindowUpdated):
+            if not s.front.send_response_headers(s, ev.headers, end):
+                self.drop(s, ErrorCode.CANCEL)
+        elif type(ev) is WindowUpdated:
             if ev.stream_id == 0:
                 self._pump_blocked()
             else:
@@ -762,37 +758,38 @@ class _BackendConn(asyncio.Protocol):
                 if s is not None:
                     self.blocked.discard(s)
                     self.pump_up(s)
-        elif isinstance(ev, TrailersReceived):
+        elif type(ev) is TrailersReceived:
             s = self.streams.get(ev.stream_id)
             if s is not None:
                 s.front.session.back.bytes_in += 9 + sum(len(n) + len(v) for n, v in ev.headers)
-                s.down_trailers = list(ev.headers)
-        elif isinstance(ev, StreamReset):
+                s.down_trailers = ev.headers
+                s.down_end = True
+                s.front._pump_down(s)
+        elif type(ev) is StreamReset:
             s = self.streams.pop(ev.stream_id, None)
             if s is not None:
                 self.blocked.discard(s)
                 s.back = None
-                if ev.error_code == ErrorCodes.REFUSED_STREAM and self._retry(s):
+                if ev.error_code == ErrorCode.REFUSED_STREAM and self._retry(s):
                     self._maybe_idle()
                     return
                 s.front.reset(s, ev.error_code)
                 self._maybe_idle()
-        elif isinstance(ev, RemoteSettingsChanged):
-            if SettingCodes.MAX_CONCURRENT_STREAMS in ev.changed_settings:
-                value = ev.changed_settings[SettingCodes.MAX_CONCURRENT_STREAMS].new_value
-                self.capacity = max(1, min(int(value), MAX_BACKEND_STREAMS))
-            if SettingCodes.INITIAL_WINDOW_SIZE in ev.changed_settings:
+        elif type(ev) is RemoteSettingsChanged:
+            if ev.max_concurrent_streams is not None:
+                self.capacity = max(1, min(ev.max_concurrent_streams, MAX_BACKEND_STREAMS))
+            if ev.initial_window_changed:
                 self._pump_blocked()
-        elif isinstance(ev, ConnectionTerminated):
+        elif type(ev) is ConnectionTerminated:
             self.draining = True
             self.pool.remove(self)
-            last = ev.last_stream_id if ev.last_stream_id is not None else 0
+            last = ev.last_stream_id
             for bsid in [i for i in self.streams if i > last]:
                 s = self.streams.pop(bsid)
                 self.blocked.discard(s)
                 s.back = None
                 if not self._retry(s):
-                    s.front.reset(s, ErrorCodes.REFUSED_STREAM)
+                    s.front.reset(s, ErrorCode.REFUSED_STREAM)
 
     def _retry(self, s: _Stream) -> bool:
         """Send a refused, unprocessed bodiless request again (on another connection)."""
@@ -820,7 +817,7 @@ class _BackendConn(asyncio.Protocol):
             if s.closed:
                 continue
             if s.replied:
-                s.front.reset(s, ErrorCodes.INTERNAL_ERROR)
+                s.front.reset(s, ErrorCode.INTERNAL_ERROR)
             else:
                 s.front.local_reply(s, 502, "backend connection lost\n")
 
@@ -900,7 +897,7 @@ class _BackendConn(asyncio.Protocol):
         each byte sent re-opens the client's window by as much."""
         if self.transport is None or s.back is not self or s.closed:
             return
-        conn = self.h2.conn
+        conn = self.h2
         sent = 0
         try:
             sent, error = _send_queued(conn, s.bsid, s.up, self.paused)
@@ -915,10 +912,10 @@ class _BackendConn(asyncio.Protocol):
                 else:
                     conn.end_stream(s.bsid)
                 s.up_done = True
-        except _H2Error:
+        except H2Error:
             self.streams.pop(s.bsid, None)
             s.back = None
-            s.front.reset(s, ErrorCodes.INTERNAL_ERROR)
+            s.front.reset(s, ErrorCode.INTERNAL_ERROR)
             self.take(s)
             self._maybe_idle()
             return
@@ -930,11 +927,11 @@ class _BackendConn(asyncio.Protocol):
         """``n`` response bytes of ``s`` went to the client: the backend may send more."""
         if self.closed:
             return
-        with contextlib.suppress(_H2Error):
-            self.h2.conn.acknowledge_received_data(n, s.bsid)
+        with contextlib.suppress(H2Error):
+            self.h2.acknowledge_received_data(n, s.bsid)
         self.take(s)
 
-    def drop(self, s: _Stream, code: ErrorCodes) -> None:
+    def drop(self, s: _Stream, code: ErrorCode) -> None:
         """The client side of ``s`` is done: reset the backend stream if it is open
         and give back the window its unsent response bytes hold."""
         if self.streams.pop(s.bsid, None) is None:
@@ -943,14 +940,10 @@ class _BackendConn(asyncio.Protocol):
             return
         self.blocked.discard(s)
         if not self.closed:
-            conn = self.h2.conn
-            with contextlib.suppress(_H2Error):
-                stream = conn.streams.get(s.bsid)
-                if stream is not None and not stream.closed:
-                    conn.reset_stream(s.bsid, code)
+            conn = self.h2
+            conn.reset_stream(s.bsid, code)
             if s.down_size:
-                with contextlib.suppress(_H2Error):
-                    conn.acknowledge_received_data(s.down_size, s.bsid)
+                conn.acknowledge_received_data(s.down_size, s.bsid)
             self.take(s)
         s.down.clear()
         s.down_size = 0
@@ -964,8 +957,8 @@ class _BackendConn(asyncio.Protocol):
 
 
 def _send_queued(
-    conn: H2Connection, sid: int, queue: deque[memoryview], paused: bool
-) -> tuple[int, _H2Error | None]:
+    conn: H2Side, sid: int, queue: deque[memoryview], paused: bool
+) -> tuple[int, H2Error | None]:
     """Send DATA from the front of ``queue`` on stream ``sid`` as far as its window and
     the frame size allow (nothing while ``paused``): (bytes sent, the error that
     stopped it, if any). What is left in ``queue`` waits for a window update."""
@@ -986,6 +979,6 @@ def _send_queued(
                 piece = queue.popleft()
             conn.send_data(sid, piece)
             sent += n
-    except _H2Error as exc:
+    except H2Error as exc:
         return sent, exc
     return sent, None
