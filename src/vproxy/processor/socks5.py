@@ -80,6 +80,9 @@ class AddressType(enum.IntEnum):
     IPV6 = 0x04
 
 
+_ADDRESS_TYPES = {int(t): t for t in AddressType}
+
+
 class AuthMethod(enum.IntEnum):
     """Authentication methods a client may offer (RFC 1928 §3)."""
 
@@ -205,6 +208,10 @@ class RemoteProtocolError(Socks5Error):
 class State(enum.Enum):
     """Where the handshake is."""
 
+    # Members are singletons compared by identity: hash them by identity too (in C)
+    # instead of Enum's hash(self._name_) in Python, for the transition lookups.
+    __hash__ = object.__hash__
+
     GREETING = enum.auto()  # waiting for VER NMETHODS METHODS
     AUTH = enum.auto()  # waiting for the RFC 1929 username/password message
     REQUEST = enum.auto()  # waiting for VER CMD RSV ATYP DST.ADDR DST.PORT
@@ -219,6 +226,8 @@ TERMINAL_STATES: Final = frozenset({State.DONE, State.CLOSED, State.ERROR})
 
 
 class _Input(enum.Enum):
+    __hash__ = object.__hash__  # (see State)
+
     # Parsed from the client's bytes (each only in the state that reads that message):
     METHOD_NO_AUTH = enum.auto()  # greeting offers 00 and no auth is configured
     METHOD_USERPASS = enum.auto()  # greeting offers 02 and auth is configured
@@ -708,7 +717,7 @@ class Socks5ServerConnection:
         raw = bytes(buf[start:end])
         port = int.from_bytes(buf[end : end + 2], "big")
         del buf[: end + 2]
-        address_type = AddressType(atyp)
+        address_type = _ADDRESS_TYPES[atyp]  # AddressType(atyp), without EnumType.__call__
         if address_type is AddressType.IPV4:
             host = f"{raw[0]}.{raw[1]}.{raw[2]}.{raw[3]}"  # str(IPv4Address(raw)), cheaper
         elif address_type is AddressType.IPV6:
