@@ -7,9 +7,11 @@ by a table over 4-bit steps, encoded when shorter than the raw bytes).
 
 It is on the path of every request four times (decode the client's headers, encode
 them to the backend, decode the response, encode it to the client), so both sides
-remember their last results while their table has not changed: the decoder keyed by
-the header block's bytes (only blocks that insert nothing are remembered), the
-encoder keyed by the header list object (only lists whose encoding changed nothing).
+remember results as long as they cannot differ: the decoder keyed by
+the header block's bytes (a block that refers only to the static table always decodes
+alike, its insertions are replayed; one that refers to the dynamic table only while it
+is unchanged), the encoder keyed by the header list object (only lists whose encoding
+changed nothing).
 A proxy sees the same few blocks over and over, and then a header list costs one
 dictionary look-up.
 
@@ -673,6 +675,7 @@ class Decoder:
 
     __slots__ = (
         "_cache",
+        "_fixed",
         "_max",
         "_size",
         "_strings",
@@ -687,7 +690,8 @@ class Decoder:
         self._max = max_table_size
         self._size = 0
         self._table: deque[Header] = deque()  # newest first: index 62 is _table[0]
-        self._cache: dict[bytes, list[Header]] = {}
+        self._cache: dict[bytes, list[Header]] = {}  # blocks valid while the table is
+        self._fixed: dict[bytes, tuple[list[Header], list[Header]]] = {}  # blocks always
         self._strings: dict[bytes, bytes] = {}
 
     @property
@@ -703,8 +707,10 @@ class Decoder:
     def decode(self, block: bytes) -> list[Header]:
         """Decode one header block.
 
-        A block that inserts nothing gives the same list object while the table stays
-        unchanged: callers must not mutate it.
+        The same list object comes back for the same block while the result cannot
+        differ: always for a block that refers to no dynamic-table entry (its
+        insertions are replayed), else while the table is unchanged and the block
+        inserts nothing. Callers must not mutate it.
 
         Raises:
             HeaderListTooLarge: The list is over ``max_header_list_size``.
@@ -713,7 +719,16 @@ class Decoder:
         hit = self._cache.get(block)
         if hit is not None:
             return hit
+        fixed = self._fixed.get(block)
+        if fixed is not None:
+            if fixed[1]:
+                for name, value in fixed[1]:
+                    self._insert(name, value)
+                self._cache.clear()
+            return fixed[0]
         headers: list[Header] = []
+        inserts: list[Header] = []
+        dynamic = False  # refers to the dynamic table (or resizes it)
         append = headers.append
         table = self._table
         limit = self.max_header_list_size
@@ -734,6 +749,7 @@ class Decoder:
                 if idx <= 61:
                     field = STATIC_TABLE[idx - 1]
                 else:
+                    dynamic = True
                     j = idx - 62
                     if j >= len(table):
                         raise HpackError(f"index {idx} out of the table")
@@ -754,7 +770,7 @@ class Decoder:
                     raise HpackError(f"table size update to {size} over {self.settings_max}")
                 self._max = size
                 self._evict(0)
-                changed = True
+                changed = dynamic = True
                 continue
             if b & 0x40:  # literal with incremental indexing
                 prefix = 0x3F
@@ -770,6 +786,7 @@ class Decoder:
                 if idx <= 61:
                     name = STATIC_TABLE[idx - 1][0]
                 else:
+                    dynamic = True
                     j = idx - 62
                     if j >= len(table):
                         raise HpackError(f"name index {idx} out of the table")
@@ -782,26 +799,35 @@ class Decoder:
             if total > limit:
                 raise HeaderListTooLarge(f"header list over {limit} bytes")
             if index:
-                self._evict(size)
-                if size <= self._max:
-                    table.appendleft((name, value))
-                    self._size += size
-                else:
-                    table.clear()  # RFC 7541 §4.4: an entry larger than the table empties it
+                field = (name, value)
+                self._insert(name, value)
+                inserts.append(field)
                 changed = True
-                append((name, value))
+                append(field)
             elif b & 0x10:
                 append(NeverIndexed((name, value)))
             else:
                 append((name, value))
         if changed:
             self._cache.clear()
-        else:
+        if not dynamic:
+            fixed_cache = self._fixed
+            if len(fixed_cache) >= _CACHE_ENTRIES:
+                fixed_cache.clear()
+            fixed_cache[block] = (headers, inserts)
+        elif not changed:
             cache = self._cache
             if len(cache) >= _CACHE_ENTRIES:
                 cache.clear()
             cache[block] = headers
         return headers
+
+    def _insert(self, name: bytes, value: bytes) -> None:
+        size = len(name) + len(value) + _ENTRY_OVERHEAD
+        self._evict(size)  # an entry larger than the table empties it (RFC 7541 §4.4)
+        if size <= self._max:
+            self._table.appendleft((name, value))
+            self._size += size
 
     def _string(self, block: bytes, pos: int, end: int, limit: int) -> tuple[bytes, int]:
         if pos >= end:

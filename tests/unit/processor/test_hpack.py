@@ -354,3 +354,55 @@ def test_table_size_update_within_our_setting_is_honoured() -> None:
     assert d.decode(b"\xbe") == [(b"c", b"d")]
     with pytest.raises(HpackError):
         d.decode(b"\xbf")
+
+
+def test_static_only_blocks_are_remembered_and_their_insertions_replayed() -> None:
+    # as nginx answers: literals with incremental indexing, static names only
+    block = b"\x88" + b"\x76\x05nginx" + b"\x5c\x016"
+    d = Decoder(max_table_size=4096)
+    first = d.decode(block)
+    assert first == [(b":status", b"200"), (b"server", b"nginx"), (b"content-length", b"6")]
+    assert d.table_size == 2 * 32 + 6 + 5 + 14 + 1
+    again = d.decode(block)
+    assert again is first
+    assert d.table_size == 2 * (2 * 32 + 6 + 5 + 14 + 1)  # inserted again
+    # the dynamic table is what a plain decoder has after the same blocks
+    ref = hpack.Decoder()
+    ref.decode(block, raw=True)
+    ref.decode(block, raw=True)
+    for idx in (b"\xbe", b"\xbf", b"\xc0", b"\xc1"):
+        assert d.decode(idx) == ref.decode(idx, raw=True)
+    with pytest.raises(HpackError):
+        d.decode(b"\xc2")
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                b"\x88\x76\x05nginx\x5c\x016",  # static-only, inserts
+                b"\x88\x0f\x0d\x016",  # static-only, no insertion
+                b"\xbe",  # dynamic reference
+                b"\xbf\xbe",
+                b"\x40\x01a\x01b",  # literal name, inserts
+                b"\x7e\x01c",  # dynamic name, inserts
+                b"\x3f\x21",  # table size 64
+                b"\x3f\xe1\x1f",  # table size 4096
+            ]
+        ),
+        max_size=20,
+    )
+)
+@PROPERTY
+def test_remembered_blocks_decode_as_a_plain_decoder_does(blocks: list[bytes]) -> None:
+    ours = Decoder()
+    ref = hpack.Decoder()
+    for block in blocks:
+        try:
+            want = ref.decode(block, raw=True)
+        except hpack.HPACKError:
+            with pytest.raises(HpackError):
+                ours.decode(block)
+            return
+        assert ours.decode(block) == want
+        assert ours.table_size == ref.header_table._current_size
