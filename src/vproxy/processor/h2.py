@@ -182,11 +182,12 @@ class RequestReceived:
 
 @dataclass(slots=True)
 class ResponseReceived:
-    """A backend answered a stream (final status)."""
+    """A backend answered a stream (final status); ``size``: the header block's bytes."""
 
     stream_id: int
     headers: list[Header]
     end_stream: bool
+    size: int
 
 
 @dataclass(slots=True)
@@ -195,6 +196,7 @@ class InformationalResponseReceived:
 
     stream_id: int
     headers: list[Header]
+    size: int
 
 
 @dataclass(slots=True)
@@ -203,6 +205,7 @@ class TrailersReceived:
 
     stream_id: int
     headers: list[Header]
+    size: int
 
 
 @dataclass(slots=True)
@@ -667,8 +670,11 @@ class H2Side:
         limit = self.max_outbound_frame_size
         flags = _FLAG_END_STREAM if end_stream else 0
         out = self._out
-        if len(block) <= limit:
-            out.append(_frame_head(len(block), _HEADERS, flags | _FLAG_END_HEADERS, sid) + block)
+        n = len(block)
+        if n <= limit:
+            out.append(
+                _HEAD.pack(n >> 8, n & 0xFF, _HEADERS, flags | _FLAG_END_HEADERS, sid) + block
+            )
         else:
             view = memoryview(block)
             pieces = [view[i : i + limit] for i in range(0, len(block), limit)]
@@ -703,7 +709,9 @@ class H2Side:
         out = self._out
         limit = self.max_outbound_frame_size
         if n <= limit:
-            out.append(_frame_head(n, _DATA, _FLAG_END_STREAM if end_stream else 0, sid))
+            out.append(
+                _HEAD.pack(n >> 8, n & 0xFF, _DATA, _FLAG_END_STREAM if end_stream else 0, sid)
+            )
             if n:
                 out.append(data)
         else:
@@ -1042,7 +1050,7 @@ class H2Side:
             self._closed_frame(sid, "HEADERS")
             return
         if not self.server and not st.responded:
-            self._on_response(st, sid, headers, end_stream, events)
+            self._on_response(st, sid, headers, end_stream, len(block), events)
             return
         # trailers
         new = _TRANSITIONS.get((st.state, _I.RECV_END))
@@ -1057,7 +1065,7 @@ class H2Side:
         if st.content_length is not None and st.received != st.content_length:
             raise _StreamError(sid, ErrorCode.PROTOCOL_ERROR, "DATA does not match content-length")
         self._set_state(sid, st, new)
-        events.append(TrailersReceived(sid, headers))
+        events.append(TrailersReceived(sid, headers, len(block)))
 
     def _checked_request(self, headers: list[Header]) -> int | None:
         """:func:`_check_request`, remembered for the decoder's remembered lists."""
@@ -1102,7 +1110,13 @@ class H2Side:
         """A client opened stream ``sid`` (accounting hook)."""
 
     def _on_response(
-        self, st: _Stream, sid: int, headers: list[Header], end_stream: bool, events: list[Event]
+        self,
+        st: _Stream,
+        sid: int,
+        headers: list[Header],
+        end_stream: bool,
+        size: int,
+        events: list[Event],
     ) -> None:
         new = _TRANSITIONS.get((st.state, _I.RECV_END if end_stream else _I.RECV))
         if new is None:
@@ -1124,7 +1138,7 @@ class H2Side:
         if status < 200:
             if end_stream:
                 raise _StreamError(sid, ErrorCode.PROTOCOL_ERROR, "1xx response with END_STREAM")
-            events.append(InformationalResponseReceived(sid, headers))
+            events.append(InformationalResponseReceived(sid, headers, size))
             return
         st.responded = True
         st.content_length = cl
@@ -1132,7 +1146,7 @@ class H2Side:
             raise _StreamError(sid, ErrorCode.PROTOCOL_ERROR, "content-length without DATA")
         if new is not st.state:
             self._set_state(sid, st, new)
-        events.append(ResponseReceived(sid, headers, end_stream))
+        events.append(ResponseReceived(sid, headers, end_stream, size))
 
     def _on_window_update(self, payload: bytes, sid: int, events: list[Event]) -> None:
         if len(payload) != 4:

@@ -690,8 +690,10 @@ class Decoder:
         self._max = max_table_size
         self._size = 0
         self._table: deque[Header] = deque()  # newest first: index 62 is _table[0]
-        self._cache: dict[bytes, list[Header]] = {}  # blocks valid while the table is
-        self._fixed: dict[bytes, tuple[list[Header], list[Header]]] = {}  # blocks always
+        # blocks that refer to the table: valid while it is unchanged
+        self._cache: dict[bytes, list[Header]] = {}
+        # blocks that do not: valid always (with the entries they insert)
+        self._fixed: dict[bytes, tuple[list[Header], list[tuple[bytes, bytes, int]]]] = {}
         self._strings: dict[bytes, bytes] = {}
 
     @property
@@ -722,12 +724,19 @@ class Decoder:
         fixed = self._fixed.get(block)
         if fixed is not None:
             if fixed[1]:
-                for name, value in fixed[1]:
-                    self._insert(name, value)
+                table = self._table
+                limit = self._max
+                for name, value, size in fixed[1]:
+                    while table and self._size + size > limit:
+                        old = table.pop()
+                        self._size -= len(old[0]) + len(old[1]) + _ENTRY_OVERHEAD
+                    if size <= limit:
+                        table.appendleft((name, value))
+                        self._size += size
                 self._cache.clear()
             return fixed[0]
         headers: list[Header] = []
-        inserts: list[Header] = []
+        inserts: list[tuple[bytes, bytes, int]] = []
         dynamic = False  # refers to the dynamic table (or resizes it)
         append = headers.append
         table = self._table
@@ -801,7 +810,7 @@ class Decoder:
             if index:
                 field = (name, value)
                 self._insert(name, value)
-                inserts.append(field)
+                inserts.append((name, value, size))
                 changed = True
                 append(field)
             elif b & 0x10:

@@ -482,11 +482,14 @@ class H2Frontend(asyncio.Protocol):
         b = s.back
         sent = 0
         try:
-            sent, error = _send_queued(conn, s.sid, s.down, self.paused)
+            end = s.down_end and s.down_trailers is None and not s.down_done
+            sent, ended, error = _send_queued(conn, s.sid, s.down, self.paused, end)
             s.down_size -= sent
             if error is not None:
                 raise error
-            if s.down:
+            if ended:
+                s.down_done = True
+            elif s.down:
                 self.blocked.add(s)
             elif s.down_end and not s.down_done:
                 if s.down_trailers is not None:
@@ -744,7 +747,7 @@ class _BackendConn(asyncio.Protocol):
             s = self.streams.get(ev.stream_id)
             if s is None:
                 return
-            s.front.session.back.bytes_in += 9 + sum(len(n) + len(v) for n, v in ev.headers)
+            s.front.session.back.bytes_in += 9 + ev.size
             end = type(ev) is ResponseReceived and ev.end_stream
             if type(ev) is ResponseReceived:
                 s.replied = True
@@ -761,7 +764,7 @@ class _BackendConn(asyncio.Protocol):
         elif type(ev) is TrailersReceived:
             s = self.streams.get(ev.stream_id)
             if s is not None:
-                s.front.session.back.bytes_in += 9 + sum(len(n) + len(v) for n, v in ev.headers)
+                s.front.session.back.bytes_in += 9 + ev.size
                 s.down_trailers = ev.headers
                 s.down_end = True
                 s.front._pump_down(s)
@@ -900,11 +903,14 @@ class _BackendConn(asyncio.Protocol):
         conn = self.h2
         sent = 0
         try:
-            sent, error = _send_queued(conn, s.bsid, s.up, self.paused)
+            end = s.up_end and s.up_trailers is None and not s.up_done
+            sent, ended, error = _send_queued(conn, s.bsid, s.up, self.paused, end)
             s.up_size -= sent
             if error is not None:
                 raise error
-            if s.up:
+            if ended:
+                s.up_done = True
+            elif s.up:
                 self.blocked.add(s)
             elif s.up_end and not s.up_done:
                 if s.up_trailers is not None:
@@ -957,14 +963,15 @@ class _BackendConn(asyncio.Protocol):
 
 
 def _send_queued(
-    conn: H2Side, sid: int, queue: deque[memoryview], paused: bool
-) -> tuple[int, H2Error | None]:
+    conn: H2Side, sid: int, queue: deque[memoryview], paused: bool, end: bool
+) -> tuple[int, bool, H2Error | None]:
     """Send DATA from the front of ``queue`` on stream ``sid`` as far as its window and
-    the frame size allow (nothing while ``paused``): (bytes sent, the error that
-    stopped it, if any). What is left in ``queue`` waits for a window update."""
+    the frame size allow (nothing while ``paused``), the last piece with END_STREAM if
+    ``end``: (bytes sent, whether the stream was ended, the error that stopped it, if
+    any). What is left in ``queue`` waits for a window update."""
     sent = 0
-    if paused:
-        return 0, None
+    if paused or not queue:
+        return 0, False, None
     try:
         while queue:
             window = conn.local_flow_control_window(sid)
@@ -977,8 +984,11 @@ def _send_queued(
                 queue[0] = chunk[n:]
             else:
                 piece = queue.popleft()
+                if end and not queue:
+                    conn.send_data(sid, piece, end_stream=True)
+                    return sent + n, True, None
             conn.send_data(sid, piece)
             sent += n
     except H2Error as exc:
-        return sent, exc
-    return sent, None
+        return sent, False, exc
+    return sent, False, None
