@@ -390,7 +390,13 @@ class Connection(asyncio.Protocol):
     def _on_eof(self) -> None:
         self.eof = True
         peer = self.peer
-        if peer is not None and peer.eof and not peer._holding and not self.session.closing:
+        if (
+            peer is not None
+            and peer.eof
+            and peer.backlog is None
+            and not peer.piped
+            and not self.session.closing
+        ):
             # The other direction ended and was flushed: the session closes this
             # socket right away, which takes it out of the epoll set (no EPOLL_CTL_DEL).
             self.reading = False
@@ -584,7 +590,7 @@ class Session:
         self.server: Any = None
         self.timeout = timeout_ms
         self.half_closed_timeout = (
-            min(timeout_ms, HALF_CLOSED_TIMEOUT_MS)
+            (timeout_ms if timeout_ms < HALF_CLOSED_TIMEOUT_MS else HALF_CLOSED_TIMEOUT_MS)
             if half_closed_timeout_ms is None
             else half_closed_timeout_ms
         )
@@ -735,8 +741,10 @@ class Session:
         self.linked = True
         # A direction's window is the buffer toward its destination.
         windows = self._watcher.windows
-        front._view = _window(windows, max(back.high_water, MIN_WINDOW))
-        back._view = _window(windows, max(front.high_water, MIN_WINDOW))
+        size = back.high_water  # (max() costs more than the rest of these lines)
+        front._view = _window(windows, size if size > MIN_WINDOW else MIN_WINDOW)
+        size = front.high_water
+        back._view = _window(windows, size if size > MIN_WINDOW else MIN_WINDOW)
         front._recv_into, front._peer_fd = fs.recv_into, back.fd
         back._recv_into, back._peer_fd = bs.recv_into, front.fd
         if _splice.SPLICE_AVAILABLE:
@@ -875,9 +883,9 @@ class Session:
         front._stop_reading()
         back._stop_reading()
         # A side closes now unless bytes from its peer are still on their way to it.
-        if not back._holding:
+        if back.backlog is None and not back.piped:  # (not back._holding, inlined)
             front._close_sock()
-        if not front._holding:
+        if front.backlog is None and not front.piped:
             back._close_sock()
         self._abandon_connect()
         self._finish_if_closed()
