@@ -336,6 +336,7 @@ class Http1Frontend(asyncio.Protocol):
         self.body_deadline: float | None = None
         self.deadline = 0.0
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0  # when self.timer fires
 
     # -- asyncio.Protocol (client side) -----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -359,7 +360,8 @@ class Http1Frontend(asyncio.Protocol):
             return
         if self.error is not None:
             return  # a refused request: nothing more is read
-        if self.head_deadline is None and self.head is None and not self.events:
+        idle = self.head is None and not self.events
+        if idle and self.head_deadline is None:
             self.head_deadline = self.loop.time() + self.head_timeout
             self._arm(self.head_deadline)
         try:
@@ -367,6 +369,20 @@ class Http1Frontend(asyncio.Protocol):
         except HttpError as exc:
             events = list(exc.events)
             self.error = exc
+        if idle and len(events) == 2 and self.error is None:
+            # The usual read: one whole request without a body, nothing waiting. What
+            # _queue and _pump do with it, without the queue: start it, then its end.
+            head = events[0]
+            if type(head) is RequestHead and type(events[1]) is RequestEnd:
+                self._start(head)
+                if not self.closed:
+                    self.request_done = True
+                    self.body_deadline = None
+                    if self.response_complete_waiting:
+                        self._finish_exchange()
+                    elif self.paused & _P_QUEUE:
+                        self._pump()
+                return
         self._queue(events)
         self._pump()
 
@@ -433,9 +449,10 @@ class Http1Frontend(asyncio.Protocol):
         if not events:
             return
         for ev in events:
-            if isinstance(ev, BodyChunk):
-                self.queued_bytes += len(ev.data)
-            elif isinstance(ev, RequestHead):
+            kind = type(ev)  # the parser's events are these classes exactly
+            if kind is BodyChunk:
+                self.queued_bytes += len(ev.data)  # type: ignore[union-attr]
+            elif kind is RequestHead:
                 self.queued_heads += 1
         self.events.extend(events)
         if self.queued_bytes > MAX_QUEUED_BYTES or self.queued_heads > self.max_pipelined:
@@ -448,22 +465,24 @@ class Http1Frontend(asyncio.Protocol):
             if self.head is not None and self.request_done:
                 return  # the response is still coming: later requests wait
             ev = events.popleft()
-            if isinstance(ev, BodyChunk):
-                self.queued_bytes -= len(ev.data)
+            kind = type(ev)
+            if kind is BodyChunk:
+                data: bytes = ev.data  # type: ignore[union-attr]
+                self.queued_bytes -= len(data)
                 if self.body_deadline is not None:
-                    self.body_deadline += len(ev.data) / MIN_BODY_RATE
+                    self.body_deadline += len(data) / MIN_BODY_RATE
                 if self.request_done:
                     continue  # the response came early; the rest of this body is dropped
                 b = self.backend
                 if b is not None:
-                    b.write(ev.data)
-                    self.session.back.bytes_out += len(ev.data)
+                    b.write(data)
+                    self.session.back.bytes_out += len(data)
                 else:
-                    self.held.append(ev.data)
-            elif isinstance(ev, RequestHead):
+                    self.held.append(data)
+            elif kind is RequestHead:
                 self.queued_heads -= 1
-                self._start(ev)
-            elif isinstance(ev, RequestEnd):
+                self._start(ev)  # type: ignore[arg-type]
+            elif kind is RequestEnd:
                 self.request_done = True
                 self.body_deadline = None
                 if self.response_complete_waiting:
@@ -572,7 +591,8 @@ class Http1Frontend(asyncio.Protocol):
             self.held.clear()
         conn.write(out)
         self.session.back.bytes_out += len(out)
-        self._pump()
+        if self.events or self.paused & _P_QUEUE or self.error is not None:
+            self._pump()  # (with nothing queued and no error it would do nothing)
 
     # -- responses --------------------------------------------------------------------------
     def backend_data(self, b: _Backend, data: bytes) -> None:
@@ -636,11 +656,12 @@ class Http1Frontend(asyncio.Protocol):
         for ev in events:
             if self.backend is not b or self.closed:
                 return
-            if isinstance(ev, BodyChunk):
-                self._to_client(ev.data)
-            elif isinstance(ev, ResponseHead):
-                self._response_head(b, ev)
-            elif isinstance(ev, ResponseEnd):
+            kind = type(ev)  # the parser's events are these classes exactly
+            if kind is BodyChunk:
+                self._to_client(ev.data)  # type: ignore[union-attr]
+            elif kind is ResponseHead:
+                self._response_head(b, ev)  # type: ignore[arg-type]
+            elif kind is ResponseEnd:
                 self.response_complete_waiting = True
                 if self.request_done:
                     self._finish_exchange()
@@ -656,7 +677,7 @@ class Http1Frontend(asyncio.Protocol):
         if head.status == 101:
             self._upgrade(b, head)
             return
-        if head.interim:
+        if head.status < 200:  # interim (101 is above)
             if req.version != b"1.0":
                 self._to_client(encode_response_head(head))
             return
@@ -738,14 +759,16 @@ class Http1Frontend(asyncio.Protocol):
                 self.pool.put(b, self.idle_timeout)
             else:
                 b.close()
-        self.resume_client(_P_BACKEND)
+        if self.paused & _P_BACKEND:
+            self.resume_client(_P_BACKEND)
         if self.close_after:
             self.events.clear()
             self._close_client()
             return
         self.deadline = self.loop.time() + self.idle_timeout
         self._arm(self.deadline)
-        self._pump()
+        if self.events or self.paused & _P_QUEUE or self.error is not None or self.client_eof:
+            self._pump()  # (otherwise it would do nothing)
 
     def _backend_failed(self, b: _Backend, exc: HttpError | None = None) -> None:
         if self.backend is not b:
@@ -832,9 +855,10 @@ class Http1Frontend(asyncio.Protocol):
     def _arm(self, when: float) -> None:
         timer = self.timer
         if timer is not None:
-            if timer.when() <= when:
+            if self.timer_at <= when:
                 return  # fires earlier and re-arms itself
             timer.cancel()
+        self.timer_at = when
         self.timer = self.loop.call_at(when, self._on_timer)
 
     def _on_timer(self) -> None:
