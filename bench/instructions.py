@@ -141,11 +141,19 @@ def measure(mode: str, n: int, protocol: str | None, tmp: Path) -> float:
         ) as vp:
             wait_port(port, vp, 180)
             run_requests(port, 200, mode == "close")  # warm-up, not counted
-            subprocess.run(["callgrind_control", "-i", "on", str(vp.pid)], check=True,
-                           capture_output=True, timeout=60)
+            subprocess.run(
+                ["callgrind_control", "-i", "on", str(vp.pid)],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
             run_requests(port, n, mode == "close")
-            subprocess.run(["callgrind_control", "-d", str(vp.pid)], check=True,
-                           capture_output=True, timeout=120)
+            subprocess.run(
+                ["callgrind_control", "-d", str(vp.pid)],
+                check=True,
+                capture_output=True,
+                timeout=120,
+            )
             time.sleep(1)
         dumps = sorted(tmp.glob(f"callgrind.{mode}.out*"))
         counted = [d for d in dumps if d != out and total_instructions(d) > 0]
