@@ -978,7 +978,10 @@ class H2Side:
                     sid, ErrorCode.PROTOCOL_ERROR, "DATA does not match content-length"
                 )
         if new is not st.state:
-            self._set_state(sid, st, new)
+            if new is _S.CLOSED:
+                del self.streams[sid]
+            else:
+                st.state = new
         events.append(DataReceived(sid, data, end))
 
     def _on_headers(

@@ -415,8 +415,7 @@ class H2Frontend(asyncio.Protocol):
         self.blocked.discard(s)
         self.h2.stream_done(s.sid)
         if s.up_size and not self.closing:
-            with contextlib.suppress(H2Error):
-                self.h2.acknowledge_received_data(s.up_size, s.sid)
+            self.h2.acknowledge_received_data(s.up_size, s.sid)
         s.up.clear()
         s.up_size = 0
         s.headers = None
@@ -438,8 +437,7 @@ class H2Frontend(asyncio.Protocol):
         """Reset a client stream (its backend side is done already)."""
         if s.closed:
             return
-        with contextlib.suppress(H2Error):
-            self.h2.reset_stream(s.sid, code)
+        self.h2.reset_stream(s.sid, code)
         self._forget(s)
         s.down.clear()
         s.down_size = 0
@@ -457,8 +455,7 @@ class H2Frontend(asyncio.Protocol):
             if not s.up_end:  # RFC 9113 §8.1: stop the request body, no error
                 conn.reset_stream(s.sid, ErrorCode.NO_ERROR)
         except H2Error:
-            with contextlib.suppress(H2Error):
-                conn.reset_stream(s.sid, ErrorCode.INTERNAL_ERROR)
+            conn.reset_stream(s.sid, ErrorCode.INTERNAL_ERROR)
         self._forget(s)
         self.schedule_flush()
 
@@ -515,8 +512,7 @@ class H2Frontend(asyncio.Protocol):
         b = s.back
         if not s.up_done:
             if not s.up_end:
-                with contextlib.suppress(H2Error):
-                    self.h2.reset_stream(s.sid, ErrorCode.NO_ERROR)
+                self.h2.reset_stream(s.sid, ErrorCode.NO_ERROR)
             s.back = None
             if b is not None:
                 b.drop(s, ErrorCode.NO_ERROR if s.up_end else ErrorCode.CANCEL)
@@ -543,8 +539,7 @@ class H2Frontend(asyncio.Protocol):
     def acknowledge(self, s: _Stream, n: int) -> None:
         """``n`` request bytes of ``s`` went to the backend: the client may send more."""
         if not self.closing:
-            with contextlib.suppress(H2Error):
-                self.h2.acknowledge_received_data(n, s.sid)
+            self.h2.acknowledge_received_data(n, s.sid)
             self.schedule_flush()
 
 
@@ -676,7 +671,10 @@ class _BackendConn(asyncio.Protocol):
             bsid = conn.next_stream_id()
             conn.send_headers(bsid, headers, end_stream=end)
         except TooManyStreams:
-            self.capacity = max(1, len(self.streams))
+            if not self.streams:  # MAX_CONCURRENT_STREAMS 0: another connection is alike
+                s.front.local_reply(s, 502, "backend takes no streams\n")
+                return
+            self.capacity = len(self.streams)
             self.pool.submit(s, self.idle_timeout)
             return
         except H2Error as exc:
@@ -933,8 +931,7 @@ class _BackendConn(asyncio.Protocol):
         """``n`` response bytes of ``s`` went to the client: the backend may send more."""
         if self.closed:
             return
-        with contextlib.suppress(H2Error):
-            self.h2.acknowledge_received_data(n, s.bsid)
+        self.h2.acknowledge_received_data(n, s.bsid)
         self.take(s)
 
     def drop(self, s: _Stream, code: ErrorCode) -> None:
