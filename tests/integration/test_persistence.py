@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -86,7 +87,18 @@ def test_sigterm_saves_and_next_start_loads(tmp_path: Path) -> None:
     p.stdin.write(b"add upstream keep-me\nadd event-loop-group extra\n")
     p.stdin.flush()
     last = tmp_path / ".vproxy" / "vproxy.last"
-    time.sleep(0.5)
+    # Both commands answered: the process runs (and handles SIGTERM) however long
+    # its start took on a busy machine.
+    out = b""
+    deadline = time.monotonic() + 30
+    while out.splitlines().count(b"OK") < 2 and time.monotonic() < deadline:
+        ready, _, _ = select.select([p.stdout], [], [], 1)
+        if ready:
+            chunk = os.read(p.stdout.fileno(), 4096)
+            assert chunk, f"vproxy exited before answering: {out!r}"
+            out += chunk
+    answers = [ln for ln in out.splitlines() if ln in (b"OK",) or ln.startswith(b"(error)")]
+    assert answers == [b"OK", b"OK"]
     p.send_signal(signal.SIGTERM)
     assert p.wait(10) == 0
     p.stdout.close()
