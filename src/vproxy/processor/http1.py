@@ -1612,6 +1612,12 @@ class ResponseParser(_Parser):
         return len(self._expected)
 
     @property
+    def idle(self) -> bool:
+        """Whether every announced request has its whole response (``pending == 0``)
+        and no response has begun (:attr:`state` is :attr:`State.HEAD`)."""
+        return not self._expected and self._state is _ST_HEAD
+
+    @property
     def trailing_data(self) -> bytes:
         """After a 101: bytes of the new protocol that came with the response head."""
         return bytes(self._buf) if self._state is _ST_SWITCHED else b""

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 __all__ = ["Http1Mode", "error_response"]
 
 _log = logging.getLogger("vproxy.app")
+_monotonic: Final = time.monotonic
 
 MAX_IDLE_PER_SERVER: Final = 64
 """Idle backend connections kept per event loop and server."""
@@ -155,6 +156,7 @@ class _Pool:
         return None
 
     def put(self, conn: _Backend, idle_s: float) -> None:
+        """Keep ``conn`` for reuse for ``idle_s`` (at most :data:`MAX_POOL_IDLE_S`)."""
         conns = self._idle.get(conn.server)
         if conns is None:
             conns = self._idle[conn.server] = []
@@ -164,7 +166,7 @@ class _Pool:
         conns.append(conn)
         conn.frontend = None
         conn.pool = self
-        conn.idle_until = self._loop.time() + min(idle_s, MAX_POOL_IDLE_S)
+        conn.idle_until = self._loop.time() + idle_s
         if self._sweep is None:
             self._sweep = self._loop.call_later(1.0, self._expire)
 
@@ -293,6 +295,7 @@ class Http1Frontend(asyncio.Protocol):
         limits = lb.l7_limits
         self.head_timeout = limits.head_timeout / 1000
         self.idle_timeout = lb.timeout / 1000
+        self.pool_idle = min(self.idle_timeout, MAX_POOL_IDLE_S)
         self.max_pipelined = limits.max_pipelined
         max_line = min(8 * 1024, limits.max_head_size - 4)
         self.http_limits = HttpLimits(
@@ -525,7 +528,7 @@ class Http1Frontend(asyncio.Protocol):
         self.close_after = not head.keep_alive
         self.status = 0
         self.bytes_to_client = 0
-        self.started = time.monotonic()
+        self.started = _monotonic()
         self.tried = []
         self.session.requests += 1
         now = self.loop.time()
@@ -581,7 +584,7 @@ class Http1Frontend(asyncio.Protocol):
         if t is not None and ct is not None and ct.get_write_buffer_size() > HIGH_WATER:
             t.pause_reading()  # the client is still behind: its resume_writing resumes
         try:
-            conn.parser.expect_response(head.method, upgrade=head.upgrade is not None)
+            conn.parser.expect_response(head.method, head.upgrade is not None)
         except HttpError:
             self._backend_failed(conn)
             return
@@ -589,8 +592,13 @@ class Http1Frontend(asyncio.Protocol):
         if self.held:
             out = b"".join([out, *self.held])
             self.held.clear()
-        conn.write(out)
-        self.session.back.bytes_out += len(out)
+        if t is not None:  # (conn.write, inline)
+            n = len(out)
+            conn.bytes_out += n
+            self.session.back.bytes_out += n
+            t.write(out)
+        else:
+            self.session.back.bytes_out += len(out)
         if self.events or self.paused & _P_QUEUE or self.error is not None:
             self._pump()  # (with nothing queued and no error it would do nothing)
 
@@ -611,6 +619,47 @@ class Http1Frontend(asyncio.Protocol):
             self._backend_failed(b, exc)
             self._flush()
             return
+        n = len(events)
+        if (
+            1 < n < 4
+            and type(events[-1]) is ResponseEnd
+            and self.request_done
+            and self.backend is b
+            and not self.closed
+        ):
+            # The usual read: a whole final response to a request sent whole. What
+            # _responses does with it, in one go.
+            head = events[0]
+            req = self.head
+            if (
+                type(head) is ResponseHead
+                and head.status >= 200
+                and head.status != 101
+                and req is not None
+                and req.upgrade is None
+                and (n == 2 or type(events[1]) is BodyChunk)
+            ):
+                self.batch = None
+                self.status = head.status
+                self.response_started = True
+                self.backend_keep_alive = head.keep_alive
+                close = self.close_after or (
+                    self.client_eof and self.queued_heads == 0 and self.error is None
+                )
+                if close:
+                    self.close_after = True
+                out = encode_response_head(head, close)
+                if n == 3:
+                    out += events[1].data  # type: ignore[union-attr]
+                t = self.transport
+                if t is not None and not t.is_closing():
+                    n = len(out)
+                    self.bytes_to_client += n
+                    self.session.front.bytes_out += n
+                    t.write(out)
+                self.response_complete_waiting = True
+                self._finish_exchange()
+                return
         self._responses(b, events)
         self._flush()
 
@@ -747,8 +796,7 @@ class Http1Frontend(asyncio.Protocol):
             if (
                 self.backend_keep_alive
                 and self.request_done
-                and b.parser.pending == 0
-                and b.parser.state is State.HEAD
+                and b.parser.idle
                 and not b.closed
                 and b.transport is not None
                 and not b.transport.is_closing()
@@ -756,7 +804,7 @@ class Http1Frontend(asyncio.Protocol):
                 t = b.transport
                 if not t.is_reading():
                     t.resume_reading()  # idle connections read: to see the server close
-                self.pool.put(b, self.idle_timeout)
+                self.pool.put(b, self.pool_idle)
             else:
                 b.close()
         if self.paused & _P_BACKEND:
@@ -846,7 +894,7 @@ class Http1Frontend(asyncio.Protocol):
                 head.target.decode("latin-1"),
                 status,
                 self.bytes_to_client,
-                time.monotonic() - self.started,
+                _monotonic() - self.started,
             )
         if status == 101:
             self.head = None
