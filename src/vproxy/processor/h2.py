@@ -380,6 +380,15 @@ _TRANSITIONS: dict[tuple[StreamState, StreamInput], StreamState] = {
     (_S.HALF_CLOSED_REMOTE, _I.SEND_END): _S.CLOSED,
 }
 
+# Members as module constants: an Enum attribute look-up costs 0.3 us on 3.11.
+_OPEN, _HALF_LOCAL, _HALF_REMOTE, _CLOSED = (
+    _S.OPEN,
+    _S.HALF_CLOSED_LOCAL,
+    _S.HALF_CLOSED_REMOTE,
+    _S.CLOSED,
+)
+_SEND, _SEND_END, _RECV, _RECV_END = _I.SEND, _I.SEND_END, _I.RECV, _I.RECV_END
+
 
 class _Stream:
     __slots__ = (
@@ -394,7 +403,7 @@ class _Stream:
     )
 
     def __init__(self, in_window: int, out_window: int) -> None:
-        self.state = StreamState.OPEN
+        self.state = _OPEN
         self.in_window = in_window  # what the peer may still send us
         self.in_unacked = 0  # handed onward, not yet given back in a WINDOW_UPDATE
         self.out_window = out_window  # what we may still send
@@ -663,7 +672,7 @@ class H2Side:
             self._next_sid += 2
             st = self.streams[sid] = _Stream(self.limits.stream_window, self._peer_initial_window)
             st.reported = True
-        new = _TRANSITIONS.get((st.state, _I.SEND_END if end_stream else _I.SEND))
+        new = _TRANSITIONS.get((st.state, _SEND_END if end_stream else _SEND))
         if new is None:
             raise LocalProtocolError(f"stream {sid} cannot send", ErrorCode.STREAM_CLOSED)
         block = self._encoder.encode(headers)
@@ -696,7 +705,7 @@ class H2Side:
         st = self.streams.get(sid)
         if st is None:
             raise LocalProtocolError(f"stream {sid} cannot send", ErrorCode.STREAM_CLOSED)
-        new = _TRANSITIONS.get((st.state, _I.SEND_END if end_stream else _I.SEND))
+        new = _TRANSITIONS.get((st.state, _SEND_END if end_stream else _SEND))
         if new is None:
             raise LocalProtocolError(f"stream {sid} cannot send", ErrorCode.STREAM_CLOSED)
         n = len(data)
@@ -751,7 +760,7 @@ class H2Side:
             self._in_window += inc
             self._out.append(_frame_head(4, _WINDOW_UPDATE, 0, 0) + _U32.pack(inc))
         st = self.streams.get(sid)
-        if st is not None and st.state is not _S.HALF_CLOSED_REMOTE:
+        if st is not None and st.state is not _HALF_REMOTE:
             st.in_unacked += n
             if st.in_unacked * 2 >= self.limits.stream_window:
                 inc = st.in_unacked
@@ -760,7 +769,7 @@ class H2Side:
                 self._out.append(_frame_head(4, _WINDOW_UPDATE, 0, sid) + _U32.pack(inc))
 
     def _set_state(self, sid: int, st: _Stream, new: StreamState) -> None:
-        if new is _S.CLOSED:
+        if new is _CLOSED:
             del self.streams[sid]
         else:
             st.state = new
@@ -959,7 +968,7 @@ class H2Side:
             self.acknowledge_received_data(flow, 0)
             self._closed_frame(sid, "DATA")
             return
-        new = _TRANSITIONS.get((st.state, _I.RECV_END if end else _I.RECV))
+        new = _TRANSITIONS.get((st.state, _RECV_END if end else _RECV))
         if new is None or (not self.server and not st.responded):
             self.acknowledge_received_data(flow, 0)
             code = ErrorCode.STREAM_CLOSED if new is None else ErrorCode.PROTOCOL_ERROR
@@ -978,7 +987,7 @@ class H2Side:
                     sid, ErrorCode.PROTOCOL_ERROR, "DATA does not match content-length"
                 )
         if new is not st.state:
-            if new is _S.CLOSED:
+            if new is _CLOSED:
                 del self.streams[sid]
             else:
                 st.state = new
@@ -1056,7 +1065,7 @@ class H2Side:
             self._on_response(st, sid, headers, end_stream, len(block), events)
             return
         # trailers
-        new = _TRANSITIONS.get((st.state, _I.RECV_END))
+        new = _TRANSITIONS.get((st.state, _RECV_END))
         if new is None:
             raise _StreamError(sid, ErrorCode.STREAM_CLOSED, "HEADERS on a half-closed stream")
         if not end_stream:
@@ -1104,7 +1113,7 @@ class H2Side:
         st.content_length = length
         st.reported = True
         if end_stream:
-            st.state = _S.HALF_CLOSED_REMOTE
+            st.state = _HALF_REMOTE
         self.streams[sid] = st
         self._stream_opened(sid, now)
         events.append(RequestReceived(sid, headers, end_stream))
@@ -1121,7 +1130,7 @@ class H2Side:
         size: int,
         events: list[Event],
     ) -> None:
-        new = _TRANSITIONS.get((st.state, _I.RECV_END if end_stream else _I.RECV))
+        new = _TRANSITIONS.get((st.state, _RECV_END if end_stream else _RECV))
         if new is None:
             raise _StreamError(sid, ErrorCode.STREAM_CLOSED, "HEADERS on a half-closed stream")
         key = id(headers)

@@ -676,8 +676,11 @@ class Decoder:
     __slots__ = (
         "_cache",
         "_fixed",
+        "_last",
         "_max",
+        "_run",
         "_size",
+        "_steady",
         "_strings",
         "_table",
         "max_header_list_size",
@@ -695,6 +698,10 @@ class Decoder:
         # blocks that do not: valid always (with the entries they insert)
         self._fixed: dict[bytes, tuple[list[Header], list[tuple[bytes, bytes, int]]]] = {}
         self._strings: dict[bytes, bytes] = {}
+        # a remembered block whose insertions leave the table as it is (see _replay)
+        self._steady: tuple[list[Header], list[tuple[bytes, bytes, int]]] | None = None
+        self._last: tuple[list[Header], list[tuple[bytes, bytes, int]]] | None = None
+        self._run = 0
 
     @property
     def table_size(self) -> int:
@@ -723,17 +730,8 @@ class Decoder:
             return hit
         fixed = self._fixed.get(block)
         if fixed is not None:
-            if fixed[1]:
-                table = self._table
-                limit = self._max
-                for name, value, size in fixed[1]:
-                    while table and self._size + size > limit:
-                        old = table.pop()
-                        self._size -= len(old[0]) + len(old[1]) + _ENTRY_OVERHEAD
-                    if size <= limit:
-                        table.appendleft((name, value))
-                        self._size += size
-                self._cache.clear()
+            if fixed[1] and self._steady is not fixed:
+                self._replay(fixed)
             return fixed[0]
         headers: list[Header] = []
         inserts: list[tuple[bytes, bytes, int]] = []
@@ -819,6 +817,7 @@ class Decoder:
                 append((name, value))
         if changed:
             self._cache.clear()
+            self._steady = self._last = None
         if not dynamic:
             fixed_cache = self._fixed
             if len(fixed_cache) >= _CACHE_ENTRIES:
@@ -830,6 +829,34 @@ class Decoder:
                 cache.clear()
             cache[block] = headers
         return headers
+
+    def _replay(self, fixed: tuple[list[Header], list[tuple[bytes, bytes, int]]]) -> None:
+        """Insert again what a remembered block inserts.
+
+        A peer that inserts the same fields on every response and never refers to
+        them (nginx) soon fills the table with copies of them: inserting them once
+        more then leaves the table as it was (it holds the newest entries that fit,
+        and they repeat). Every 8th replay in a row of one block checks for that, and
+        from then on the block's replays are skipped until anything else changes the
+        table.
+        """
+        self._steady = None  # the table changes
+        run = self._run + 1 if self._last is fixed else 1
+        self._last = fixed
+        self._run = run
+        table = self._table
+        before = tuple(table) if run % 8 == 0 else None
+        limit = self._max
+        for name, value, size in fixed[1]:
+            while table and self._size + size > limit:
+                old = table.pop()
+                self._size -= len(old[0]) + len(old[1]) + _ENTRY_OVERHEAD
+            if size <= limit:
+                table.appendleft((name, value))
+                self._size += size
+        self._cache.clear()
+        if before is not None and tuple(table) == before:
+            self._steady = fixed
 
     def _insert(self, name: bytes, value: bytes) -> None:
         size = len(name) + len(value) + _ENTRY_OVERHEAD

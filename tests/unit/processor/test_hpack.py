@@ -26,6 +26,7 @@ from vproxy.processor.hpack import (
     HeaderListTooLarge,
     HpackError,
     NeverIndexed,
+    _encode_int,
     huffman_decode,
     huffman_encode,
 )
@@ -405,4 +406,36 @@ def test_remembered_blocks_decode_as_a_plain_decoder_does(blocks: list[bytes]) -
                 ours.decode(block)
             return
         assert ours.decode(block) == want
+        assert ours.table_size == ref.header_table._current_size
+
+
+@given(
+    st.lists(st.integers(min_value=0, max_value=3), max_size=80),
+    st.sampled_from([64, 256, 4096]),
+)
+@PROPERTY
+def test_skipped_replays_leave_the_table_as_replaying_would(picks: list[int], table: int) -> None:
+    """Runs of the same nginx-like response (insertions never referred to), mixed with
+    others and with references to the table: the same results as a plain decoder."""
+    blocks = [
+        b"\x88\x76\x05nginx\x61\x1dMon, 21 Oct 2013 20:13:21 GMT\x5c\x016",
+        b"\x88\x76\x05nginx\x61\x1dMon, 21 Oct 2013 20:13:22 GMT\x5c\x016",
+        b"\xbe\xbf",
+        b"\x40\x01a\x01b",
+    ]
+    ours = Decoder(max_table_size=table)
+    ref = hpack.Decoder()
+    ref.header_table_size = table
+    resize = _encode_int(table, 5, 0x20)
+    ours.decode(resize)
+    ref.decode(resize, raw=True)
+    sequence = [0] * 40 + picks + [1] * 40 + [2]
+    for i in sequence:
+        try:
+            want = ref.decode(blocks[i], raw=True)
+        except hpack.HPACKError:
+            with pytest.raises(HpackError):
+                ours.decode(blocks[i])
+            continue
+        assert ours.decode(blocks[i]) == want
         assert ours.table_size == ref.header_table._current_size
