@@ -510,7 +510,7 @@ def _check_trailers(headers: Sequence[Header]) -> None:
     _check_fields(headers, _NO_PSEUDO)
 
 
-_CHECKED_ENTRIES = 256
+_CHECKED_ENTRIES = 64
 
 
 # -- the connection ------------------------------------------------------------------------
@@ -1086,11 +1086,18 @@ class H2Side:
         if hit is not None and hit[0] is headers:
             return hit[1]
         length = _check_request(headers)
-        checked = self._checked
-        if len(checked) >= _CHECKED_ENTRIES:
-            checked.clear()
-        checked[key] = (headers, length)
+        if self._decoder.remembered:  # else this list object is never seen again
+            checked = self._checked
+            if len(checked) >= _CHECKED_ENTRIES:
+                checked.clear()
+            checked[key] = (headers, length)
         return length
+
+    def remembered(self, headers: list[Header]) -> bool:
+        """Whether this decoded list may come again (the same object, for the same
+        header block): results derived from it are worth keeping by its identity."""
+        hit = self._checked.get(id(headers))
+        return hit is not None and hit[0] is headers
 
     def _open_stream(
         self, sid: int, headers: list[Header], end_stream: bool, events: list[Event], now: float
@@ -1143,10 +1150,11 @@ class H2Side:
                 status, cl = _check_response(headers)
             except _Malformed as exc:
                 raise _StreamError(sid, ErrorCode.PROTOCOL_ERROR, str(exc)) from None
-            checked = self._checked
-            if len(checked) >= _CHECKED_ENTRIES:
-                checked.clear()
-            checked[key] = (headers, (status << 62) + (0 if cl is None else cl + 1))
+            if self._decoder.remembered:
+                checked = self._checked
+                if len(checked) >= _CHECKED_ENTRIES:
+                    checked.clear()
+                checked[key] = (headers, (status << 62) + (0 if cl is None else cl + 1))
         if status < 200:
             if end_stream:
                 raise _StreamError(sid, ErrorCode.PROTOCOL_ERROR, "1xx response with END_STREAM")

@@ -389,9 +389,14 @@ _HUFFMAN: tuple[tuple[int, int], ...] = (
 )
 
 _ENTRY_OVERHEAD = 32
-_CACHE_ENTRIES = 512
-_STRING_CACHE_ENTRIES = 2048
-_STRING_CACHE_MAX_LEN = 128
+# What is remembered stays small per connection (about 200 KiB at worst, whatever the
+# peer sends): few entries, and only small blocks and lists (a proxy sees the same few
+# ordinary header lists again and again, not large ones).
+_CACHE_ENTRIES = 32
+_CACHE_MAX_BLOCK = 1024  # encoded bytes of a remembered block
+_CACHE_MAX_LIST = 2048  # decoded size of a remembered header list
+_STRING_CACHE_ENTRIES = 256
+_STRING_CACHE_MAX_LEN = 64
 
 
 def _build_decoder() -> tuple[list[int], list[int], list[bool]]:
@@ -616,7 +621,7 @@ class Encoder:
         block = bytes(out)
         if changed:
             self._cache.clear()
-        else:
+        elif len(block) <= _CACHE_MAX_BLOCK // 2:  # all indexed: the list is in the tables
             if len(self._cache) >= _CACHE_ENTRIES:
                 self._cache.clear()
             self._cache[id(headers)] = (headers, block)
@@ -684,12 +689,14 @@ class Decoder:
         "_strings",
         "_table",
         "max_header_list_size",
+        "remembered",
         "settings_max",
     )
 
     def __init__(self, max_header_list_size: int = 65536, max_table_size: int = 4096) -> None:
         self.max_header_list_size = max_header_list_size
         self.settings_max = max_table_size
+        self.remembered = False  # the last list decoded may come back for the same block
         self._max = max_table_size
         self._size = 0
         self._table: deque[Header] = deque()  # newest first: index 62 is _table[0]
@@ -727,12 +734,15 @@ class Decoder:
         """
         hit = self._cache.get(block)
         if hit is not None:
+            self.remembered = True
             return hit
         fixed = self._fixed.get(block)
         if fixed is not None:
             if fixed[1] and self._steady is not fixed:
                 self._replay(fixed)
+            self.remembered = True
             return fixed[0]
+        self.remembered = False
         headers: list[Header] = []
         inserts: list[tuple[bytes, bytes, int]] = []
         dynamic = False  # refers to the dynamic table (or resizes it)
@@ -818,6 +828,9 @@ class Decoder:
         if changed:
             self._cache.clear()
             self._steady = self._last = None
+        if total > _CACHE_MAX_LIST or end > _CACHE_MAX_BLOCK:
+            return headers
+        self.remembered = True
         if not dynamic:
             fixed_cache = self._fixed
             if len(fixed_cache) >= _CACHE_ENTRIES:
@@ -828,6 +841,8 @@ class Decoder:
             if len(cache) >= _CACHE_ENTRIES:
                 cache.clear()
             cache[block] = headers
+        else:
+            self.remembered = False
         return headers
 
     def _replay(self, fixed: tuple[list[Header], list[tuple[bytes, bytes, int]]]) -> None:

@@ -439,3 +439,18 @@ def test_skipped_replays_leave_the_table_as_replaying_would(picks: list[int], ta
             continue
         assert ours.decode(blocks[i]) == want
         assert ours.table_size == ref.header_table._current_size
+
+
+def test_only_small_blocks_and_lists_are_remembered() -> None:
+    d = Decoder()
+    big = b"\x00\x01x\x7f" + _encode_int(3000, 7, 0)[1:] + b"v" * 3000  # literal, no index
+    first = d.decode(big)
+    assert d.decode(big) == first
+    assert d.decode(big) is not first
+    assert not d.remembered
+    small = b"\x00\x01x\x01v"
+    assert d.decode(small) is d.decode(small)
+    assert d.remembered
+    for i in range(100):  # many distinct blocks: the caches stay bounded
+        d.decode(b"\x00\x01x\x02" + bytes([65 + i % 26, 65 + i // 26]))
+    assert len(d._fixed) + len(d._cache) <= 32

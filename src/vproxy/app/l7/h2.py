@@ -388,9 +388,10 @@ class H2Frontend(asyncio.Protocol):
         if hit is None or hit[0] is not headers:
             fwd = forward_headers(headers, self.client_ip, self.client_port)
             hit = (headers, fwd, authority_hint(headers))
-            if len(self.forwarded) >= 64:
-                self.forwarded.clear()
-            self.forwarded[id(headers)] = hit
+            if self.h2.remembered(headers):
+                if len(self.forwarded) >= 32:
+                    self.forwarded.clear()
+                self.forwarded[id(headers)] = hit
         s.headers = hit[1]
         s.hint = hit[2]
         self.dispatch(s)
