@@ -1376,15 +1376,14 @@ class RequestParser(_Parser):
         # that breaks a rule) is left to _head, which judges it: None.
         start, end = m.span(4)
         limits = self._limits
-        if (
-            start - 2 - m.start() > limits.max_line
-            or buf.count(b"\r\n", start, end) > limits.max_headers
-        ):
+        if start - 2 - m.start() > limits.max_line:
             return None
         method, target, version = m.group(1, 2, 3)
         if method == b"CONNECT":
             return None
         headers: list[tuple[bytes, bytes]] = _FIELD_PAIR_RE.findall(buf, start, end)
+        if len(headers) > limits.max_headers:  # (one pair per line of a matched section)
+            return None
         if buf.find(b" \r\n", start, end) >= 0 or buf.find(b"\t\r\n", start, end) >= 0:
             headers = [(n, v.rstrip(b" \t")) for n, v in headers]
         raw_host = length = connection = None
@@ -1428,6 +1427,9 @@ class RequestParser(_Parser):
                 self._host_cache = (raw_host, host)
         if connection is None:
             keep_alive = http11
+        elif connection.find(b",") < 0:  # one option (the value has no OWS around it)
+            option = connection.lower()
+            keep_alive = option != b"close" if http11 else option == b"keep-alive"
         else:
             options = _options([connection])
             if http11:
@@ -1653,10 +1655,7 @@ class ResponseParser(_Parser):
         # Connection); anything else is left to _head.
         start, end = m.span(4)
         limits = self._limits
-        if (
-            start - 2 - m.start() > limits.max_line
-            or buf.count(b"\r\n", start, end) > limits.max_headers
-        ):
+        if start - 2 - m.start() > limits.max_line:
             return None
         if not self._expected:
             return None  # _head_start refuses it
@@ -1665,6 +1664,8 @@ class ResponseParser(_Parser):
         if status < 200:
             return None
         headers: list[tuple[bytes, bytes]] = _FIELD_PAIR_RE.findall(buf, start, end)
+        if len(headers) > limits.max_headers:  # (one pair per line of a matched section)
+            return None
         if buf.find(b" \r\n", start, end) >= 0 or buf.find(b"\t\r\n", start, end) >= 0:
             headers = [(n, v.rstrip(b" \t")) for n, v in headers]
         length = connection = None
@@ -1694,6 +1695,9 @@ class ResponseParser(_Parser):
         http11 = version == b"1.1"
         if connection is None:
             keep_alive = http11
+        elif connection.find(b",") < 0:  # one option (the value has no OWS around it)
+            option = connection.lower()
+            keep_alive = option != b"close" if http11 else option == b"keep-alive"
         else:
             options = _options([connection])
             if http11:

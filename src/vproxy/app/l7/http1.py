@@ -57,6 +57,7 @@ __all__ = ["Http1Mode", "error_response"]
 
 _log = logging.getLogger("vproxy.app")
 _monotonic: Final = time.monotonic
+_BK_NONE: Final = BodyKind.NONE
 
 MAX_IDLE_PER_SERVER: Final = 64
 """Idle backend connections kept per event loop and server."""
@@ -354,7 +355,8 @@ class Http1Frontend(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.session.front.bytes_in += len(data)
-        self.deadline = self.loop.time() + self.idle_timeout
+        now = self.loop.time()
+        self.deadline = now + self.idle_timeout
         if self.relaying:
             b = self.backend
             if b is not None:
@@ -365,8 +367,9 @@ class Http1Frontend(asyncio.Protocol):
             return  # a refused request: nothing more is read
         idle = self.head is None and not self.events
         if idle and self.head_deadline is None:
-            self.head_deadline = self.loop.time() + self.head_timeout
-            self._arm(self.head_deadline)
+            when = self.head_deadline = now + self.head_timeout
+            if self.timer is None or self.timer_at > when:
+                self._arm(when)
         try:
             events = self.parser.receive_data(data)
         except HttpError as exc:
@@ -532,10 +535,11 @@ class Http1Frontend(asyncio.Protocol):
         self.tried = []
         self.session.requests += 1
         now = self.loop.time()
-        self.deadline = now + self.idle_timeout
-        if head.body_kind is BodyKind.NONE:
+        when = self.deadline = now + self.idle_timeout
+        if head.body_kind is _BK_NONE:
             self.body_deadline = None
-            self._arm(self.deadline)
+            if self.timer is None or self.timer_at > when:
+                self._arm(when)
         else:
             self.body_deadline = now + self.head_timeout
             self._arm(min(self.deadline, self.body_deadline))
@@ -813,8 +817,9 @@ class Http1Frontend(asyncio.Protocol):
             self.events.clear()
             self._close_client()
             return
-        self.deadline = self.loop.time() + self.idle_timeout
-        self._arm(self.deadline)
+        when = self.deadline = self.loop.time() + self.idle_timeout
+        if self.timer is None or self.timer_at > when:
+            self._arm(when)
         if self.events or self.paused & _P_QUEUE or self.error is not None or self.client_eof:
             self._pump()  # (otherwise it would do nothing)
 
