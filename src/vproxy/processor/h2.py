@@ -501,8 +501,8 @@ def _check_response(headers: Sequence[Header]) -> tuple[int, int | None]:
     """Validate a response header list: (status, content-length)."""
     pseudo = _check_fields(headers, _STATUS)
     status = pseudo.get(b":status")
-    if status is None or len(status) != 3 or not status.isdigit():
-        raise _Malformed("no valid :status")
+    if status is None or len(status) != 3 or not status.isdigit() or status == b"101":
+        raise _Malformed("no valid :status (101 does not exist in HTTP/2)")
     return int(status), _content_length(headers)
 
 
@@ -546,6 +546,7 @@ class H2Side:
         "_in_unacked",
         "_in_window",
         "_last_peer_sid",
+        "_need",
         "_next_sid",
         "_out",
         "_out_window",
@@ -571,6 +572,7 @@ class H2Side:
         self._answers = 0
         self._preface_left = len(PREFACE) if server else 0
         self._buf = bytearray()
+        self._need = 9  # bytes _buf must hold before parsing it again
         self._out: list[bytes | memoryview] = []
         self._encoder = Encoder(_TABLE_SIZE)
         self._decoder = Decoder(limits.max_header_list_size, _TABLE_SIZE)
@@ -812,11 +814,14 @@ class H2Side:
         work: bytes
         if buf:
             buf += data
+            if len(buf) < self._need:  # a frame trickling in: look again once it is whole
+                return
             work = bytes(buf)
         else:
             work = data if type(data) is bytes else bytes(data)
         n = len(work)
         pos = 0
+        need = 9
         head = _HEAD.unpack_from
         try:
             while n - pos >= 9:
@@ -830,6 +835,7 @@ class H2Side:
                     self._check_continuation(self._block, ftype, sid & 0x7FFFFFFF, length)
                 end = pos + 9 + length
                 if end > n:
+                    need = end - pos
                     break
                 sid &= 0x7FFFFFFF
                 try:
@@ -874,6 +880,7 @@ class H2Side:
         finally:
             if pos < n:
                 self._buf = bytearray(work[pos:]) if pos or not buf else buf
+                self._need = need
             elif buf:
                 self._buf = bytearray()
 

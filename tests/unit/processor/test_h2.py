@@ -858,3 +858,24 @@ def test_terminated_event_fields() -> None:
     )
     term = [e for e in events if isinstance(e, ConnectionTerminated)]
     assert term == [ConnectionTerminated(5, ErrorCode.ENHANCE_YOUR_CALM, b"bye")]
+
+
+def test_backend_101_is_malformed_and_a_frame_trickling_in_arrives_whole() -> None:
+    client = BackendFacing(H2Limits())
+    client.initiate()
+    client.send_headers(1, REQ, end_stream=True)
+    client.data_to_send()
+    client.receive_data(SETTINGS_FRAME, 0.0)
+    events = client.receive_data(frame(1, 0x4, 1, block_of([(b":status", b"101")])), 0.0)
+    assert events == [StreamReset(1, ErrorCode.PROTOCOL_ERROR)]  # passed on to the client
+    assert rst_codes(client.data_to_send()) == {1: ErrorCode.PROTOCOL_ERROR}
+    client.send_headers(3, REQ, end_stream=True)
+    wire = frame(1, 0x4, 3, block_of([(b":status", b"200")])) + frame(0, 0x1, 3, b"x" * 16384)
+    got: list[object] = []
+    for i in range(len(wire)):  # one byte per read
+        got += client.receive_data(wire[i : i + 1], 0.0)
+    assert [type(e).__name__ for e in got] == ["ResponseReceived", "DataReceived"]
+    data = got[1]
+    assert isinstance(data, DataReceived)
+    assert data.data == b"x" * 16384
+    assert data.end_stream
