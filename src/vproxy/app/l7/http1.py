@@ -596,6 +596,18 @@ class Http1Frontend(asyncio.Protocol):
         if self.held:
             out = b"".join([out, *self.held])
             self.held.clear()
+        elif not self.request_done and self.events and type(self.events[0]) is BodyChunk:
+            # Body bytes that came with the head go out in the same write (what
+            # _pump does with each of them, but one send(2) instead of two).
+            parts = [out]
+            events = self.events
+            while events and type(events[0]) is BodyChunk:
+                data: bytes = events.popleft().data  # type: ignore[union-attr]
+                self.queued_bytes -= len(data)
+                if self.body_deadline is not None:
+                    self.body_deadline += len(data) / MIN_BODY_RATE
+                parts.append(data)
+            out = b"".join(parts)
         if t is not None:  # (conn.write, inline)
             n = len(out)
             conn.bytes_out += n
