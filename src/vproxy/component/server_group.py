@@ -243,6 +243,10 @@ def pick_source(servers: Iterable[Server], source: str) -> Server | None:
 
 HealthListener = Callable[[Server, bool], None]
 
+#: bumped whenever a group's annotations are replaced (what upstreams cache by hint
+#: depends on them)
+annotations_epoch = 0
+
 
 class ServerGroup:
     """A named set of servers and the method that picks among the healthy ones."""
@@ -260,13 +264,14 @@ class ServerGroup:
         self.method = _method(method)
         self.health_config = health_check or HealthCheckConfig()
         self.event_loop_group = event_loop_group
-        self.annotations: dict[str, str] = dict(annotations or {})
+        self._annotations: dict[str, str] = dict(annotations or {})
         self._lock = threading.Lock()
         self._servers: dict[str, Server] = {}
         self._healthy: tuple[Server, ...] = ()
         # A healthy server with a weight above 0 exists (kept by _rebuild, read for
         # every connection by the upstream).
         self.pickable = False
+        self._only: Server | None = None
         self._wrr = SmoothWrr((), ())
         self._wlc_cursor = 0
         self._listeners: list[HealthListener] = []
@@ -274,6 +279,20 @@ class ServerGroup:
 
     def __repr__(self) -> str:
         return f"ServerGroup({self.name!r}, {self.method.value}, {list(self._servers.values())})"
+
+    @property
+    def annotations(self) -> dict[str, str]:
+        """Free-form key/values (``host`` names the group for hint matching).
+
+        Replace the whole dict to change them (upstreams cache what hints match).
+        """
+        return self._annotations
+
+    @annotations.setter
+    def annotations(self, value: dict[str, str]) -> None:
+        global annotations_epoch
+        self._annotations = dict(value)
+        annotations_epoch += 1
 
     # -- reading ----------------------------------------------------------------------
     @property
@@ -296,6 +315,9 @@ class ServerGroup:
         Args:
             source: the client's IP address, used by ``source``.
         """
+        only = self._only
+        if only is not None:
+            return only
         healthy = self._healthy
         if not healthy:
             return None
@@ -350,7 +372,10 @@ class ServerGroup:
         """Recompute the healthy snapshot and the WRR state (lock held)."""
         healthy = tuple(s for s in self._servers.values() if s.health.healthy)
         self._healthy = healthy
-        self.pickable = any(s.weight > 0 for s in healthy)
+        pickable = [s for s in healthy if s.weight > 0]
+        self.pickable = bool(pickable)
+        # One server to pick: every method picks it (no lock, no WRR step).
+        self._only = pickable[0] if len(pickable) == 1 else None
         self._wrr = SmoothWrr(healthy, [s.weight for s in healthy])
 
     # -- changing -----------------------------------------------------------------------

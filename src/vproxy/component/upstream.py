@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from vproxy.component import server_group
 from vproxy.component.server_group import Server, ServerGroup, SmoothWrr
 
 __all__ = ["GroupHandle", "Upstream", "UpstreamError", "hint_match_level", "normalize_host"]
@@ -71,10 +72,10 @@ class Upstream:
         self._wrr = SmoothWrr((), ())
         # the usable handles self._wrr was built over; None forces a rebuild
         self._wrr_over: tuple[GroupHandle, ...] | None = None
-        # hint -> the groups it matches, best first (see _ranked); valid while the
-        # member tuple and every member's annotations dict are the ones in _hints_for
-        self._hints: dict[str, tuple[ServerGroup, ...]] = {}
-        self._hints_for: tuple[tuple[GroupHandle, ...], tuple[dict[str, str], ...]] = ((), ())
+        # hint -> the members it matches, best first (see _ranked); valid while the
+        # member tuple and the annotations epoch are the ones in _hints_for
+        self._hints: dict[str, tuple[GroupHandle, ...]] = {}
+        self._hints_for: tuple[tuple[GroupHandle, ...], int] = ((), -1)
 
     def __repr__(self) -> str:
         return f"Upstream({self.name!r}, {[(h.group.name, h.weight) for h in self._handles]})"
@@ -133,16 +134,17 @@ class Upstream:
         Only groups with a healthy server and a weight above 0 are chosen: a hint
         that matches nothing usable falls back to WRR over the usable groups.
         """
-        if hint:
-            for g in self._ranked(hint):
-                if _usable_group(g, self._handles):
-                    return g
         handles = self._handles
         if len(handles) == 1:
-            # The common case (one group): WRR over one item is that item, and the
-            # lock and the usable-set bookkeeping cost more than the choice.
+            # The common case (one group): whatever the hint, the choice is that
+            # group if usable (a hint only orders groups), and the ranking, the lock
+            # and the usable-set bookkeeping cost more than the choice.
             h0 = handles[0]
-            return h0.group if _usable(h0) else None
+            return h0.group if h0.weight > 0 and h0.group.pickable else None
+        if hint:
+            for m in self._ranked(hint):
+                if m.weight > 0 and m.group.pickable:
+                    return m.group
         with self._lock:
             # WRR over the usable groups only: skipping unusable picks of a WRR over
             # all groups could miss a usable light group behind a long run of a heavy
@@ -163,8 +165,8 @@ class Upstream:
         """The group that best matches ``hint`` (no WRR fallback), or None."""
         return self._match(normalize_host(hint)) if hint else None
 
-    def _ranked(self, hint: str) -> tuple[ServerGroup, ...]:
-        """The groups ``hint`` (as sent) matches, best first, whatever their health.
+    def _ranked(self, hint: str) -> tuple[GroupHandle, ...]:
+        """The members ``hint`` (as sent) matches, best first, whatever their health.
 
         Cached per hint: every L7 request carries one, and normalising and comparing
         each group's names per request cost more than choosing the server. Bounded:
@@ -172,11 +174,10 @@ class Upstream:
         """
         handles = self._handles
         key = self._hints_for
-        if key[0] is not handles or any(
-            h.group.annotations is not a for h, a in zip(handles, key[1], strict=False)
-        ):
+        epoch = server_group.annotations_epoch
+        if key[0] is not handles or key[1] != epoch:
             self._hints = {}
-            self._hints_for = (handles, tuple(h.group.annotations for h in handles))
+            self._hints_for = (handles, epoch)
         hints = self._hints
         ranked = hints.get(hint)
         if ranked is None:
@@ -186,7 +187,7 @@ class Upstream:
         return ranked
 
     @staticmethod
-    def _rank(hint: str, handles: tuple[GroupHandle, ...]) -> tuple[ServerGroup, ...]:
+    def _rank(hint: str, handles: tuple[GroupHandle, ...]) -> tuple[GroupHandle, ...]:
         scored = []
         for i, h in enumerate(handles):
             g = h.group
@@ -196,7 +197,7 @@ class Upstream:
                     c = normalize_host(cand)
                     best = max(best, (hint_match_level(hint, c), len(c)))
             if best[0]:
-                scored.append((-best[0], -best[1], i, g))
+                scored.append((-best[0], -best[1], i, h))
         scored.sort(key=lambda x: x[:3])
         return tuple(x[3] for x in scored)
 
@@ -223,13 +224,6 @@ class Upstream:
         if group is None:
             return None
         return group.next(source)
-
-
-def _usable_group(g: ServerGroup, handles: tuple[GroupHandle, ...]) -> bool:
-    for h in handles:
-        if h.group is g:
-            return _usable(h)
-    return False
 
 
 def _usable(h: GroupHandle) -> bool:
