@@ -82,25 +82,30 @@ def test_kill_9_during_saves_never_leaves_a_bad_file(tmp_path: Path) -> None:
 
 def test_sigterm_saves_and_next_start_loads(tmp_path: Path) -> None:
     p = start(tmp_path, "noLoadLast")
-    assert p.stdin is not None
-    assert p.stdout is not None
-    p.stdin.write(b"add upstream keep-me\nadd event-loop-group extra\n")
-    p.stdin.flush()
-    last = tmp_path / ".vproxy" / "vproxy.last"
-    # Both commands answered: the process runs (and handles SIGTERM) however long
-    # its start took on a busy machine.
-    out = b""
-    deadline = time.monotonic() + 30
-    while out.splitlines().count(b"OK") < 2 and time.monotonic() < deadline:
-        ready, _, _ = select.select([p.stdout], [], [], 1)
-        if ready:
-            chunk = os.read(p.stdout.fileno(), 4096)
-            assert chunk, f"vproxy exited before answering: {out!r}"
-            out += chunk
-    answers = [ln for ln in out.splitlines() if ln in (b"OK",) or ln.startswith(b"(error)")]
-    assert answers == [b"OK", b"OK"]
-    p.send_signal(signal.SIGTERM)
-    assert p.wait(10) == 0
+    try:
+        assert p.stdin is not None
+        assert p.stdout is not None
+        p.stdin.write(b"add upstream keep-me\nadd event-loop-group extra\n")
+        p.stdin.flush()
+        last = tmp_path / ".vproxy" / "vproxy.last"
+        # Both commands answered: the process runs (and handles SIGTERM) however long
+        # its start took on a busy machine.
+        out = b""
+        deadline = time.monotonic() + 30
+        while out.splitlines().count(b"OK") < 2 and time.monotonic() < deadline:
+            ready, _, _ = select.select([p.stdout], [], [], 1)
+            if ready:
+                chunk = os.read(p.stdout.fileno(), 4096)
+                assert chunk, f"vproxy exited before answering: {out!r}"
+                out += chunk
+        answers = [ln for ln in out.splitlines() if ln in (b"OK",) or ln.startswith(b"(error)")]
+        assert answers == [b"OK", b"OK"]
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(10) == 0
+    finally:
+        if p.poll() is None:  # a failed check above: do not leave it running
+            p.kill()
+            p.wait(10)
     p.stdout.close()
     p.stdin.close()
     assert p.stderr is not None
