@@ -9,6 +9,7 @@ whatever else the machine does. The kernel's share (system calls) is not counted
     python3 bench/instructions.py                       # close and keep-alive, 2,000 each
     python3 bench/instructions.py --mode close -n 5000
     python3 bench/instructions.py --protocol http/1.x   # the L7 mode instead of L4
+    python3 bench/instructions.py --protocol h2 -n 5000 # h2load, h2c backend
 
 vproxy (`vproxy simple`, from this checkout) runs under `valgrind --tool=callgrind`
 with instrumentation off until it serves; a warm-up of 200 requests runs, then
@@ -124,10 +125,23 @@ def total_instructions(path: Path) -> int:
     return int(m.group(1))
 
 
+def run_h2load(port: int, n: int) -> None:
+    """``n`` h2c requests (prior knowledge) over 4 connections, 8 streams each."""
+    argv = ["h2load", "-n", str(n), "-c", "4", "-m", "8", f"http://{HOST}:{port}/"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=300).stdout
+    m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded", out)
+    if m is None or int(m.group(1)) != n:
+        raise RuntimeError(f"h2load did not succeed {n} times:\n{out}")
+
+
 def measure(mode: str, n: int, protocol: str | None, tmp: Path) -> float:
-    with process([sys.executable, "-c", BACKEND], stdout=subprocess.PIPE) as backend:
+    h2 = protocol == "h2"
+    backend_argv = [sys.executable, "-c", BACKEND]
+    if h2:  # an h2c backend: python-hyper h2, in its own process (not counted)
+        backend_argv = [sys.executable, str(REPO / "tests" / "h2_backend.py"), "b"]
+    with process(backend_argv, stdout=subprocess.PIPE) as backend:
         assert backend.stdout is not None
-        bport = int(backend.stdout.readline())
+        bport = int(backend.stdout.readline().split()[-1])
         port = free_port()
         out = tmp / f"callgrind.{mode}.out"
         argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
@@ -140,14 +154,20 @@ def measure(mode: str, n: int, protocol: str | None, tmp: Path) -> float:
             argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         ) as vp:
             wait_port(port, vp, 180)
-            run_requests(port, 200, mode == "close")  # warm-up, not counted
+            if h2:
+                run_h2load(port, 500)  # warm-up, not counted
+            else:
+                run_requests(port, 200, mode == "close")  # warm-up, not counted
             subprocess.run(
                 ["callgrind_control", "-i", "on", str(vp.pid)],
                 check=True,
                 capture_output=True,
                 timeout=60,
             )
-            run_requests(port, n, mode == "close")
+            if h2:
+                run_h2load(port, n)
+            else:
+                run_requests(port, n, mode == "close")
             subprocess.run(
                 ["callgrind_control", "-d", str(vp.pid)],
                 check=True,
@@ -173,6 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         print("valgrind (callgrind) is needed: apt-get install -y valgrind", file=sys.stderr)
         return 1
     modes = ("close", "keepalive") if a.mode == "both" else (a.mode,)
+    if a.protocol == "h2":
+        if shutil.which("h2load") is None:
+            print("h2load is needed: apt-get install -y nghttp2-client", file=sys.stderr)
+            return 1
+        modes = ("keepalive",)  # h2load: 4 connections, 8 streams each
     with tempfile.TemporaryDirectory(prefix="vproxy-instr-") as d:
         for mode in modes:
             per = measure(mode, a.n, a.protocol, Path(d))
