@@ -389,10 +389,10 @@ _HUFFMAN: tuple[tuple[int, int], ...] = (
 )
 
 _ENTRY_OVERHEAD = 32
-# What is remembered stays small per connection (about 200 KiB at worst, whatever the
+# What is remembered stays small per connection (about 70 KiB at worst, whatever the
 # peer sends): few entries, and only small blocks and lists (a proxy sees the same few
 # ordinary header lists again and again, not large ones).
-_CACHE_ENTRIES = 32
+_CACHE_ENTRIES = 8
 _CACHE_MAX_BLOCK = 1024  # encoded bytes of a remembered block
 _CACHE_MAX_LIST = 2048  # decoded size of a remembered header list
 _STRING_CACHE_ENTRIES = 256
