@@ -10,6 +10,7 @@ whatever else the machine does. The kernel's share (system calls) is not counted
     python3 bench/instructions.py --mode close -n 5000
     python3 bench/instructions.py --protocol http/1.x   # the L7 mode instead of L4
     python3 bench/instructions.py --protocol h2 -n 5000 # h2load, h2c backend
+    python3 bench/instructions.py --mode socks5         # a socks5-server tunnel per request
 
 vproxy (`vproxy simple`, from this checkout) runs under `valgrind --tool=callgrind`
 with instrumentation off until it serves; a warm-up of 200 requests runs, then
@@ -125,6 +126,28 @@ def total_instructions(path: Path) -> int:
     return int(m.group(1))
 
 
+def run_socks5(port: int, backend_port: int, n: int) -> None:
+    """``n`` tunnels: greeting and CONNECT in one write, the request, the response, close."""
+    hello = b"\x05\x01\x00" + b"\x05\x01\x00\x01" + socket.inet_aton(HOST)
+    hello += backend_port.to_bytes(2, "big")
+    for _ in range(n):
+        with socket.create_connection((HOST, port), timeout=30) as s:
+            s.sendall(hello)
+            got = b""
+            while len(got) < 12:
+                chunk = s.recv(12 - len(got))
+                if not chunk:
+                    raise RuntimeError(f"socks5 handshake cut after {got!r}")
+                got += chunk
+            if got[:4] != b"\x05\x00\x05\x00":
+                raise RuntimeError(f"socks5 refused: {got!r}")
+            s.sendall(REQUEST)
+            recv_response(s)
+            s.shutdown(socket.SHUT_WR)
+            while s.recv(4096):
+                pass
+
+
 def run_h2load(port: int, n: int) -> None:
     """``n`` h2c requests (prior knowledge) over 4 connections, 8 streams each."""
     argv = ["h2load", "-n", str(n), "-c", "4", "-m", "8", f"http://{HOST}:{port}/"]
@@ -145,10 +168,23 @@ def measure(mode: str, n: int, protocol: str | None, tmp: Path) -> float:
         port = free_port()
         out = tmp / f"callgrind.{mode}.out"
         argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
-        argv += [sys.executable, "-m", "vproxy", "simple", "bind", str(port)]
-        argv += ["backend", f"{HOST}:{bport}", "address", HOST]
-        if protocol:
-            argv += ["protocol", protocol]
+        if mode == "socks5":
+            conf = tmp / "socks5.conf"
+            conf.write_text(
+                "add server-group backend timeout 1000 period 2000 up 1 down 2 method wrr\n"
+                f"add server b0 to server-group backend address {HOST}:{bport} weight 10\n"
+                "add upstream backend\n"
+                "add server-group backend to upstream backend weight 10\n"
+                f"add socks5-server s5 address {HOST}:{port} upstream backend"
+                " acceptor-elg (worker-elg)\n"
+            )
+            argv += [sys.executable, "-m", "vproxy", "load", str(conf)]
+            argv += ["noLoadLast", "noSave", "noStdIOController"]
+        else:
+            argv += [sys.executable, "-m", "vproxy", "simple", "bind", str(port)]
+            argv += ["backend", f"{HOST}:{bport}", "address", HOST]
+            if protocol:
+                argv += ["protocol", protocol]
         env = dict(os.environ, PYTHONPATH=str(REPO / "src"), HOME=str(tmp))
         with process(
             argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -156,6 +192,9 @@ def measure(mode: str, n: int, protocol: str | None, tmp: Path) -> float:
             wait_port(port, vp, 180)
             if h2:
                 run_h2load(port, 500)  # warm-up, not counted
+            elif mode == "socks5":
+                time.sleep(3)  # the health check marks the server UP first
+                run_socks5(port, bport, 200)
             else:
                 run_requests(port, 200, mode == "close")  # warm-up, not counted
             subprocess.run(
@@ -166,6 +205,8 @@ def measure(mode: str, n: int, protocol: str | None, tmp: Path) -> float:
             )
             if h2:
                 run_h2load(port, n)
+            elif mode == "socks5":
+                run_socks5(port, bport, n)
             else:
                 run_requests(port, n, mode == "close")
             subprocess.run(
@@ -184,7 +225,7 @@ def measure(mode: str, n: int, protocol: str | None, tmp: Path) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--mode", choices=("close", "keepalive", "both"), default="both")
+    p.add_argument("--mode", choices=("close", "keepalive", "both", "socks5"), default="both")
     p.add_argument("-n", type=int, default=2000, help="requests counted per mode")
     p.add_argument("--protocol", default=None, help="tcp-lb protocol (default: L4 relay)")
     p.add_argument("--keep", type=Path, help="copy the callgrind dumps here (callgrind_annotate)")

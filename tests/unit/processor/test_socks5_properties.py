@@ -232,6 +232,47 @@ def test_segmentation_does_not_change_the_outcome(stream: tuple[bytes, bool], se
     assert run(data, cut(data, seed), auth) == run(data, [data], auth)
 
 
+class _TableOnly(Socks5ServerConnection):
+    _FAST = False
+
+
+_usual = st.builds(
+    lambda ip, port, rsv, tail, greeting: greeting + bytes((5, 1, rsv, 1)) + ip + port + tail,
+    ip=st.binary(min_size=4, max_size=4),
+    port=st.sampled_from([b"\x00\x00", b"\x00\x50", b"\xff\xff"]) | st.binary(max_size=2),
+    rsv=st.sampled_from([0, 0, 0, 7]),
+    tail=st.binary(max_size=12),
+    greeting=st.sampled_from([b"\x05\x01\x00", b"\x05\x02\x00\x02", b"\x05\x01\x02", b""]),
+)
+
+
+@FUZZ
+@given(
+    data=_usual | streams.map(lambda s: s[0]),
+    seed=st.integers(0, 2**32),
+    max_buffer=st.sampled_from([0, 5, 4096]),
+    auth=st.booleans(),
+)
+def test_fast_path_matches_the_table(data: bytes, seed: int, max_buffer: int, auth: bool) -> None:
+    """The usual handshake's shortcut gives what the transition table gives: events,
+    bytes to send, state and errors, however the bytes are cut."""
+
+    def outcome(cls: type[Socks5ServerConnection]) -> tuple[object, ...]:
+        conn = cls(auth=check_auth if auth else None, max_buffer=max_buffer)
+        events: list[object] = []
+        error: tuple[str, object] | None = None
+        for chunk in cut(data, seed):
+            try:
+                got = conn.receive_data(chunk)
+            except Socks5Error as exc:
+                error = (type(exc).__name__, exc.reply_code)
+                break
+            events += [("PE", e.reply_code) if isinstance(e, ProtocolError) else e for e in got]
+        return events, conn.data_to_send(), conn.state, error
+
+    assert outcome(Socks5ServerConnection) == outcome(_TableOnly)
+
+
 @settings(max_examples=200, deadline=None, database=None)
 @given(stream=streams)
 def test_byte_at_a_time_matches_whole(stream: tuple[bytes, bool]) -> None:
