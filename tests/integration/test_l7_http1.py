@@ -706,3 +706,44 @@ def test_refused_connect_fails_over_to_the_next_server_and_is_counted(
         group.close()
         aelg.close()
         welg.close()
+
+
+def test_usual_backend_response_goes_out_as_received_but_for_connection(
+    lt: LoopThread,
+) -> None:
+    answer = (
+        b"HTTP/1.1 200 OK\r\n"
+        b"Server: nginx/1.24.0\r\n"
+        b"Date: Mon, 01 Jan 2024 00:00:00 GMT\r\n"
+        b"Content-Type: text/html\r\n"
+        b"Content-Length: 6\r\n"
+        b"Connection: keep-alive\r\n"
+        b"\r\n"
+        b"hello\n"
+    )
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                await r.readuntil(b"\r\n\r\n")
+                w.write(answer)
+                await w.drain()
+
+    backend = Backend(lt, handler)
+    r = Rig([backend.address])
+    try:
+        kept = answer.replace(b"Connection: keep-alive\r\n", b"")
+        with socket.create_connection(("127.0.0.1", r.port), timeout=5) as s:
+            for _ in range(3):
+                s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+                out = b""
+                while len(out) < len(kept):
+                    chunk = s.recv(65536)
+                    assert chunk
+                    out += chunk
+                assert out == kept
+        closing = raw_exchange(r.port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        assert closing == kept.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+    finally:
+        r.close()
+        backend.stop()

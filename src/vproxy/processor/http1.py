@@ -206,6 +206,39 @@ _RESPONSE_HEAD_RE = re.compile(
     + rb")\r\n"
 )
 
+# The usual whole response head, already in the form encode_response_head writes:
+# HTTP/1.0 or 1.1, status 200..599, the reason phrase after one space, every field
+# line "Name: value" with one space after the colon and a value that neither is empty
+# nor ends in whitespace. Of the fields that matter to a hop (framing, hop-by-hop) it
+# has at most two lines, each a Content-Length of digits or a one-option Connection
+# (groups 3-5 and 6-8: length, Connection line, its option); any other such field,
+# or a third one, makes it a head for the general path. The other field lines are
+# forwarded as received (ResponseParser.receive_whole).
+_PLAIN_LINE = (
+    rb"(?!(?i:content-length|transfer-encoding|connection|upgrade|keep-alive|proxy-connection):)"
+    + _TOKEN
+    + rb"+: [\x21-\x7e\x80-\xff][\t\x20-\x7e\x80-\xff]*+(?<![\t ])\r\n"
+)
+_HOP_LINE = (
+    rb"(?:(?i:content-length): ([0-9]{1,18})|((?i:connection): ((?i:keep-alive|close|upgrade))))"
+    rb"\r\n"
+)
+_USUAL_RESPONSE_HEAD_RE = re.compile(
+    rb"HTTP/(1\.[01]) ([2-5][0-9][0-9]) [\t\x20-\x7e\x80-\xff]*+\r\n(?:"
+    + _PLAIN_LINE
+    + rb")*+(?:"
+    + _HOP_LINE
+    + rb")?(?:"
+    + _PLAIN_LINE
+    + rb")*+(?:"
+    + _HOP_LINE
+    + rb")?(?:"
+    + _PLAIN_LINE
+    + rb")*+\r\n"
+)
+_CLOSE_TAIL: Final = b"Connection: close\r\n\r\n"
+_KEEP_ALIVE_TAIL: Final = b"Connection: keep-alive\r\n\r\n"
+
 _HOP_BY_HOP: Final = frozenset({b"connection", b"keep-alive", b"proxy-connection"})
 _HOP_BY_HOP_UPGRADE: Final = _HOP_BY_HOP | {b"upgrade"}
 _NOTHING: Final[frozenset[bytes]] = frozenset()
@@ -1723,6 +1756,88 @@ class ResponseParser(_Parser):
         )
         head.__class__ = ResponseHead
         return head, inp
+
+    def receive_whole(self, data: bytes, close: bool) -> tuple[int, bool, bytes] | None:
+        """Take a whole final response of the usual shape, ready to send to the client.
+
+        The proxy's shortcut for the common read: ``data`` is exactly one final
+        response (status 200..599, a head as :func:`encode_response_head` writes it,
+        Content-Length or no body), arriving while nothing else is buffered. Its head
+        goes out as received, without the hop-by-hop field lines and with the proxy's
+        Connection line; the bytes are those of :func:`encode_response_head` followed
+        by the body, and the parser moves as :meth:`receive_data` would.
+
+        Args:
+            data: Bytes just read from the backend.
+            close: As for :func:`encode_response_head`.
+
+        Returns:
+            ``(status, keep_alive, bytes for the client)``; ``None`` (nothing
+            consumed, nothing changed) when anything is off the usual shape: feed
+            the same bytes to :meth:`receive_data` then.
+        """
+        if (
+            self._state is not _ST_HEAD
+            or self._buf
+            or not self._expected
+            or type(data) is not bytes
+        ):
+            return None
+        limits = self._limits
+        m = _USUAL_RESPONSE_HEAD_RE.match(data, 0, limits.max_head)
+        if m is None:
+            return None
+        pos = m.end()
+        # (a field line is at least 6 bytes: look closer only when a limit could bite)
+        if (pos > limits.max_line and data.find(b"\r", 0, pos) > limits.max_line) or (
+            pos > 6 * limits.max_headers and data.count(b"\n", 0, pos) - 2 > limits.max_headers
+        ):
+            return None
+        version, code, length1, option1, length2, option2 = m.group(1, 2, 3, 5, 6, 8)
+        if length1 is None:
+            length_field = length2
+        elif length2 is None:
+            length_field = length1
+        else:
+            return None  # two Content-Length fields
+        if option1 is None:
+            option, group = option2, 7
+        elif option2 is None:
+            option, group = option1, 4
+        else:
+            return None  # two Connection fields
+        http11 = version == b"1.1"
+        if option is None:
+            keep_alive = http11
+        else:
+            option = option.lower()
+            keep_alive = option != b"close" if http11 else option == b"keep-alive"
+        status = int(code)
+        method = self._expected[0][0]
+        if method == b"HEAD" or status == 204 or status == 304:
+            if pos != len(data):
+                return None
+        elif length_field is None or len(data) - pos != int(length_field):  # (None: until close)
+            return None
+        self._expected.popleft()
+        self._keep_alive = keep_alive
+        self._state = _AFTER_KEEP_ALIVE if keep_alive else _AFTER_CLOSE
+        # The head as received, without its Connection line (span of group 4 or 7,
+        # its CRLF after), with the proxy's own Connection line before the empty line.
+        if close:
+            tail = _CLOSE_TAIL
+        elif not http11:
+            tail = _KEEP_ALIVE_TAIL
+        elif option is None:
+            return status, keep_alive, data
+        else:
+            line, line_end = m.span(group)
+            return status, keep_alive, data[:line] + data[line_end + 2 :]
+        if option is None:
+            return status, keep_alive, b"".join((data[: pos - 2], tail, data[pos:]))
+        line, line_end = m.span(group)
+        out = b"".join((data[:line], data[line_end + 2 : pos - 2], tail, data[pos:]))
+        return status, keep_alive, out
 
     def _on_head(self, buf: bytes | bytearray, start: int, end: int) -> tuple[Event, _Input]:
         headers = _parse_fields(buf, start + self._line_end + 2, end - 2, 502)

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from vproxy.processor.http1 import (
     BodyChunk,
     BodyKind,
+    HttpLimits,
     LocalProtocolError,
     RemoteProtocolError,
     RequestEnd,
@@ -26,6 +27,7 @@ from vproxy.processor.http1 import (
     ResponseEnd,
     ResponseHead,
     ResponseParser,
+    State,
     encode_head,
     encode_response_head,
 )
@@ -266,3 +268,233 @@ def test_host_hint_follows_each_request() -> None:
     assert hosts == ["a", "a", "b", "b", "[::1]", None, "a"]
     with pytest.raises(RemoteProtocolError):
         parser.receive_data(b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n")
+
+
+# -- ResponseParser.receive_whole ----------------------------------------------------
+#
+# The proxy's shortcut for a whole response: the bytes it hands back must be those of
+# the general path (receive_data, then encode_response_head and the body), and the
+# parser must end where receive_data leaves it; when it declines, nothing may change.
+
+WHOLE = settings(
+    max_examples=2500,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+NGINX = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"Server: nginx/1.24.0\r\n"
+    b"Date: Mon, 01 Jan 2024 00:00:00 GMT\r\n"
+    b"Content-Type: text/html\r\n"
+    b"Content-Length: 6\r\n"
+    b"Connection: keep-alive\r\n"
+    b"\r\n"
+    b"hello\n"
+)
+WHOLE_NAMES = [
+    b"Server",
+    b"Date",
+    b"Content-Type",
+    b"Content-Length",
+    b"content-LENGTH",
+    b"Connection",
+    b"CONNECTION",
+    b"Keep-Alive",
+    b"Proxy-Connection",
+    b"Transfer-Encoding",
+    b"Upgrade",
+    b"Connections",
+    b"Content-Lengths",
+    b"X-Secret",
+]
+WHOLE_VALUES = [
+    b"keep-alive",
+    b"keep-alive",
+    b"6",
+    b"6",
+    b"Keep-Alive",
+    b"close",
+    b"upgrade",
+    b"keep-alive, close",
+    b"x-secret",
+    b"0",
+    b"3",
+    b"6",
+    b"006",
+    b"1234567890123456789",
+    b"-1",
+    b"chunked",
+    b"nginx/1.24.0",
+    b"a  b",
+    b"",
+    b"\xe9t\xe9",
+]
+PLAIN = [(b"Server", b"nginx/1.24.0"), (b"Date", b"Mon, 01 Jan 2024 00:00:00 GMT"), (b"X", b"a  b")]
+# Mostly lines as encode_response_head writes them, so that the shortcut is taken
+# often; the rest is every way a line can differ from that.
+whole_field = st.one_of(
+    st.sampled_from(PLAIN).map(lambda f: (f[0], b": ", f[1], b"")),
+    st.tuples(
+        st.sampled_from(WHOLE_NAMES),
+        st.just(b": "),
+        st.sampled_from(WHOLE_VALUES),
+        st.just(b""),
+    ),
+    st.tuples(
+        st.sampled_from(WHOLE_NAMES),
+        st.sampled_from([b": ", b":", b":  ", b":\t", b" : "]),
+        st.sampled_from(WHOLE_VALUES),
+        st.sampled_from([b"", b" ", b"\t"]),
+    ),
+)
+
+
+@st.composite
+def whole_reads(draw: st.DrawFn) -> bytes:
+    version = draw(st.sampled_from([b"1.1", b"1.1", b"1.1", b"1.0", b"1.0", b"2.0"]))
+    status = draw(st.sampled_from([b"200", b"204", b"304", b"404", b"426", b"599", b"101"]))
+    status = draw(st.sampled_from([status, status, status, status, b"103", b"600", b"099"]))
+    line = b"HTTP/" + version + b" " + status
+    line += draw(st.sampled_from([b" OK", b" OK", b" OK", b"", b" ", b" Not Found", b"  a\tb "]))
+    body = draw(st.sampled_from([b"", b"", b"abc", b"hello\n", b"hello\n", b"hello\nHTTP/1.1"]))
+    if draw(st.integers(0, 3)):
+        # Near the usual shape: plain lines, the right Content-Length, a Connection
+        # option, in any order, then maybe one line of any kind.
+        fields = [(n, b": ", v, b"") for n, v in draw(st.lists(st.sampled_from(PLAIN), max_size=4))]
+        if draw(st.integers(0, 3)):
+            fields.append((b"Content-Length", b": ", b"%d" % len(body), b""))
+        option = draw(st.sampled_from([b"", b"keep-alive", b"Close", b"upgrade"]))
+        if option:
+            fields.append((b"Connection", b": ", option, b""))
+        fields = list(draw(st.permutations(fields)))
+        if draw(st.booleans()):
+            fields.insert(draw(st.integers(0, len(fields))), draw(whole_field))
+    else:
+        fields = draw(st.lists(whole_field, max_size=6))
+    head = line + b"\r\n" + b"".join(n + s + v + t + b"\r\n" for n, s, v, t in fields)
+    head += draw(st.sampled_from([b"\r\n", b"\r\n", b"\r\n", b"\n", b""]))
+    return head + body
+
+
+def feed(parser: ResponseParser, data: bytes) -> object:
+    try:
+        return parser.receive_data(data)
+    except RemoteProtocolError as exc:
+        return ("error", exc.status, exc.events)
+
+
+def snapshot(parser: ResponseParser) -> tuple[object, ...]:
+    return (parser.state, parser.pending, parser.idle, parser.buffered, parser.trailing_data)
+
+
+def check_whole(data: bytes, method: bytes, close: bool, limits: HttpLimits | None) -> bool:
+    fast = ResponseParser(limits)
+    general = ResponseParser(limits)
+    for p in (fast, general):
+        p.expect_response(method)
+        p.expect_response(b"GET")
+    before = snapshot(fast)
+    whole = fast.receive_whole(data, close)
+    expected = feed(general, data)
+    if whole is None:
+        assert snapshot(fast) == before
+        assert feed(fast, data) == expected
+    else:
+        status, keep_alive, out = whole
+        assert isinstance(expected, list)
+        assert 2 <= len(expected) <= 3
+        head = expected[0]
+        assert type(head) is ResponseHead
+        assert type(expected[-1]) is ResponseEnd
+        body = expected[1].data if len(expected) == 3 else b""
+        assert type(expected[1]) is BodyChunk or len(expected) == 2
+        assert out == encode_response_head(head, close) + body
+        assert (status, keep_alive) == (head.status, head.keep_alive)
+        assert snapshot(fast) == snapshot(general)
+    # Both go on alike with the next response.
+    following = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    if snapshot(fast)[0] is State.HEAD:
+        assert feed(fast, following) == feed(general, following)
+        assert snapshot(fast) == snapshot(general)
+    return whole is not None
+
+
+@WHOLE
+@given(
+    whole_reads(),
+    st.sampled_from([b"GET", b"HEAD", b"POST"]),
+    st.booleans(),
+    st.sampled_from(
+        [None, None, HttpLimits(max_line=16, max_head=64, max_headers=2)],
+    ),
+)
+def test_receive_whole_matches_the_general_path(
+    data: bytes, method: bytes, close: bool, limits: HttpLimits | None
+) -> None:
+    check_whole(data, method, close, limits)
+
+
+@WHOLE
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                (b"Server", b"nginx/1.24.0"),
+                (b"Date", b"Mon, 01 Jan 2024 00:00:00 GMT"),
+                (b"Content-Type", b"text/html"),
+                (b"Content-Length", b"6"),
+                (b"Connection", b"keep-alive"),
+                (b"connection", b"Close"),
+                (b"Keep-Alive", b"timeout=5"),
+                (b"ETag", b'"65e0f-6"'),
+            ]
+        ),
+        max_size=7,
+        unique_by=lambda f: f[0].lower(),
+    ),
+    st.sampled_from([b"1.1", b"1.0"]),
+    st.sampled_from([b"GET", b"HEAD"]),
+    st.booleans(),
+)
+def test_receive_whole_on_usual_heads(
+    fields: list[tuple[bytes, bytes]], version: bytes, method: bytes, close: bool
+) -> None:
+    head = (
+        b"HTTP/" + version + b" 200 OK\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in fields)
+    )
+    data = head + b"\r\n" + (b"" if method == b"HEAD" else b"hello\n")
+    check_whole(data, method, close, None)
+
+
+def test_receive_whole_takes_the_usual_responses() -> None:
+    assert check_whole(NGINX, b"GET", False, None)
+    assert check_whole(NGINX, b"GET", True, None)
+    assert check_whole(NGINX.replace(b"HTTP/1.1", b"HTTP/1.0"), b"GET", False, None)
+    assert check_whole(NGINX[: NGINX.index(b"hello")], b"HEAD", False, None)
+    assert check_whole(b"HTTP/1.1 204 No Content\r\nServer: x\r\n\r\n", b"GET", False, None)
+    assert check_whole(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", b"GET", 0, None)
+    parser = ResponseParser()
+    parser.expect_response(b"GET")
+    status, keep_alive, out = parser.receive_whole(NGINX, False) or (0, False, b"")
+    assert (status, keep_alive) == (200, True)
+    assert out == NGINX.replace(b"Connection: keep-alive\r\n", b"")
+    assert parser.idle
+
+
+def test_receive_whole_declines() -> None:
+    for data in [
+        NGINX[:-1],  # body incomplete
+        NGINX + b"HTTP/1.1",  # more after it
+        NGINX.replace(b"Content-Length: 6\r\n", b""),  # until close
+        NGINX.replace(b"Server: ", b"Server:  "),  # not as encode_response_head writes it
+        NGINX.replace(b"Connection: keep-alive", b"Connection: x-secret"),
+        NGINX.replace(b"Connection: keep-alive", b"Keep-Alive: timeout=5"),
+        NGINX.replace(b"200 OK", b"100 Continue"),
+    ]:
+        parser = ResponseParser()
+        parser.expect_response(b"GET")
+        assert parser.receive_whole(data, False) is None
+        assert parser.pending == 1
+        assert parser.buffered == 0
+    assert ResponseParser().receive_whole(NGINX, False) is None  # nothing was asked

@@ -625,6 +625,35 @@ class Http1Frontend(asyncio.Protocol):
         if self.relaying:
             self._to_client(data)
             return
+        req = self.head
+        if (
+            self.request_done
+            and self.backend is b
+            and not self.closed
+            and req is not None
+            and req.upgrade is None
+        ):
+            # The usual read: a whole final response of the usual shape to a request
+            # sent whole. The parser hands back the bytes for the client (the head as
+            # received but for its hop-by-hop lines, and the body): no events.
+            close = self.close_after or (
+                self.client_eof and self.queued_heads == 0 and self.error is None
+            )
+            whole = b.parser.receive_whole(data, close)
+            if whole is not None:
+                self.status, self.backend_keep_alive, out = whole
+                self.response_started = True
+                if close:
+                    self.close_after = True
+                t = self.transport
+                if t is not None and not t.is_closing():
+                    n = len(out)
+                    self.bytes_to_client += n
+                    self.session.front.bytes_out += n
+                    t.write(out)
+                self.response_complete_waiting = True
+                self._finish_exchange()
+                return
         # What this read produces for the client (a head and a body, often) goes out
         # in one write: one send(2) per response instead of one per event.
         self.batch = []
