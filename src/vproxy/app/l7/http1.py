@@ -645,14 +645,7 @@ class Http1Frontend(asyncio.Protocol):
                 self.response_started = True
                 if close:
                     self.close_after = True
-                t = self.transport
-                if t is not None and not t.is_closing():
-                    n = len(out)
-                    self.bytes_to_client += n
-                    self.session.front.bytes_out += n
-                    t.write(out)
-                self.response_complete_waiting = True
-                self._finish_exchange()
+                self._whole_response_out(out)
                 return
         # What this read produces for the client (a head and a body, often) goes out
         # in one write: one send(2) per response instead of one per event.
@@ -696,17 +689,21 @@ class Http1Frontend(asyncio.Protocol):
                 out = encode_response_head(head, close)
                 if n == 3:
                     out += events[1].data  # type: ignore[union-attr]
-                t = self.transport
-                if t is not None and not t.is_closing():
-                    n = len(out)
-                    self.bytes_to_client += n
-                    self.session.front.bytes_out += n
-                    t.write(out)
-                self.response_complete_waiting = True
-                self._finish_exchange()
+                self._whole_response_out(out)
                 return
         self._responses(b, events)
         self._flush()
+
+    def _whole_response_out(self, out: bytes) -> None:
+        """A whole final response, ready for the client: one write, then the exchange ends."""
+        t = self.transport
+        if t is not None and not t.is_closing():
+            n = len(out)
+            self.bytes_to_client += n
+            self.session.front.bytes_out += n
+            t.write(out)
+        self.response_complete_waiting = True
+        self._finish_exchange()
 
     def _flush(self) -> None:
         batch = self.batch
