@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -269,3 +270,10 @@ def vproxy_process(
         yield p
     finally:
         p.stop()
+
+
+def source_of(module: ModuleType) -> Path:
+    """A module's ``.py`` file, also when it was imported from its compiled form (the
+    extension mypyc builds next to it: setup.py)."""
+    assert module.__file__ is not None
+    return Path(module.__file__).with_name(module.__name__.rpartition(".")[2] + ".py")

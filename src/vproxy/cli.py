@@ -29,6 +29,7 @@ from typing import Any
 
 from vproxy.app.access_log import STDOUT, AccessLog
 from vproxy.app.tcp_lb import DEFAULT_BUFFER_SIZE, DEFAULT_TIMEOUT_MS, start_tcp_lb
+from vproxy.build import build_kind
 from vproxy.component.health_check import HealthCheckConfig
 from vproxy.control.application import Application
 from vproxy.control.command import CommandError
@@ -275,7 +276,7 @@ def _run_simple(args: SimpleArgs, workers: Workers | None) -> int:
     print(
         f"vproxy: tcp-lb lb0 listening on {format_address(*lb.address)} -> "
         + ", ".join(format_address(h, p) for h, p in args.backends)
-        + f" ({loop_kind()})",
+        + f" ({loop_kind()}, {build_kind()})",
         flush=True,
     )
     _say_workers(workers)
@@ -529,7 +530,10 @@ def run_hello(once: bool) -> int:
         health_check=HealthCheckConfig(timeout=500, period=200, up=1, down=2),
     )
     lb_text = format_address(*lb.address)
-    print(f"vproxy hello: tcp-lb 'hello' listening on {lb_text} (wrr over both, {loop_kind()})")
+    print(
+        f"vproxy hello: tcp-lb 'hello' listening on {lb_text}"
+        f" (wrr over both, {loop_kind()}, {build_kind()})"
+    )
     group = lb.upstream.groups[0].group
     deadline = time.monotonic() + 5
     while len(group.healthy_servers) < len(backends.addresses) and time.monotonic() < deadline:

@@ -45,13 +45,13 @@ import os
 import select
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from vproxy.net import splice as _splice
-from vproxy.net.event_loop import READABLE, WRITABLE
+from vproxy.net.event_loop import READABLE, WRITABLE, FdWatcher
 
 if TYPE_CHECKING:
-    from vproxy.net.event_loop import CoarseTimers, EventLoop, FdWatcher
+    from vproxy.net.event_loop import CoarseTimers, EventLoop
 
 __all__ = ["HALF_CLOSED_TIMEOUT_MS", "MIN_WINDOW", "Connection", "Session", "next_session_id"]
 
@@ -586,7 +586,7 @@ class Session:
         self.back.peer = self.front
         self.socket_mode = sock is not None
         # Socket mode only (a transport-mode session never touches it).
-        self._watcher: FdWatcher = el.watcher if sock is not None else cast("FdWatcher", None)
+        self._watcher: FdWatcher = el.watcher if sock is not None else _NO_WATCHER
         self.server: Any = None
         self.timeout = timeout_ms
         self.half_closed_timeout = (
@@ -950,5 +950,28 @@ class Session:
             front.session = back.session = _NO_SESSION
 
 
-#: What a finished socket-mode session's connections point to instead of it.
-_NO_SESSION = cast(Session, None)
+class _NoWatcher(FdWatcher):
+    """A transport-mode session's watcher: never used (it has no socket to watch), and
+    a FdWatcher with no attribute set, not None, which compiled code would refuse."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        pass
+
+
+_NO_WATCHER: Final[FdWatcher] = _NoWatcher()
+
+
+class _NoSession(Session):
+    """What a finished socket-mode session's connections point to instead of it: a
+    Session with no attribute set (None would not be a Session, which compiled code
+    checks)."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        pass
+
+
+_NO_SESSION: Final[Session] = _NoSession()

@@ -23,7 +23,7 @@ import os
 import select
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 __all__ = [
     "Abortable",
@@ -101,7 +101,7 @@ class FdWatcher:
     __slots__ = ("_dead", "_ep", "_handlers", "_loop", "_masks", "_promoted", "epoll", "windows")
 
     #: events fetched per round (more wait for the next one: the set is level-triggered)
-    BATCH = 64
+    BATCH: Final = 64
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -251,12 +251,12 @@ class CoarseTimers:
     __slots__ = ("_buckets", "_firing", "_firing_key", "_handles", "_loop", "_time")
 
     #: bucket width in seconds
-    TICK = 1 / 32
+    TICK: Final = 1 / 32
     #: deadlines at least this far ahead (idle timeouts) go to buckets LONG_TICKS
     #: ticks wide: at most a second late, and one loop timer serves a second of
     #: sessions instead of a 32nd
-    LONG_DELAY = 10.0
-    LONG_TICKS = 32
+    LONG_DELAY: Final = 10.0
+    LONG_TICKS: Final = 32
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -349,9 +349,9 @@ class EventLoop:
         "_ident",
         "_live",
         "_resources",
+        "_runner",
         "_sessions",
         "_started",
-        "_thread",
         "_thread_running",
         "_timers",
         "_watcher",
@@ -364,7 +364,7 @@ class EventLoop:
         self.name = name
         self.group: EventLoopGroup | None = None
         self.loop = new_asyncio_loop()
-        self._thread = threading.Thread(target=self._run, name=f"vproxy-el-{name}", daemon=True)
+        self._runner = threading.Thread(target=self._run, name=f"vproxy-el-{name}", daemon=True)
         self._started = threading.Event()
         self._closing = False
         self._finished = False
@@ -389,9 +389,9 @@ class EventLoop:
     # -- life cycle ---------------------------------------------------------------
     def start(self) -> None:
         """Start the loop's thread and wait until the loop runs."""
-        if self._thread.is_alive() or self._closing:
+        if self._runner.is_alive() or self._closing:
             raise EventLoopError(f"event-loop {self.name} was already started")
-        self._thread.start()
+        self._runner.start()
         self._started.wait()
 
     def _run(self) -> None:
@@ -451,13 +451,13 @@ class EventLoop:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the loop now: pending tasks are cancelled, transports closed."""
         self._closing = True
-        if self._thread.is_alive() and not self._finished:
+        if self._runner.is_alive() and not self._finished:
             try:
                 self.loop.call_soon_threadsafe(self.loop.stop)
             except RuntimeError:
                 pass  # closed meanwhile
             if not self.in_loop_thread:
-                self._thread.join(timeout)
+                self._runner.join(timeout)
 
     def retire(self, force_close_sessions: bool = False) -> None:
         """Take no more work; stop once the running sessions are done.
@@ -471,7 +471,7 @@ class EventLoop:
             except Exception:
                 _log.exception("resource %r failed to leave event-loop %s", res, self.name)
         self._resources.clear()
-        if self._thread.is_alive():
+        if self._runner.is_alive():
             self.loop.call_soon_threadsafe(self._stop_when_idle, force_close_sessions)
 
     def _stop_when_idle(self, force: bool) -> None:
@@ -484,7 +484,7 @@ class EventLoop:
     def join(self, timeout: float | None = None) -> None:
         """Wait for the loop thread to end (after :meth:`stop` or :meth:`retire`)."""
         if not self.in_loop_thread:
-            self._thread.join(timeout)
+            self._runner.join(timeout)
 
     # -- bound resources ------------------------------------------------------------
     def attach(self, resource: LoopResource) -> None:

@@ -1048,9 +1048,9 @@ class H2Side:
     def _decode(self, block: bytes) -> list[Header]:
         try:
             return self._decoder.decode(block)
-        except HeaderListTooLarge as exc:
-            raise RemoteProtocolError(str(exc), ErrorCode.ENHANCE_YOUR_CALM) from None
-        except HpackError as exc:
+        except HpackError as exc:  # one clause: compiled, a second one mistook the type
+            if isinstance(exc, HeaderListTooLarge):
+                raise RemoteProtocolError(str(exc), ErrorCode.ENHANCE_YOUR_CALM) from None
             raise RemoteProtocolError(f"HPACK: {exc}", ErrorCode.COMPRESSION_ERROR) from None
 
     def _on_block(

@@ -26,6 +26,9 @@ Must not: do I/O, or know about frames and streams (``vproxy.processor.h2`` does
 from __future__ import annotations
 
 from collections import deque
+from typing import cast
+
+from mypy_extensions import mypyc_attr
 
 __all__ = [
     "STATIC_TABLE",
@@ -49,6 +52,7 @@ class HeaderListTooLarge(HpackError):
     """The decoded header list is over ``max_header_list_size``."""
 
 
+@mypyc_attr(native_class=False)  # a tuple subclass: a plain class when compiled
 class NeverIndexed(tuple[bytes, bytes]):
     """A field the sender marked never-indexed (RFC 7541 §6.2.3): it is decoded as
     this type and encoded the same way again, as an intermediary must (§7.1.3)."""
@@ -585,9 +589,11 @@ class Encoder:
             changed = True
         static_field = _STATIC_FIELD
         by_field = self._by_field
-        for field in headers:
-            name, value = field
+        # Items typed as objects: compiled code would unpack a tuple[bytes, bytes]
+        # into a plain pair and lose the NeverIndexed type.
+        for field in cast("list[object]", headers):
             sensitive = type(field) is NeverIndexed
+            name, value = cast("Header", field)
             if not sensitive:
                 sidx = static_field.get((name, value))
                 if sidx is not None:

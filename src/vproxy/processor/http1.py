@@ -141,7 +141,7 @@ import re
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final, TypeAlias
+from typing import Final, TypeAlias
 
 __all__ = [
     "BodyChunk",
@@ -396,66 +396,9 @@ class ResponseEnd:
 
 Event: TypeAlias = RequestHead | ResponseHead | BodyChunk | RequestEnd | ResponseEnd
 
-# Building events on the hot path. A frozen dataclass's __init__ sets each field through
-# object.__setattr__ (several hundred machine instructions a field). A head is built as
-# a plain object with the same slots instead and then becomes the event class by
-# __class__ assignment (same layout, so CPython allows it): the same object as the
-# dataclass's __init__ would build, for a quarter of the cost. A body chunk's one slot
-# is set through its descriptor. The end events have no fields: one instance serves all.
+# The end events have no fields: one instance serves all.
 _REQUEST_END: Final = RequestEnd()
 _RESPONSE_END: Final = ResponseEnd()
-_new_object: Final = object.__new__
-_SET_CHUNK_DATA: Final[Any] = BodyChunk.__dict__["data"].__set__
-
-
-class _RequestHeadSlots:
-    __slots__ = RequestHead.__slots__
-
-    def __init__(
-        self,
-        method: bytes,
-        target: bytes,
-        version: bytes,
-        headers: list[tuple[bytes, bytes]],
-        host: str | None,
-        keep_alive: bool,
-        expect_continue: bool,
-        upgrade: bytes | None,
-        body_kind: BodyKind,
-        content_length: int | None,
-    ) -> None:
-        self.method = method
-        self.target = target
-        self.version = version
-        self.headers = headers
-        self.host = host
-        self.keep_alive = keep_alive
-        self.expect_continue = expect_continue
-        self.upgrade = upgrade
-        self.body_kind = body_kind
-        self.content_length = content_length
-
-
-class _ResponseHeadSlots:
-    __slots__ = ResponseHead.__slots__
-
-    def __init__(
-        self,
-        status: int,
-        reason: bytes,
-        version: bytes,
-        headers: list[tuple[bytes, bytes]],
-        keep_alive: bool,
-        body_kind: BodyKind,
-        content_length: int | None,
-    ) -> None:
-        self.status = status
-        self.reason = reason
-        self.version = version
-        self.headers = headers
-        self.keep_alive = keep_alive
-        self.body_kind = body_kind
-        self.content_length = content_length
 
 
 # -- errors ---------------------------------------------------------------------------
@@ -947,8 +890,7 @@ class _Parser:
                 elif inp is _IN_HEAD_LENGTH and n - pos == self._remaining:
                     self._remaining = 0
                     self._state = _AFTER_KEEP_ALIVE if self._keep_alive else _AFTER_CLOSE
-                    chunk = _new_object(BodyChunk)
-                    _SET_CHUNK_DATA(chunk, data[pos:])
+                    chunk = BodyChunk(data[pos:])
                     return [head, chunk, self._END]
                 else:
                     self._state = _HEAD_NEXT[inp]
@@ -1132,8 +1074,7 @@ class _Parser:
             elif state is _ST_DONE:
                 if 0 <= span < pos:
                     data = buf[span:pos]
-                    chunk = _new_object(BodyChunk)
-                    _SET_CHUNK_DATA(chunk, data if type(data) is bytes else bytes(data))
+                    chunk = BodyChunk(data if type(data) is bytes else bytes(data))
                     events.append(chunk)
                 span = -1
                 if self._upgrade:
@@ -1179,8 +1120,7 @@ class _Parser:
                 break
         if 0 <= span < pos:
             data = buf[span:pos]
-            chunk = _new_object(BodyChunk)
-            _SET_CHUNK_DATA(chunk, data if type(data) is bytes else bytes(data))
+            chunk = BodyChunk(data if type(data) is bytes else bytes(data))
             events.append(chunk)
         return pos
 
@@ -1312,7 +1252,7 @@ class RequestParser(_Parser):
     _LINE_STATUS = 414
     _SIZE_STATUS = 431
     _BAD_STATUS = 400
-    _END = _REQUEST_END
+    _END: Event = _REQUEST_END
     _HEAD_RE = _REQUEST_HEAD_RE
     _HEAD_START_CHECKS = False  # it only skips empty lines
 
@@ -1480,10 +1420,9 @@ class RequestParser(_Parser):
             self._remaining = length
         else:
             kind, inp = _BK_NONE, _IN_HEAD_NO_BODY
-        head: Any = _RequestHeadSlots(
+        head = RequestHead(
             method, target, version, headers, host, keep_alive, False, None, kind, length
         )
-        head.__class__ = RequestHead
         return head, inp
 
     def _on_head(self, buf: bytes | bytearray, start: int, end: int) -> tuple[Event, _Input]:
@@ -1573,7 +1512,7 @@ class RequestParser(_Parser):
             self._remaining = length
         else:
             kind, inp = _BK_NONE, _IN_HEAD_NO_BODY
-        head: Any = _RequestHeadSlots(
+        head = RequestHead(
             method,
             target,
             version,
@@ -1585,7 +1524,6 @@ class RequestParser(_Parser):
             kind,
             length,
         )
-        head.__class__ = RequestHead
         return head, inp
 
 
@@ -1611,7 +1549,7 @@ class ResponseParser(_Parser):
     _LINE_STATUS = 502
     _SIZE_STATUS = 502
     _BAD_STATUS = 502
-    _END = _RESPONSE_END
+    _END: Event = _RESPONSE_END
     _HEAD_RE = _RESPONSE_HEAD_RE
 
     def __init__(self, limits: HttpLimits | None = None) -> None:
@@ -1751,10 +1689,7 @@ class ResponseParser(_Parser):
             kind, inp = _BK_UNTIL_CLOSE, _IN_HEAD_UNTIL_CLOSE
             keep_alive = False
         self._keep_alive = keep_alive
-        head: Any = _ResponseHeadSlots(
-            status, reason or b"", version, headers, keep_alive, kind, length
-        )
-        head.__class__ = ResponseHead
+        head = ResponseHead(status, reason or b"", version, headers, keep_alive, kind, length)
         return head, inp
 
     def receive_whole(self, data: bytes, close: bool) -> tuple[int, bool, bytes] | None:
@@ -1904,8 +1839,7 @@ class ResponseParser(_Parser):
                 kind, inp, length = _BK_UNTIL_CLOSE, _IN_HEAD_UNTIL_CLOSE, None
                 keep_alive = False
         self._keep_alive = keep_alive
-        head: Any = _ResponseHeadSlots(status, reason, version, headers, keep_alive, kind, length)
-        head.__class__ = ResponseHead
+        head = ResponseHead(status, reason, version, headers, keep_alive, kind, length)
         return head, inp
 
 

@@ -449,6 +449,7 @@ class Socks5ServerConnection:
         "_error",
         "_max_buffer",
         "_out",
+        "_shortcut",
         "_state",
         "_username",
     )
@@ -475,6 +476,8 @@ class Socks5ServerConnection:
             raise ValueError(f"max_buffer must be a non-negative int, not {max_buffer!r}")
         self._auth = auth
         self._max_buffer = max_buffer
+        #: take :meth:`_fast` when it applies (the tests compare it with the table's path)
+        self._shortcut = True
         self._state = State.GREETING
         self._buf = bytearray()
         self._out = bytearray()
@@ -530,7 +533,7 @@ class Socks5ServerConnection:
                 f"receive_data called in state {self._state.name}; the handshake is over"
             )
         events: list[Event] = []
-        if self._FAST and not self._buf and self._auth is None:
+        if self._shortcut and not self._buf and self._auth is None:
             data = self._fast(data, events)
             if not data:
                 return events
@@ -587,9 +590,6 @@ class Socks5ServerConnection:
         self._apply(_Input.REJECT, _refusal(reply_code), [])
 
     # -- the usual handshake, without the table ------------------------------------------
-
-    #: take :meth:`_fast` when it applies (the tests compare it with the table's path)
-    _FAST = True
 
     def _fast(self, data: bytes, events: list[Event]) -> bytes:
         """The usual client (no auth offered only, then an IPv4 CONNECT), whole in

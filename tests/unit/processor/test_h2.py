@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import ast
 import struct
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers import source_of
 from vproxy.processor import h2 as h2mod
 from vproxy.processor.h2 import (
     PREFACE,
@@ -380,7 +380,7 @@ def test_local_response() -> None:
 
 
 def test_no_io_imports_and_docstring() -> None:
-    path = Path(h2mod.__file__)
+    path = source_of(h2mod)
     tree = ast.parse(path.read_text())
     for node in ast.walk(tree):
         names: list[str] = []

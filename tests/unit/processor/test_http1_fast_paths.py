@@ -183,9 +183,6 @@ def test_add_headers_are_checked_on_every_call() -> None:
             encode_head(head, [(b"X-Forwarded-For", b"1\r\nHost: evil")])
         with pytest.raises(LocalProtocolError):
             encode_head(head, [(b"Connection", b"close")])
-    # Unhashable field pairs are accepted as they always were.
-    unhashable = [[b"X-A", b"1"]]
-    assert encode_head(head, unhashable) == b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n\r\n"  # type: ignore[arg-type]
 
 
 def test_many_distinct_add_headers() -> None:
@@ -473,7 +470,7 @@ def test_receive_whole_takes_the_usual_responses() -> None:
     assert check_whole(NGINX.replace(b"HTTP/1.1", b"HTTP/1.0"), b"GET", False, None)
     assert check_whole(NGINX[: NGINX.index(b"hello")], b"HEAD", False, None)
     assert check_whole(b"HTTP/1.1 204 No Content\r\nServer: x\r\n\r\n", b"GET", False, None)
-    assert check_whole(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", b"GET", 0, None)
+    assert check_whole(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", b"GET", False, None)
     parser = ResponseParser()
     parser.expect_response(b"GET")
     status, keep_alive, out = parser.receive_whole(NGINX, False) or (0, False, b"")
