@@ -56,12 +56,13 @@ echo "== pytest (compiled data path)"
 run_pytest -n 2 "$@"
 
 # The same modules interpreted, as installed where there is no C compiler: the
-# sans-IO processors and the event-loop glue, from a copy of the sources without
-# the extensions.
+# sans-IO processors, the event-loop glue, server groups and upstreams, from a copy
+# of the sources without the extensions.
 echo "== pytest (pure Python data path)"
 pure="$(mktemp -d)"
 trap 'rm -rf "$pure"' EXIT
 cp -r src/vproxy "$pure/vproxy"
 find "$pure" -name '*.so' -delete
 VPROXY_PURE_PYTHON=1 PYTHONPATH="$pure" run_pytest -n 2 tests/unit/processor tests/unit/net \
+  tests/unit/component/test_server_group.py tests/unit/component/test_upstream.py \
   tests/unit/test_build.py

@@ -17,8 +17,14 @@ __all__ = ["COMPILED", "build_kind", "compiled_modules"]
 #: file is read by setup.py before the package is installed: standard library only.
 COMPILED: Final = (
     "vproxy.net.event_loop",
+    "vproxy.net.server_sock",
     "vproxy.net.connection",
+    "vproxy.component.server_group",
+    "vproxy.component.upstream",
+    "vproxy.component.proxy",
+    "vproxy.app.accept_gate",
     "vproxy.app.tcp_lb",
+    "vproxy.app.l7.base",
     "vproxy.app.socks5_server",
     "vproxy.app.l7.http1",
     "vproxy.app.l7.h2",

@@ -24,6 +24,8 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from mypy_extensions import mypyc_attr
+
 from vproxy.component.health_check import HealthCheckClient, HealthCheckConfig, HealthState
 
 if TYPE_CHECKING:
@@ -57,6 +59,7 @@ class Method(enum.Enum):
     SOURCE = "source"
 
 
+@mypyc_attr(native_class=False)  # weakly referenced (control/metrics.py): not compiled
 class Server:
     """One backend endpoint of a server group.
 
@@ -216,9 +219,14 @@ def pick_wlc(servers: Sequence[Server], start: int = 0) -> Server | None:
 
 def _unit_hash(key: bytes) -> float:
     """Map bytes to a float in (0, 1), uniformly."""
+    return _unit(hashlib.blake2b(key, digest_size=8).digest())
+
+
+def _unit(digest: bytes) -> float:
+    """An 8-byte digest as a float in (0, 1)."""
     # 52 bits so that h + 0.5 is exact: with all 64 bits the top hashes rounded to
     # 1.0 and log(1.0) == 0 made pick_source divide by zero.
-    h = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") >> 12
+    h = int.from_bytes(digest, "big") >> 12
     return (h + 0.5) / 4503599627370496.0  # 2**52
 
 
