@@ -167,11 +167,13 @@ class _StreamError(Exception):
 
 
 # -- events -----------------------------------------------------------------------------
-# Slotted, not frozen: a frozen dataclass costs 1 µs more to build (object.__setattr__
-# per field), and a proxied request makes about eight of them. Nobody mutates them.
+# Events are slotted dataclasses (equality, repr) with their own __init__: compiled
+# (setup.py), a dataclass-generated __init__ stays interpreted, 0.5-1 µs per event
+# against 0.07 µs. Not frozen (a frozen one sets each field through object.__setattr__);
+# nobody mutates them.
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class RequestReceived:
     """A client opened a stream with a valid request header list."""
 
@@ -179,8 +181,13 @@ class RequestReceived:
     headers: list[Header]
     end_stream: bool
 
+    def __init__(self, stream_id: int, headers: list[Header], end_stream: bool) -> None:
+        self.stream_id = stream_id
+        self.headers = headers
+        self.end_stream = end_stream
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class ResponseReceived:
     """A backend answered a stream (final status); ``size``: the header block's bytes."""
 
@@ -189,8 +196,14 @@ class ResponseReceived:
     end_stream: bool
     size: int
 
+    def __init__(self, stream_id: int, headers: list[Header], end_stream: bool, size: int) -> None:
+        self.stream_id = stream_id
+        self.headers = headers
+        self.end_stream = end_stream
+        self.size = size
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class InformationalResponseReceived:
     """A backend sent a 1xx response on a stream."""
 
@@ -198,8 +211,13 @@ class InformationalResponseReceived:
     headers: list[Header]
     size: int
 
+    def __init__(self, stream_id: int, headers: list[Header], size: int) -> None:
+        self.stream_id = stream_id
+        self.headers = headers
+        self.size = size
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class TrailersReceived:
     """A trailer header list: it ends the peer's side of the stream."""
 
@@ -207,8 +225,13 @@ class TrailersReceived:
     headers: list[Header]
     size: int
 
+    def __init__(self, stream_id: int, headers: list[Header], size: int) -> None:
+        self.stream_id = stream_id
+        self.headers = headers
+        self.size = size
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class DataReceived:
     """DATA on a stream. Its bytes count against our windows until acknowledged with
     :meth:`H2Side.acknowledge_received_data` (padding is acknowledged here)."""
@@ -217,8 +240,13 @@ class DataReceived:
     data: bytes
     end_stream: bool
 
+    def __init__(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        self.stream_id = stream_id
+        self.data = data
+        self.end_stream = end_stream
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class StreamReset:
     """A stream ended abnormally: the peer's RST_STREAM, or ours after the peer broke
     the stream's rules."""
@@ -226,15 +254,22 @@ class StreamReset:
     stream_id: int
     error_code: ErrorCode | int
 
+    def __init__(self, stream_id: int, error_code: ErrorCode | int) -> None:
+        self.stream_id = stream_id
+        self.error_code = error_code
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class WindowUpdated:
     """More may be sent on ``stream_id`` (0: on the connection)."""
 
     stream_id: int
 
+    def __init__(self, stream_id: int) -> None:
+        self.stream_id = stream_id
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class RemoteSettingsChanged:
     """The peer's SETTINGS (the first one ends its preface).
 
@@ -246,14 +281,25 @@ class RemoteSettingsChanged:
     initial_window_changed: bool
     max_concurrent_streams: int | None
 
+    def __init__(self, initial_window_changed: bool, max_concurrent_streams: int | None) -> None:
+        self.initial_window_changed = initial_window_changed
+        self.max_concurrent_streams = max_concurrent_streams
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class ConnectionTerminated:
     """The peer's GOAWAY: streams above ``last_stream_id`` were not processed."""
 
     last_stream_id: int
     error_code: ErrorCode | int
     additional_data: bytes | None
+
+    def __init__(
+        self, last_stream_id: int, error_code: ErrorCode | int, additional_data: bytes | None
+    ) -> None:
+        self.last_stream_id = last_stream_id
+        self.error_code = error_code
+        self.additional_data = additional_data
 
 
 Event = (

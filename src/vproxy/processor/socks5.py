@@ -112,7 +112,13 @@ class ReplyCode(enum.IntEnum):
 # -- events ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+# Events are slotted dataclasses (equality, repr) with their own __init__: compiled
+# (setup.py), a dataclass-generated __init__ stays interpreted, 0.5-1 µs per event
+# against 0.07 µs. Not frozen (a frozen one sets each field through object.__setattr__);
+# nobody mutates them.
+
+
+@dataclass(slots=True, init=False)
 class ConnectRequest:
     """The client asks to be connected to ``host:port``; answer with accept or reject.
 
@@ -128,8 +134,13 @@ class ConnectRequest:
     port: int
     address_type: AddressType
 
+    def __init__(self, host: str, port: int, address_type: AddressType) -> None:
+        self.host = host
+        self.port = port
+        self.address_type = address_type
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False)
 class AuthFailed:
     """The client's username/password was refused; ``01 01`` is queued. Close after it.
 
@@ -139,8 +150,11 @@ class AuthFailed:
 
     username: bytes
 
+    def __init__(self, username: bytes) -> None:
+        self.username = username
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False)
 class ProtocolError:
     """The client broke the protocol or offered nothing acceptable. Send, then close.
 
@@ -156,8 +170,12 @@ class ProtocolError:
     message: str
     reply_code: ReplyCode | None
 
+    def __init__(self, message: str, reply_code: ReplyCode | None) -> None:
+        self.message = message
+        self.reply_code = reply_code
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False)
 class Payload:
     """Bytes the client sent after its request, to forward once connected.
 
@@ -166,6 +184,9 @@ class Payload:
     """
 
     data: bytes
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
 
 
 Event: TypeAlias = ConnectRequest | AuthFailed | ProtocolError | Payload

@@ -208,8 +208,6 @@ def test_parsed_heads_are_the_dataclasses() -> None:
             )
             assert rebuilt == event
             assert repr(rebuilt) == repr(event)
-            with pytest.raises(dataclasses.FrozenInstanceError):
-                event.method = b"PUT"  # type: ignore[misc]
     parser = ResponseParser()
     parser.expect_response(b"GET")
     parser.expect_response(b"GET")
@@ -221,8 +219,6 @@ def test_parsed_heads_are_the_dataclasses() -> None:
     assert head == ResponseHead(200, b"OK", b"1.1", [(b"Content-Length", b"1")], True,
                                 BodyKind.LENGTH, 1)  # fmt: skip
     assert events[1:] == [BodyChunk(b"x"), ResponseEnd(), events[3]]
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        head.status = 500  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(

@@ -890,7 +890,7 @@ def test_module_does_no_io() -> None:
     assert not imported & {"asyncio", "socket", "selectors", "time", "vproxy"}
 
 
-def test_events_are_frozen_and_slotted() -> None:
+def test_events_are_slotted() -> None:
     for event in (
         ConnectRequest("a", 1, AddressType.DOMAIN_NAME),
         AuthFailed(b"u"),
@@ -898,6 +898,5 @@ def test_events_are_frozen_and_slotted() -> None:
         Payload(b"x"),
     ):
         assert not hasattr(event, "__dict__"), event  # slotted (or compiled)
-    ev = Payload(b"x")
     with pytest.raises(AttributeError):
-        ev.data = b"y"  # type: ignore[misc]
+        Payload(b"x").other = b"y"  # type: ignore[attr-defined]
