@@ -486,7 +486,8 @@ class Bench:
         self.failures: list[str] = []
         self.raw: dict[str, dict[str, list[dict[str, Any]]]] = {}
         self.rss_kib: dict[str, dict[str, int]] = {}
-        self.vproxy_loop: str | None = None  # event loop vproxy reports it runs on
+        # what vproxy reports it runs on: event loop, compiled or pure Python
+        self.vproxy_loop: str | None = None
         self.s5load: Path | None = None  # the compiled client, None if it cannot be built
         self.notes: list[str] = []  # why a row is n/a
 
@@ -616,7 +617,8 @@ class Bench:
         wait_until(lambda: http_probe(t.http_port), timeout, f"{name} to proxy HTTP", t.http_proc)
         wait_until(lambda: port_accepts(t.iperf_port), timeout, f"{name} iperf3 port", t.iperf_proc)
         if name == "vproxy":
-            m = re.search(r"listening on \S+ -> \S+ \((\w+)\)", t.http_proc.log_path.read_text())
+            log = t.http_proc.log_path.read_text()
+            m = re.search(r"listening on \S+ -> \S+ \(([\w ,]+)\)", log)
             self.vproxy_loop = m.group(1) if m else "?"
             self._wait_vproxy_extra(t)
         elif name == "haproxy":
