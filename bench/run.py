@@ -617,8 +617,8 @@ class Bench:
         wait_until(lambda: http_probe(t.http_port), timeout, f"{name} to proxy HTTP", t.http_proc)
         wait_until(lambda: port_accepts(t.iperf_port), timeout, f"{name} iperf3 port", t.iperf_proc)
         if name == "vproxy":
-            log = t.http_proc.log_path.read_text()
-            m = re.search(r"listening on \S+ -> \S+ \(([\w ,]+)\)", log)
+            banner = t.http_proc.log_path.read_text()
+            m = re.search(r"listening on \S+ -> \S+ \(([\w ,]+)\)", banner)
             self.vproxy_loop = m.group(1) if m else "?"
             self._wait_vproxy_extra(t)
         elif name == "haproxy":
