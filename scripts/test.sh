@@ -17,6 +17,10 @@ command -v redis-cli >/dev/null || need+=(redis-tools)
 command -v chromium >/dev/null || need+=(chromium)
 command -v h2load >/dev/null || need+=(nghttp2-client)
 command -v slowhttptest >/dev/null || need+=(slowhttptest)
+# A C compiler and Python's headers: the install compiles the data path (setup.py).
+command -v gcc >/dev/null || need+=(gcc)
+python3 -c 'import os, sysconfig; exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' ||
+  need+=(python3-dev)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     SUDO=""
