@@ -617,8 +617,14 @@ class Bench:
         wait_until(lambda: http_probe(t.http_port), timeout, f"{name} to proxy HTTP", t.http_proc)
         wait_until(lambda: port_accepts(t.iperf_port), timeout, f"{name} iperf3 port", t.iperf_proc)
         if name == "vproxy":
-            banner = t.http_proc.log_path.read_text()
-            m = re.search(r"listening on \S+ -> \S+ \(([\w ,]+)\)", banner)
+            # the start-up line may come a moment after the port answers
+            m = None
+            for _ in range(50):
+                banner = t.http_proc.log_path.read_text()
+                m = re.search(r"listening on \S+ -> \S+ \(([\w ,]+)\)", banner)
+                if m:
+                    break
+                time.sleep(0.1)
             self.vproxy_loop = m.group(1) if m else "?"
             self._wait_vproxy_extra(t)
         elif name == "haproxy":
