@@ -28,6 +28,14 @@ def test_the_test_command_tests_the_compiled_form() -> None:
         "Python's headers), or set VPROXY_PURE_PYTHON=1 to test pure Python"
     )
     assert build.build_kind() == "compiled"
+    # An extension shadows its .py: an edit since the last install would go untested.
+    stale = []
+    for name in build.COMPILED:
+        module = importlib.import_module(name)
+        assert module.__file__ is not None
+        if source_of(module).stat().st_mtime > os.stat(module.__file__).st_mtime:
+            stale.append(name)
+    assert not stale, f"edited since compiled: {stale}: re-run `pip install -e .`"
 
 
 def test_setup_compiles_exactly_the_listed_modules() -> None:
