@@ -88,6 +88,7 @@ class Backend:
         self.connections = 0
         self.server: asyncio.AbstractServer | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._stopped = False
         lt.backends.append(self)
         self.start()
 
@@ -96,8 +97,15 @@ class Backend:
         return (self.host, self.port)
 
     def start(self) -> None:
+        self._stopped = False
+
         async def _start() -> asyncio.AbstractServer:
             async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+                if self._stopped:
+                    # accepted before stop() but handed over after it (a loaded loop
+                    # finishes accepts later): close it, or its transport leaks
+                    w.transport.abort()
+                    return
                 self.connections += 1
                 self._writers.add(w)
                 try:
@@ -116,16 +124,17 @@ class Backend:
         self.port = self.server.sockets[0].getsockname()[1]
 
     def stop(self) -> None:
-        async def _stop() -> None:
-            assert self.server is not None
-            self.server.close()
+        async def _stop(server: asyncio.AbstractServer | None) -> None:
+            assert server is not None
+            server.close()
             for _ in range(3):  # handlers of just-accepted connections register first
                 await asyncio.sleep(0)
             for w in list(self._writers):
                 w.transport.abort()
-            await self.server.wait_closed()
+            await server.wait_closed()
 
-        self.lt.run(_stop())
+        self._stopped = True  # from now a late handler closes its connection at once
+        self.lt.run(_stop(self.server))
         self.server = None
 
 
