@@ -43,6 +43,11 @@ REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 BACKEND = r"""
 import asyncio, sys
 RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nhello\n"
+if sys.argv[1:] == ["nginx"]:  # the response of bench/run.py's nginx backend
+    RESP = (
+        b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Fri, 27 Nov 2026 14:59:55 GMT\r\n"
+        b"Content-Type: text/plain\r\nContent-Length: 6\r\nConnection: keep-alive\r\n\r\nhello\n"
+    )
 class P(asyncio.Protocol):
     def connection_made(self, t): self.t = t; self.buf = b""
     def data_received(self, d):
@@ -157,9 +162,11 @@ def run_h2load(port: int, n: int) -> None:
         raise RuntimeError(f"h2load did not succeed {n} times:\n{out}")
 
 
-def measure(mode: str, n: int, protocol: str | None, tmp: Path) -> float:
+def measure(mode: str, n: int, protocol: str | None, tmp: Path, nginx: bool = False) -> float:
     h2 = protocol == "h2"
     backend_argv = [sys.executable, "-c", BACKEND]
+    if nginx:
+        backend_argv.append("nginx")
     if h2:  # an h2c backend: python-hyper h2, in its own process (not counted)
         backend_argv = [sys.executable, str(REPO / "tests" / "h2_backend.py"), "b"]
     with process(backend_argv, stdout=subprocess.PIPE) as backend:
@@ -228,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", choices=("close", "keepalive", "both", "socks5"), default="both")
     p.add_argument("-n", type=int, default=2000, help="requests counted per mode")
     p.add_argument("--protocol", default=None, help="tcp-lb protocol (default: L4 relay)")
+    p.add_argument(
+        "--nginx-response",
+        action="store_true",
+        help="the backend answers as bench/run.py's nginx does (five field lines, not one)",
+    )
     p.add_argument("--keep", type=Path, help="copy the callgrind dumps here (callgrind_annotate)")
     a = p.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
@@ -241,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         modes = ("keepalive",)  # h2load: 4 connections, 8 streams each
     with tempfile.TemporaryDirectory(prefix="vproxy-instr-") as d:
         for mode in modes:
-            per = measure(mode, a.n, a.protocol, Path(d))
+            per = measure(mode, a.n, a.protocol, Path(d), a.nginx_response)
             what = a.protocol or "L4"
             print(f"{what} {mode}: {per:,.0f} instructions per request (n={a.n})", flush=True)
         if a.keep is not None:

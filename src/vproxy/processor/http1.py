@@ -141,7 +141,7 @@ import re
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, TypeAlias
+from typing import Final, TypeAlias, TypeVar
 
 __all__ = [
     "BodyChunk",
@@ -161,6 +161,8 @@ __all__ = [
     "encode_head",
     "encode_response_head",
 ]
+
+_T = TypeVar("_T")
 
 _MAX_LENGTH: Final = 2**63 - 1
 """Largest Content-Length or chunk size accepted."""
@@ -193,49 +195,190 @@ _FIELD_VALUE_RE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 _FIELD_LINES = rb"(?:" + _TOKEN + rb"+:[\t\x20-\x7e\x80-\xff]*+\r\n)*+"
 _FIELD_SECTION_RE = re.compile(_FIELD_LINES)
 _FIELD_PAIR_RE = re.compile(rb"(" + _TOKEN + rb"+):[\t ]*+([\t\x20-\x7e\x80-\xff]*+)\r\n")
-# Whole heads in one match, for the usual shapes; anything else (or a head over a
-# limit) goes line by line. A request: origin-form target without "#", HTTP/1.0 or
-# 1.1 (CONNECT is looked at after). A response: HTTP/1.0 or 1.1, status 100..599.
-# Group 4 is the field section.
-_REQUEST_HEAD_RE = re.compile(
-    rb"(" + _TOKEN + rb"+) (/[\x21\x22\x24-\x7e]*+) HTTP/(1\.[01])\r\n(" + _FIELD_LINES + rb")\r\n"
-)
+# A whole response head in one match, for the usual shape (HTTP/1.0 or 1.1, status
+# 100..599; group 4 is the field section); anything else (or a head over a limit)
+# goes line by line. (Requests: RequestParser._usual_head, without a regex.)
 _RESPONSE_HEAD_RE = re.compile(
     rb"HTTP/(1\.[01]) ([1-5][0-9][0-9])(?: ([\t\x20-\x7e\x80-\xff]*+))?\r\n("
     + _FIELD_LINES
     + rb")\r\n"
 )
 
-# The usual whole response head, already in the form encode_response_head writes:
-# HTTP/1.0 or 1.1, status 200..599, the reason phrase after one space, every field
-# line "Name: value" with one space after the colon and a value that neither is empty
-# nor ends in whitespace. Of the fields that matter to a hop (framing, hop-by-hop) it
-# has at most two lines, each a Content-Length of digits or a one-option Connection
-# (groups 3-5 and 6-8: length, Connection line, its option); any other such field,
-# or a third one, makes it a head for the general path. The other field lines are
-# forwarded as received (ResponseParser.receive_whole).
-_PLAIN_LINE = (
-    rb"(?!(?i:content-length|transfer-encoding|connection|upgrade|keep-alive|proxy-connection):)"
-    + _TOKEN
-    + rb"+: [\x21-\x7e\x80-\xff][\t\x20-\x7e\x80-\xff]*+(?<![\t ])\r\n"
+# The usual whole response head, already in the form encode_response_head writes
+# (ResponseParser.receive_whole): HTTP/1.0 or 1.1, status 200..599, the reason phrase
+# after one space, every field line "Name: value" with one space after the colon and
+# a value that neither is empty nor begins or ends in whitespace; of the fields that
+# matter to a hop at most one Content-Length of 1..18 digits and one Connection with
+# one option (keep-alive, close or upgrade, any case); no other framing or hop-by-hop
+# field. The head is split into its lines (find, split: C loops) and each line is
+# judged once, then looked up (_response_lines below), not matched by a regular
+# expression: sre spent ~60 instructions per byte on the character classes of a head.
+_FIELD_CONTENT: Final = bytes([9, *range(0x20, 0x7F), *range(0x80, 0x100)])
+_TOKEN_CHARS: Final = (
+    b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 )
-_HOP_LINE = (
-    rb"(?:(?i:content-length): ([0-9]{1,18})|((?i:connection): ((?i:keep-alive|close|upgrade))))"
-    rb"\r\n"
-)
-_USUAL_RESPONSE_HEAD_RE = re.compile(
-    rb"HTTP/(1\.[01]) ([2-5][0-9][0-9]) [\t\x20-\x7e\x80-\xff]*+\r\n(?:"
-    + _PLAIN_LINE
-    + rb")*+(?:"
-    + _HOP_LINE
-    + rb")?(?:"
-    + _PLAIN_LINE
-    + rb")*+(?:"
-    + _HOP_LINE
-    + rb")?(?:"
-    + _PLAIN_LINE
-    + rb")*+\r\n"
-)
+_TARGET_CHARS: Final = bytes([0x21, 0x22, *range(0x24, 0x7F)])  # origin-form, no "#"
+_V11: Final = b"1.1"
+_V10: Final = b"1.0"
+# Field names (and methods) of usual heads, by what they are to a hop: not a token
+# (-1), another field (0), or one of these.
+_FID_HOST: Final = 1
+_FID_LENGTH: Final = 2
+_FID_TRANSFER_ENCODING: Final = 3
+_FID_CONNECTION: Final = 4
+_FID_EXPECT: Final = 5
+_FID_UPGRADE: Final = 6
+_FID_KEEP_ALIVE: Final = 7
+_FID_PROXY_CONNECTION: Final = 8
+_FIELD_IDS: Final = {
+    b"host": _FID_HOST,
+    b"content-length": _FID_LENGTH,
+    b"transfer-encoding": _FID_TRANSFER_ENCODING,
+    b"connection": _FID_CONNECTION,
+    b"expect": _FID_EXPECT,
+    b"upgrade": _FID_UPGRADE,
+    b"keep-alive": _FID_KEEP_ALIVE,
+    b"proxy-connection": _FID_PROXY_CONNECTION,
+}
+# Names as received -> their id; bounded (cleared when full). Shared by the loops'
+# threads: a dict operation is atomic, and a lost entry is only computed again.
+_field_ids: dict[bytes, int] = {}
+_FIELD_IDS_MAX: Final = 512
+
+
+def _field_id(name: bytes) -> int:
+    fid = _field_ids.get(name)
+    if fid is not None:
+        return fid
+    fid = -1 if not name or name.translate(None, _TOKEN_CHARS) else _FIELD_IDS.get(name.lower(), 0)
+    if len(_field_ids) >= _FIELD_IDS_MAX:
+        _field_ids.clear()
+    _field_ids[name] = fid
+    return fid
+
+
+# What a line of a usual response head is (ResponseParser.receive_whole), remembered
+# by its bytes: a backend repeats most of them (status, Server, Content-Type, often
+# Content-Length and Connection), so a known line costs a dictionary look-up instead
+# of its checks. Codes: _LINE_OFF (not the usual shape), _LINE_PLAIN (forwarded as
+# received), _LINE_KEEP_ALIVE/_LINE_CLOSE/_LINE_UPGRADE (a Connection line),
+# _LINE_LENGTH + n (Content-Length: n); a status line: _LINE_STATUS + 2 * status +
+# (1 for HTTP/1.1), in a dict of their own. Bounded in entries (1,024 each) and line
+# length (256 bytes); cleared when full. Shared by the loops' threads: a dict
+# operation is atomic, and a lost entry is only checked again.
+_LINE_OFF: Final = -1
+_LINE_PLAIN: Final = 0
+_LINE_KEEP_ALIVE: Final = 1
+_LINE_CLOSE: Final = 2
+_LINE_UPGRADE: Final = 3
+_LINE_STATUS: Final = 4
+_LINE_LENGTH: Final = 2000
+_CONNECTION_LINES: Final = {
+    b"keep-alive": _LINE_KEEP_ALIVE,
+    b"close": _LINE_CLOSE,
+    b"upgrade": _LINE_UPGRADE,
+}
+_LINES_MAX: Final = 1024
+_LINE_MAX: Final = 256
+_status_lines: dict[bytes, int] = {}  # (apart: a field line is no status line)
+_response_lines: dict[bytes, int] = {}
+
+
+def _status_line_code(line: bytes) -> int:
+    # "HTTP/1.x NNN reason": 1.0 or 1.1, a final status 200..599, the reason after one space.
+    if (
+        len(line) < 13
+        or not line.startswith(b"HTTP/1.")
+        or line[8] != 0x20
+        or line[12] != 0x20
+        or not 0x32 <= line[9] <= 0x35
+        or not 0x30 <= line[10] <= 0x39
+        or not 0x30 <= line[11] <= 0x39
+        or line.translate(None, _FIELD_CONTENT)
+    ):
+        return _LINE_OFF
+    minor = line[7]
+    if minor != 0x30 and minor != 0x31:
+        return _LINE_OFF
+    status = (line[9] - 0x30) * 100 + (line[10] - 0x30) * 10 + line[11] - 0x30
+    return _LINE_STATUS + 2 * status + (minor - 0x30)
+
+
+def _response_line_code(line: bytes) -> int:
+    # A field line "Name: value" as encode_response_head writes it.
+    name, _, value = line.partition(b": ")
+    if not value or value.translate(None, _FIELD_CONTENT):
+        return _LINE_OFF
+    fid = _field_id(name)
+    if fid in (0, _FID_HOST, _FID_EXPECT):  # (plain in a response)
+        first = value[0]
+        last = value[-1]
+        if first == 0x20 or first == 0x09 or last == 0x20 or last == 0x09:
+            return _LINE_OFF
+        return _LINE_PLAIN
+    if fid == _FID_LENGTH:
+        if len(value) > 18 or not value.isdigit():
+            return _LINE_OFF
+        return _LINE_LENGTH + int(value)
+    if fid == _FID_CONNECTION:
+        return _CONNECTION_LINES.get(value.lower(), _LINE_OFF)
+    return _LINE_OFF
+
+
+def _remember_line(lines: dict[bytes, _T], line: bytes, verdict: _T) -> None:
+    if len(line) <= _LINE_MAX:
+        if len(lines) >= _LINES_MAX:
+            lines.clear()
+        lines[line] = verdict
+
+
+# The lines of usual request heads (RequestParser._usual_head), remembered the same
+# way: a client repeats its request line and most field lines (Host, User-Agent,
+# Accept...). A request line -> (method, target, version), _NOT_USUAL_LINE if it is
+# not of the usual shape; a field line -> (field id, name, value without OWS), id -1
+# if not usual.
+_NOT_USUAL_LINE: Final = (b"", b"", b"")
+_NOT_USUAL_FIELD: Final = (-1, b"", b"")
+_request_lines: dict[bytes, tuple[bytes, bytes, bytes]] = {}
+_request_fields: dict[bytes, tuple[int, bytes, bytes]] = {}
+
+
+def _request_line_parts(line: bytes) -> tuple[bytes, bytes, bytes]:
+    # "METHOD /target HTTP/1.x": a token, an origin-form target without "#" (no byte
+    # but a target's and the two spaces), HTTP/1.0 or 1.1; not CONNECT.
+    if line.translate(None, _TARGET_CHARS) != b"  ":
+        return _NOT_USUAL_LINE
+    version_at = len(line) - 9
+    suffix = line[version_at:]
+    if suffix == b" HTTP/1.1":
+        version = _V11
+    elif suffix == b" HTTP/1.0":
+        version = _V10
+    else:
+        return _NOT_USUAL_LINE
+    space = line.find(b" ")
+    if space <= 0 or line[space + 1] != 0x2F:  # (the other space is version_at's)
+        return _NOT_USUAL_LINE
+    method = line[:space]
+    if _field_id(method) < 0 or method == b"CONNECT":
+        return _NOT_USUAL_LINE
+    return method, line[space + 1 : version_at], version
+
+
+def _request_field(line: bytes) -> tuple[int, bytes, bytes]:
+    # "name:value" of field content; the value without the whitespace around it.
+    name, colon, value = line.partition(b":")
+    fid = _field_id(name)
+    if not colon or fid < 0 or line.translate(None, _FIELD_CONTENT):
+        return _NOT_USUAL_FIELD
+    if value:
+        first = value[0]
+        last = value[-1]
+        if first == 0x20 or first == 0x09 or last == 0x20 or last == 0x09:
+            value = value.strip(b" \t")
+    return fid, name, value
+
+
 _CLOSE_TAIL: Final = b"Connection: close\r\n\r\n"
 _KEEP_ALIVE_TAIL: Final = b"Connection: keep-alive\r\n\r\n"
 
@@ -928,10 +1071,9 @@ class _Parser:
             # The usual read: a whole head of the usual shape at its start (see
             # _fast_head), and often the message's whole body after it. Taken here
             # without the loop; what follows the head, if not just that, is left to it.
-            m = self._HEAD_RE.match(data, 0, self._limits.max_head)
-            if m is not None and (fast := self._fast_head(data, m)) is not None:
-                head, inp = fast
-                pos = m.end()
+            fast = self._usual_head(data, 0)
+            if fast is not None:
+                head, inp, pos = fast
                 n = len(data)
                 if inp is _IN_HEAD_NO_BODY:
                     if pos == n:
@@ -1058,6 +1200,19 @@ class _Parser:
     def _on_head(self, buf: bytes | bytearray, start: int, end: int) -> tuple[Event, _Input]:
         raise NotImplementedError
 
+    def _usual_head(self, buf: bytes | bytearray, pos: int) -> tuple[Event, _Input, int] | None:
+        """A whole head of the usual shape at ``pos``, within the limits: the event
+        :meth:`_on_head` would give for it, the input it makes, and where it ends.
+        ``None`` when it is not whole, or anything is off that shape or a rule left to
+        the line-by-line path applies (a limit, CONNECT): that path judges it."""
+        m = self._HEAD_RE.match(buf, pos, pos + self._limits.max_head)
+        if m is None:
+            return None
+        fast = self._fast_head(buf, m)
+        if fast is None:
+            return None
+        return fast[0], fast[1], m.end()
+
     def _fast_head(self, buf: bytes | bytearray, m: re.Match[bytes]) -> tuple[Event, _Input] | None:
         """The head that ``_HEAD_RE`` matched, as :meth:`_on_head` would give it; ``None``
         when a rule left to the line-by-line path applies (a limit, CONNECT)."""
@@ -1098,12 +1253,9 @@ class _Parser:
                         # A whole head of the usual shape, within the limits, is taken
                         # in one match; anything else goes line by line (_scan_head),
                         # which finds the first fault.
-                        m = self._HEAD_RE.match(buf, pos, pos + self._limits.max_head)
-                        if m is not None:
-                            fast = self._fast_head(buf, m)
-                            if fast is not None:
-                                head, inp = fast
-                                head_end = m.end()
+                        fast = self._usual_head(buf, pos)
+                        if fast is not None:
+                            head, inp, head_end = fast
                 if head_end < 0:
                     head_end = self._scan_head(buf, pos)
                     if head_end < 0:
@@ -1304,7 +1456,6 @@ class RequestParser(_Parser):
     _SIZE_STATUS = 431
     _BAD_STATUS = 400
     _END: Event = _REQUEST_END
-    _HEAD_RE = _REQUEST_HEAD_RE
     _HEAD_START_CHECKS = False  # it only skips empty lines
 
     def __init__(self, limits: HttpLimits | None = None) -> None:
@@ -1393,49 +1544,71 @@ class RequestParser(_Parser):
                 raise RemoteProtocolError(400, "invalid authority in request target")
         self._request_line = (method, target, version, host)
 
-    def _fast_head(self, buf: bytes | bytearray, m: re.Match[bytes]) -> tuple[Event, _Input] | None:
-        # The rules of _head for the usual fields (one Host, at most one valid
-        # Content-Length or "Transfer-Encoding: chunked", one Connection), inline.
-        # Anything else (another field of _REQUEST_FIELDS, a repeated one, a value
-        # that breaks a rule) is left to _head, which judges it: None.
-        start, end = m.span(4)
+    def _usual_head(self, buf: bytes | bytearray, pos: int) -> tuple[Event, _Input, int] | None:
+        # The usual head: a request line "METHOD /target HTTP/1.x" (a token, an
+        # origin-form target without "#", HTTP/1.0 or 1.1), field lines "name:value"
+        # of field content, and the rules of _head for the usual fields (one Host, at
+        # most one valid Content-Length or "Transfer-Encoding: chunked", one
+        # Connection), checked inline. Anything else (another field of
+        # _REQUEST_FIELDS, a repeated one, a value that breaks a rule, CONNECT) is left
+        # to _head, which judges it: None. As ResponseParser.receive_whole: split into
+        # lines, each judged once and then looked up (_request_lines, _request_fields),
+        # not matched by a regular expression.
         limits = self._limits
-        if start - 2 - m.start() > limits.max_line:
+        end = buf.find(b"\r\n\r\n", pos, pos + limits.max_head)
+        if end < 0:
             return None
-        method, target, version = m.group(1, 2, 3)
-        if method == b"CONNECT":
+        raw = buf[pos:end] if type(buf) is bytes else bytes(buf[pos:end])
+        lines = raw.split(b"\r\n")
+        # (each line of field content only: so no CR or LF but the CRLFs that split them)
+        line = lines[0]
+        if len(line) > limits.max_line or len(lines) - 1 > limits.max_headers:
             return None
-        headers: list[tuple[bytes, bytes]] = _FIELD_PAIR_RE.findall(buf, start, end)
-        if len(headers) > limits.max_headers:  # (one pair per line of a matched section)
+        parts = _request_lines.get(line)
+        if parts is None:
+            parts = _request_line_parts(line)
+            _remember_line(_request_lines, line, parts)
+        method, target, version = parts
+        if not method:
             return None
-        if buf.find(b" \r\n", start, end) >= 0 or buf.find(b"\t\r\n", start, end) >= 0:
-            headers = [(n, v.rstrip(b" \t")) for n, v in headers]
-        raw_host = length = connection = None
+        headers: list[tuple[bytes, bytes]] = []
+        raw_host: bytes | None = None
+        length: int | None = None
+        connection: bytes | None = None
         chunked = False
-        for name, value in headers:
-            lname = name.lower()
-            if lname in _REQUEST_FIELDS:
-                if lname == b"host" and raw_host is None:
-                    raw_host = value
-                elif (
-                    lname == b"content-length"
-                    and length is None
-                    and not chunked
-                    and 0 < len(value) <= 18
-                    and value.isdigit()
-                ):
-                    length = int(value)
-                elif (
-                    lname == b"transfer-encoding"
-                    and value == b"chunked"
-                    and not chunked
-                    and length is None
-                ):
-                    chunked = True
-                elif lname == b"connection" and connection is None:
-                    connection = value
-                else:
-                    return None
+        for i in range(1, len(lines)):
+            line = lines[i]
+            field = _request_fields.get(line)
+            if field is None:
+                field = _request_field(line)
+                _remember_line(_request_fields, line, field)
+            fid, name, value = field
+            if fid < 0:
+                return None
+            headers.append((name, value))
+            if fid == 0 or fid >= _FID_KEEP_ALIVE:  # (encode_head drops hop-by-hop fields)
+                continue
+            if fid == _FID_HOST and raw_host is None:
+                raw_host = value
+            elif (
+                fid == _FID_LENGTH
+                and length is None
+                and not chunked
+                and 0 < len(value) <= 18
+                and value.isdigit()
+            ):
+                length = int(value)
+            elif (
+                fid == _FID_TRANSFER_ENCODING
+                and value == b"chunked"
+                and not chunked
+                and length is None
+            ):
+                chunked = True
+            elif fid == _FID_CONNECTION and connection is None:
+                connection = value
+            else:
+                return None
         http11 = version == b"1.1"
         if raw_host is None:
             if http11:
@@ -1465,16 +1638,16 @@ class RequestParser(_Parser):
         if chunked:
             if not http11:
                 return None
-            kind, inp = _BK_CHUNKED, _IN_HEAD_CHUNKED
+            body, inp = _BK_CHUNKED, _IN_HEAD_CHUNKED
         elif length is not None:
-            kind, inp = _BK_LENGTH, _IN_HEAD_LENGTH if length else _IN_HEAD_NO_BODY
+            body, inp = _BK_LENGTH, _IN_HEAD_LENGTH if length else _IN_HEAD_NO_BODY
             self._remaining = length
         else:
-            kind, inp = _BK_NONE, _IN_HEAD_NO_BODY
+            body, inp = _BK_NONE, _IN_HEAD_NO_BODY
         head = RequestHead(
-            method, target, version, headers, host, keep_alive, False, None, kind, length
+            method, target, version, headers, host, keep_alive, False, None, body, length
         )
-        return head, inp
+        return head, inp, end + 4
 
     def _on_head(self, buf: bytes | bytearray, start: int, end: int) -> tuple[Event, _Input]:
         headers = _parse_fields(buf, start + self._line_end + 2, end - 2, 400)
@@ -1770,59 +1943,74 @@ class ResponseParser(_Parser):
         ):
             return None
         limits = self._limits
-        m = _USUAL_RESPONSE_HEAD_RE.match(data, 0, limits.max_head)
-        if m is None:
+        end = data.find(b"\r\n\r\n", 0, limits.max_head)
+        if end < 12:
             return None
-        pos = m.end()
-        # (a field line is at least 6 bytes: look closer only when a limit could bite)
-        if (pos > limits.max_line and data.find(b"\r", 0, pos) > limits.max_line) or (
-            pos > 6 * limits.max_headers and data.count(b"\n", 0, pos) - 2 > limits.max_headers
-        ):
+        lines = data[:end].split(b"\r\n")
+        # (each line of field content only: so no CR or LF but the CRLFs that split them)
+        line = lines[0]
+        if len(line) > limits.max_line or len(lines) - 1 > limits.max_headers:
             return None
-        version, code, length1, option1, length2, option2 = m.group(1, 2, 3, 5, 6, 8)
-        if length1 is None:
-            length_field = length2
-        elif length2 is None:
-            length_field = length1
-        else:
-            return None  # two Content-Length fields
-        if option1 is None:
-            option, group = option2, 7
-        elif option2 is None:
-            option, group = option1, 4
-        else:
-            return None  # two Connection fields
-        http11 = version == b"1.1"
-        if option is None:
+        code = _status_lines.get(line)
+        if code is None:
+            code = _status_line_code(line)
+            _remember_line(_status_lines, line, code)
+        if code < _LINE_STATUS:
+            return None
+        code -= _LINE_STATUS
+        http11 = (code & 1) == 1
+        status = code >> 1
+        # The field lines: where the Connection line is (to drop it), the length.
+        length = -1
+        connection = 0
+        cut = cut_end = 0
+        at = len(line) + 2
+        for i in range(1, len(lines)):
+            line = lines[i]
+            code = _response_lines.get(line)
+            if code is None:
+                code = _response_line_code(line)
+                _remember_line(_response_lines, line, code)
+            if code >= _LINE_LENGTH:
+                if length >= 0:
+                    return None
+                length = code - _LINE_LENGTH
+            elif code > _LINE_PLAIN:
+                if connection:
+                    return None
+                connection = code
+                cut = at
+                cut_end = at + len(line) + 2
+            elif code < _LINE_PLAIN:
+                return None
+            at += len(line) + 2
+        pos = end + 4
+        if not connection:
             keep_alive = http11
         else:
-            option = option.lower()
-            keep_alive = option != b"close" if http11 else option == b"keep-alive"
-        status = int(code)
+            keep_alive = connection != _LINE_CLOSE if http11 else connection == _LINE_KEEP_ALIVE
         method = self._expected[0][0]
         if method == b"HEAD" or status == 204 or status == 304:
             if pos != len(data):
                 return None
-        elif length_field is None or len(data) - pos != int(length_field):  # (None: until close)
+        elif len(data) - pos != length:  # (-1: no length, until close)
             return None
         self._expected.popleft()
         self._keep_alive = keep_alive
         self._state = _AFTER_KEEP_ALIVE if keep_alive else _AFTER_CLOSE
-        # The head as received, without its Connection line (span of group 4 or 7,
-        # its CRLF after), with the proxy's own Connection line before the empty line.
+        # The head as received, without its Connection line, with the proxy's own
+        # Connection line before the empty line.
         if close:
             tail = _CLOSE_TAIL
         elif not http11:
             tail = _KEEP_ALIVE_TAIL
-        elif option is None:
+        elif not connection:
             return status, keep_alive, data
         else:
-            line, line_end = m.span(group)
-            return status, keep_alive, data[:line] + data[line_end + 2 :]
-        if option is None:
+            return status, keep_alive, data[:cut] + data[cut_end:]
+        if not connection:
             return status, keep_alive, b"".join((data[: pos - 2], tail, data[pos:]))
-        line, line_end = m.span(group)
-        out = b"".join((data[:line], data[line_end + 2 : pos - 2], tail, data[pos:]))
+        out = b"".join((data[:cut], data[cut_end : pos - 2], tail, data[pos:]))
         return status, keep_alive, out
 
     def _on_head(self, buf: bytes | bytearray, start: int, end: int) -> tuple[Event, _Input]:

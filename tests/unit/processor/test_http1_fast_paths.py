@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from vproxy.processor import http1
 from vproxy.processor.http1 import (
     BodyChunk,
     BodyKind,
@@ -263,6 +264,32 @@ def test_host_hint_follows_each_request() -> None:
         parser.receive_data(b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n")
 
 
+def test_request_lines_are_remembered_bounded_and_apart() -> None:
+    # Request lines and field lines are judged once and then looked up: each keeps
+    # its own verdict (a request line is no field line), the memory stays bounded.
+    for i in range(3000):
+        for _ in range(2):
+            parser = RequestParser()
+            wire = b"GET /%d HTTP/1.1\r\nHost: h%d\r\nX-N:  %d \r\n\r\n" % (i, i, i)
+            head, end = parser.receive_data(wire)
+            assert isinstance(head, RequestHead)
+            assert isinstance(end, RequestEnd)
+            assert head.target == b"/%d" % i
+            assert head.headers == [(b"Host", b"h%d" % i), (b"X-N", b"%d" % i)]
+            assert head.host == f"h{i}"
+    assert 0 < len(http1._request_lines) <= 1024
+    assert 0 < len(http1._request_fields) <= 1024
+    for wire, status in [
+        (b"GET / HTTP/1.1\r\nHost: a\r\nGET / HTTP/1.1\r\n\r\n", 400),
+        (b"Host: a\r\nHost: a\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x00\r\n\r\n", 400),
+    ]:
+        with pytest.raises(RemoteProtocolError) as info:
+            RequestParser().receive_data(wire)
+        assert info.value.status == status
+
+
 # -- ResponseParser.receive_whole ----------------------------------------------------
 #
 # The proxy's shortcut for a whole response: the bytes it hands back must be those of
@@ -300,6 +327,9 @@ WHOLE_NAMES = [
     b"Connections",
     b"Content-Lengths",
     b"X-Secret",
+    b"X Secret",
+    b"X\x01",
+    b"",
 ]
 WHOLE_VALUES = [
     b"keep-alive",
@@ -322,6 +352,11 @@ WHOLE_VALUES = [
     b"a  b",
     b"",
     b"\xe9t\xe9",
+    b"a\rb",
+    b"a\nb",
+    b"a\x00b",
+    b"a\x7fb",
+    b"6\r",
 ]
 PLAIN = [(b"Server", b"nginx/1.24.0"), (b"Date", b"Mon, 01 Jan 2024 00:00:00 GMT"), (b"X", b"a  b")]
 # Mostly lines as encode_response_head writes them, so that the shortcut is taken
@@ -484,6 +519,18 @@ def test_receive_whole_declines() -> None:
         NGINX.replace(b"Connection: keep-alive", b"Connection: x-secret"),
         NGINX.replace(b"Connection: keep-alive", b"Keep-Alive: timeout=5"),
         NGINX.replace(b"200 OK", b"100 Continue"),
+        NGINX.replace(b"200 OK", b"200 O\x00K"),  # control bytes, lone CR or LF
+        NGINX.replace(b"text/html", b"text/\x7fhtml"),
+        NGINX.replace(b"nginx/", b"nginx\r/"),
+        NGINX.replace(b"\r\nDate", b"\nDate"),
+        NGINX.replace(b"Server:", b"Ser ver:"),  # not a token
+        NGINX.replace(b"Content-Length: 6", b"Content-Length: 06 "),
+        NGINX.replace(b"HTTP/1.1 200", b"HTTP/1.2 200"),
+        NGINX.replace(b"HTTP/1.1 200 OK", b"HTTP/1.1 200"),
+        # a line known as a status line is no field line, and the other way round
+        NGINX.replace(b"Server:", b"HTTP/1.1 200 OK\r\nServer:"),
+        NGINX.replace(b"HTTP/1.1 200 OK", b"Content-Length: 6"),
+        NGINX.replace(b"HTTP/1.1 200 OK", b"Connection: close"),
     ]:
         parser = ResponseParser()
         parser.expect_response(b"GET")
@@ -491,3 +538,27 @@ def test_receive_whole_declines() -> None:
         assert parser.pending == 1
         assert parser.buffered == 0
     assert ResponseParser().receive_whole(NGINX, False) is None  # nothing was asked
+
+
+def test_receive_whole_remembers_a_bounded_number_of_lines() -> None:
+    # The lines of usual heads are remembered by their bytes (a backend repeats
+    # them): each line's verdict stays its own, and the memory stays bounded.
+    for i in range(3000):
+        data = NGINX.replace(b"Server: nginx", b"Server: nginx-%d" % i)
+        for _ in range(2):
+            parser = ResponseParser()
+            parser.expect_response(b"GET")
+            whole = parser.receive_whole(data, False)
+            assert whole is not None
+            assert whole[2] == data.replace(b"Connection: keep-alive\r\n", b"")
+        bad = data.replace(b"Server: nginx", b"Server:  nginx")
+        parser = ResponseParser()
+        parser.expect_response(b"GET")
+        assert parser.receive_whole(bad, False) is None
+    assert 0 < len(http1._response_lines) <= 1024
+    assert 0 < len(http1._status_lines) <= 1024
+    long_line = b"X-Long: " + b"a" * 300
+    parser = ResponseParser()
+    parser.expect_response(b"GET")
+    assert parser.receive_whole(NGINX.replace(b"Server:", long_line + b"\r\nServer:"), False)
+    assert long_line not in http1._response_lines  # (not kept: too long)
