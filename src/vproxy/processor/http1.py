@@ -144,6 +144,7 @@ from dataclasses import dataclass
 from typing import Final, TypeAlias, TypeVar
 
 __all__ = [
+    "AddedFields",
     "BodyChunk",
     "BodyKind",
     "Event",
@@ -2117,8 +2118,17 @@ def _names_fields(connection: list[bytes], keep: frozenset[bytes]) -> bool:
     return False
 
 
-class _Added:
-    """What :func:`encode_head` derives from one ``add_headers`` list, once."""
+class AddedFields:
+    """Fields for :func:`encode_head` to add, checked and prepared once.
+
+    A proxy adds the same fields to every request of a connection (the client's
+    address and port): pass one of these instead of the list, and the list is not
+    looked at again per request.
+
+    Raises:
+        LocalProtocolError: A field is not a valid field line, or names Host,
+            Content-Length, Transfer-Encoding or a hop-by-hop field.
+    """
 
     __slots__ = ("fields", "keep", "names", "skip", "tail")
 
@@ -2136,28 +2146,32 @@ class _Added:
         self.tail = b"".join(n + b": " + v + b"\r\n" for n, v in add_headers) + b"\r\n"
 
 
-# add_headers -> _Added. A proxy passes the same few lists (its address, the client's
+# add_headers -> AddedFields. A proxy passes the same few lists (its address, the client's
 # address and port) again and again; the bound keeps a flood of distinct clients from
 # growing it.
-_ADDED_CACHE: dict[tuple[tuple[bytes, bytes], ...], _Added] = {}
+_ADDED_CACHE: dict[tuple[tuple[bytes, bytes], ...], AddedFields] = {}
 _ADDED_CACHE_MAX: Final = 1024
 
 
-def _added(add_headers: Sequence[tuple[bytes, bytes]]) -> _Added:
+def _added(add_headers: Sequence[tuple[bytes, bytes]] | AddedFields) -> AddedFields:
+    if isinstance(add_headers, AddedFields):
+        return add_headers
     key = tuple(add_headers)
     try:
         added = _ADDED_CACHE.get(key)
     except TypeError:  # unhashable items: nothing to reuse
-        return _Added(tuple((n, v) for n, v in add_headers))
+        return AddedFields(tuple((n, v) for n, v in add_headers))
     if added is None:
-        added = _Added(key)
+        added = AddedFields(key)
         if len(_ADDED_CACHE) >= _ADDED_CACHE_MAX:
             _ADDED_CACHE.clear()
         _ADDED_CACHE[key] = added
     return added
 
 
-def encode_head(head: RequestHead, add_headers: Sequence[tuple[bytes, bytes]] = ()) -> bytes:
+def encode_head(
+    head: RequestHead, add_headers: Sequence[tuple[bytes, bytes]] | AddedFields = ()
+) -> bytes:
     """Write the request head to send to a backend.
 
     The request line and field lines are written in the client's order and casing
@@ -2170,7 +2184,7 @@ def encode_head(head: RequestHead, add_headers: Sequence[tuple[bytes, bytes]] = 
     Args:
         head: A head from :class:`RequestParser`.
         add_headers: Fields to add, e.g. ``[(b"x-forwarded-for", b"10.0.0.1"),
-            (b"x-client-port", b"51000")]``.
+            (b"x-client-port", b"51000")]``, or the same as :class:`AddedFields`.
 
     Returns:
         The head bytes, ending with the empty line; the body follows unchanged.

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from vproxy.processor import http1
 from vproxy.processor.http1 import (
+    AddedFields,
     BodyChunk,
     BodyKind,
     HttpLimits,
@@ -160,6 +161,7 @@ def test_encode_head_matches_the_two_pass_rules(
         return
     assert encode_head(head, add) == reference_encode_head(head, add)
     assert encode_head(head, tuple(add)) == reference_encode_head(head, add)
+    assert encode_head(head, AddedFields(tuple(add))) == reference_encode_head(head, add)
 
 
 @PROPERTY
@@ -184,6 +186,11 @@ def test_add_headers_are_checked_on_every_call() -> None:
             encode_head(head, [(b"X-Forwarded-For", b"1\r\nHost: evil")])
         with pytest.raises(LocalProtocolError):
             encode_head(head, [(b"Connection", b"close")])
+    # Prepared once: checked when made.
+    with pytest.raises(LocalProtocolError):
+        AddedFields(((b"X-Forwarded-For", b"1\r\nHost: evil"),))
+    with pytest.raises(LocalProtocolError):
+        AddedFields(((b"Content-Length", b"0"),))
 
 
 def test_many_distinct_add_headers() -> None:

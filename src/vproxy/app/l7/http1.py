@@ -33,6 +33,7 @@ from vproxy.app.l7.base import L7Session, choose_server, open_connection
 from vproxy.component.server_group import Server
 from vproxy.net.event_loop import EventLoop
 from vproxy.processor.http1 import (
+    AddedFields,
     BodyChunk,
     BodyKind,
     Event,
@@ -156,8 +157,9 @@ class _Pool:
                 return conn
         return None
 
-    def put(self, conn: _Backend, idle_s: float) -> None:
-        """Keep ``conn`` for reuse for ``idle_s`` (at most :data:`MAX_POOL_IDLE_S`)."""
+    def put(self, conn: _Backend, idle_s: float, now: float) -> None:
+        """Keep ``conn`` for reuse for ``idle_s`` (at most :data:`MAX_POOL_IDLE_S`) from
+        ``now`` (the loop's time)."""
         conns = self._idle.get(conn.server)
         if conns is None:
             conns = self._idle[conn.server] = []
@@ -167,7 +169,7 @@ class _Pool:
         conns.append(conn)
         conn.frontend = None
         conn.pool = self
-        conn.idle_until = self._loop.time() + idle_s
+        conn.idle_until = now + idle_s
         if self._sweep is None:
             self._sweep = self._loop.call_later(1.0, self._expire)
 
@@ -305,10 +307,12 @@ class Http1Frontend(asyncio.Protocol):
         self.parser = RequestParser(self.http_limits)
         client = session.client
         self.source: str = str(client[0])
-        self.forwarded = [
-            (b"X-Forwarded-For", self.source.encode("ascii")),
-            (b"X-Client-Port", str(client[1]).encode("ascii")),
-        ]
+        self.forwarded = AddedFields(
+            (
+                (b"X-Forwarded-For", self.source.encode("ascii")),
+                (b"X-Client-Port", str(client[1]).encode("ascii")),
+            )
+        )
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.paused = 0  # _P_* bits
@@ -380,7 +384,7 @@ class Http1Frontend(asyncio.Protocol):
             # _queue and _pump do with it, without the queue: start it, then its end.
             head = events[0]
             if type(head) is RequestHead and type(events[1]) is RequestEnd:
-                self._start(head)
+                self._start(head, now)
                 if not self.closed:
                     self.request_done = True
                     self.body_deadline = None
@@ -487,7 +491,7 @@ class Http1Frontend(asyncio.Protocol):
                     self.held.append(data)
             elif kind is RequestHead:
                 self.queued_heads -= 1
-                self._start(ev)  # type: ignore[arg-type]
+                self._start(ev, self.loop.time())  # type: ignore[arg-type]
             elif kind is RequestEnd:
                 self.request_done = True
                 self.body_deadline = None
@@ -522,7 +526,8 @@ class Http1Frontend(asyncio.Protocol):
             else:
                 self._refuse(self.error)
 
-    def _start(self, head: RequestHead) -> None:
+    def _start(self, head: RequestHead, now: float) -> None:
+        """Begin the exchange of ``head`` (``now``: the loop's time)."""
         self.head = head
         self.head_deadline = None
         self.request_done = False
@@ -531,10 +536,10 @@ class Http1Frontend(asyncio.Protocol):
         self.close_after = not head.keep_alive
         self.status = 0
         self.bytes_to_client = 0
-        self.started = _monotonic()
+        # (the duration is for the access log only)
+        self.started = _monotonic() if self.lb.access_log is not None else 0.0
         self.tried = []
         self.session.requests += 1
-        now = self.loop.time()
         when = self.deadline = now + self.idle_timeout
         if head.body_kind is _BK_NONE:
             self.body_deadline = None
@@ -621,8 +626,8 @@ class Http1Frontend(asyncio.Protocol):
     # -- responses --------------------------------------------------------------------------
     def backend_data(self, b: _Backend, data: bytes) -> None:
         self.session.back.bytes_in += len(data)
-        self.deadline = self.loop.time() + self.idle_timeout
         if self.relaying:
+            self.deadline = self.loop.time() + self.idle_timeout
             self._to_client(data)
             return
         req = self.head
@@ -645,8 +650,9 @@ class Http1Frontend(asyncio.Protocol):
                 self.response_started = True
                 if close:
                     self.close_after = True
-                self._whole_response_out(out)
+                self._whole_response_out(out)  # (which moves the deadline)
                 return
+        self.deadline = self.loop.time() + self.idle_timeout
         # What this read produces for the client (a head and a body, often) goes out
         # in one write: one send(2) per response instead of one per event.
         self.batch = []
@@ -828,6 +834,7 @@ class Http1Frontend(asyncio.Protocol):
                 t.write(data)
 
     def _finish_exchange(self) -> None:
+        now = self.loop.time()
         b = self.backend
         self.backend = None
         self._log_request()
@@ -846,7 +853,7 @@ class Http1Frontend(asyncio.Protocol):
                 t = b.transport
                 if not t.is_reading():
                     t.resume_reading()  # idle connections read: to see the server close
-                self.pool.put(b, self.pool_idle)
+                self.pool.put(b, self.pool_idle, now)
             else:
                 b.close()
         if self.paused & _P_BACKEND:
@@ -855,7 +862,7 @@ class Http1Frontend(asyncio.Protocol):
             self.events.clear()
             self._close_client()
             return
-        when = self.deadline = self.loop.time() + self.idle_timeout
+        when = self.deadline = now + self.idle_timeout
         if self.timer is None or self.timer_at > when:
             self._arm(when)
         if self.events or self.paused & _P_QUEUE or self.error is not None or self.client_eof:
@@ -937,7 +944,7 @@ class Http1Frontend(asyncio.Protocol):
                 head.target.decode("latin-1"),
                 status,
                 self.bytes_to_client,
-                _monotonic() - self.started,
+                _monotonic() - self.started if self.started else 0.0,
             )
         if status == 101:
             self.head = None
