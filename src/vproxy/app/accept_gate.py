@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from vproxy.net.event_loop import EventLoop
 
@@ -33,10 +33,10 @@ __all__ = [
 
 _log = logging.getLogger("vproxy.app")
 
-DEFAULT_MAX_CONNECTIONS = 100_000
+DEFAULT_MAX_CONNECTIONS: Final = 100_000
 """Live sessions a listener accepts unless told otherwise (see docs/operations.md)."""
-MAX_MAX_CONNECTIONS = 10_000_000
-_LOG_INTERVAL = 1.0
+MAX_MAX_CONNECTIONS: Final = 10_000_000
+_LOG_INTERVAL: Final = 1.0
 
 
 def check_max_connections(value: object) -> int:

@@ -24,7 +24,7 @@ import hmac
 import logging
 import socket
 import threading
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from vproxy.app.accept_gate import DEFAULT_MAX_CONNECTIONS, AcceptGate, check_max_connections
 from vproxy.app.access_log import AcceptClock, AccessLog
@@ -48,13 +48,13 @@ __all__ = ["DEFAULT_HANDSHAKE_TIMEOUT_MS", "Socks5Server", "Socks5ServerError"]
 
 _log = logging.getLogger("vproxy.app")
 
-DEFAULT_BUFFER_SIZE = 16384
-DEFAULT_TIMEOUT_MS = 900_000
-DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000
+DEFAULT_BUFFER_SIZE: Final = 16384
+DEFAULT_TIMEOUT_MS: Final = 900_000
+DEFAULT_HANDSHAKE_TIMEOUT_MS: Final = 10_000
 #: bytes kept from a client while its CONNECT is being connected (then it is not read)
-MAX_EARLY_BYTES = 65536
-DEFAULT_CONNECT_TIMEOUT_MS = 3_000
-MAX_HANDSHAKE_TIMEOUT_MS = 3_600_000
+MAX_EARLY_BYTES: Final = 65536
+DEFAULT_CONNECT_TIMEOUT_MS: Final = 3_000
+MAX_HANDSHAKE_TIMEOUT_MS: Final = 3_600_000
 
 
 class Socks5ServerError(ValueError):

@@ -18,7 +18,7 @@ import logging
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import fields
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from vproxy.app.accept_gate import DEFAULT_MAX_CONNECTIONS, AcceptGate, check_max_connections
 from vproxy.app.access_log import AcceptClock, AccessLog
@@ -58,14 +58,14 @@ AnySession = Session | L7Session
 
 _log = logging.getLogger("vproxy.app")
 
-DEFAULT_BUFFER_SIZE = 16384
-DEFAULT_TIMEOUT_MS = 900_000
-DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000
-MIN_BUFFER_SIZE = 256
-MAX_BUFFER_SIZE = 16 * 1024 * 1024
-MAX_HANDSHAKE_TIMEOUT_MS = 3_600_000
+DEFAULT_BUFFER_SIZE: Final = 16384
+DEFAULT_TIMEOUT_MS: Final = 900_000
+DEFAULT_HANDSHAKE_TIMEOUT_MS: Final = 10_000
+MIN_BUFFER_SIZE: Final = 256
+MAX_BUFFER_SIZE: Final = 16 * 1024 * 1024
+MAX_HANDSHAKE_TIMEOUT_MS: Final = 3_600_000
 
-L7_LIMIT_RANGES: dict[str, tuple[int, int]] = {
+L7_LIMIT_RANGES: Final[dict[str, tuple[int, int]]] = {
     "head_timeout": (1, 3_600_000),
     "max_head_size": (1024, 1024 * 1024),
     "max_headers": (1, 10_000),

@@ -16,7 +16,7 @@ import _socket
 import logging
 import socket
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from vproxy.component.server_group import Server
 from vproxy.net.connection import Session
@@ -26,10 +26,10 @@ __all__ = ["Connector", "Proxy", "ProxySettings"]
 
 _log = logging.getLogger("vproxy.component")
 
-MAX_CONNECT_ATTEMPTS = 3
+MAX_CONNECT_ATTEMPTS: Final = 3
 
-_IPPROTO_TCP = socket.IPPROTO_TCP
-_TCP_NODELAY = socket.TCP_NODELAY
+_IPPROTO_TCP: Final = socket.IPPROTO_TCP
+_TCP_NODELAY: Final = socket.TCP_NODELAY
 
 
 class Connector(Protocol):

@@ -22,7 +22,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from mypy_extensions import mypyc_attr
 
@@ -44,7 +44,7 @@ __all__ = [
 
 _log = logging.getLogger("vproxy.component")
 
-MAX_WEIGHT = 10_000
+MAX_WEIGHT: Final = 10_000
 
 
 class ServerGroupError(ValueError):

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Final
 
 from vproxy.component import server_group
 from vproxy.component.server_group import Server, ServerGroup, SmoothWrr
 
 __all__ = ["GroupHandle", "Upstream", "UpstreamError", "hint_match_level", "normalize_host"]
 
-MAX_GROUP_WEIGHT = 10_000
-MAX_CACHED_HINTS = 1024
+MAX_GROUP_WEIGHT: Final = 10_000
+MAX_CACHED_HINTS: Final = 1024
 """Distinct hints whose group ranking an upstream keeps (cleared when full)."""
 
 

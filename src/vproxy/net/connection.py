@@ -57,7 +57,7 @@ __all__ = ["HALF_CLOSED_TIMEOUT_MS", "MIN_WINDOW", "Connection", "Session", "nex
 
 _log = logging.getLogger("vproxy.net")
 
-_session_ids = itertools.count(1)
+_session_ids: Final = itertools.count(1)
 
 
 def next_session_id() -> int:
@@ -67,31 +67,31 @@ def next_session_id() -> int:
 
 #: Idle limit (ms) of a session once one direction ended, unless given its own; never
 #: longer than the session's idle timeout.
-HALF_CLOSED_TIMEOUT_MS = 60_000
+HALF_CLOSED_TIMEOUT_MS: Final = 60_000
 #: Smallest per-direction window in socket mode (bytes): one read, or one pipe.
-MIN_WINDOW = 256 * 1024
+MIN_WINDOW: Final = 256 * 1024
 #: A read of at least window / BULK_READ_FRACTION bytes switches a direction to splice:
 #: the data came in faster than one chunk per round, small messages never get there.
-BULK_READ_FRACTION = 4
+BULK_READ_FRACTION: Final = 4
 #: Reads after which a socket is handed to the loop's own watch (FdWatcher.promote).
-PROMOTE_AFTER_READS = 64
+PROMOTE_AFTER_READS: Final = 64
 
-_AF_INET = socket.AF_INET
-_AF_INET6 = socket.AF_INET6
-_SOCK_STREAM_NB = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
-_IPPROTO_TCP = socket.IPPROTO_TCP
-_TCP_NODELAY = socket.TCP_NODELAY
-_SOL_SOCKET = socket.SOL_SOCKET
-_SO_ERROR = socket.SO_ERROR
-_SHUT_WR = socket.SHUT_WR
-_EINPROGRESS = errno.EINPROGRESS
-_write = os.write
-_RETRY = (BlockingIOError, InterruptedError)
-_READABLE = READABLE
-_WRITABLE = WRITABLE
-_ERRORS = (select.EPOLLERR | select.EPOLLHUP) if hasattr(select, "EPOLLERR") else 0
-_READ_EVENTS = _READABLE | _ERRORS
-_WRITE_EVENTS = _WRITABLE | _ERRORS
+_AF_INET: Final = socket.AF_INET
+_AF_INET6: Final = socket.AF_INET6
+_SOCK_STREAM_NB: Final = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+_IPPROTO_TCP: Final = socket.IPPROTO_TCP
+_TCP_NODELAY: Final = socket.TCP_NODELAY
+_SOL_SOCKET: Final = socket.SOL_SOCKET
+_SO_ERROR: Final = socket.SO_ERROR
+_SHUT_WR: Final = socket.SHUT_WR
+_EINPROGRESS: Final = errno.EINPROGRESS
+_write: Final = os.write
+_RETRY: Final = (BlockingIOError, InterruptedError)
+_READABLE: Final = READABLE
+_WRITABLE: Final = WRITABLE
+_ERRORS: Final = (select.EPOLLERR | select.EPOLLHUP) if hasattr(select, "EPOLLERR") else 0
+_READ_EVENTS: Final = _READABLE | _ERRORS
+_WRITE_EVENTS: Final = _WRITABLE | _ERRORS
 
 
 def _window(windows: dict[int, memoryview], size: int) -> memoryview:
@@ -102,7 +102,7 @@ def _window(windows: dict[int, memoryview], size: int) -> memoryview:
     return view
 
 
-_EMPTY = memoryview(b"")
+_EMPTY: Final = memoryview(b"")
 
 
 def _not_linked(buf: memoryview) -> int:

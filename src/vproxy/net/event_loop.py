@@ -75,8 +75,8 @@ def new_asyncio_loop() -> asyncio.AbstractEventLoop:
 
 
 #: Event bits for :class:`FdWatcher` (the epoll values, also used by the fallback).
-READABLE = select.EPOLLIN if hasattr(select, "EPOLLIN") else 1
-WRITABLE = select.EPOLLOUT if hasattr(select, "EPOLLOUT") else 4
+READABLE: Final = select.EPOLLIN if hasattr(select, "EPOLLIN") else 1
+WRITABLE: Final = select.EPOLLOUT if hasattr(select, "EPOLLOUT") else 4
 
 FdHandler = Callable[[int], object]
 

@@ -16,7 +16,7 @@ import errno
 import logging
 import socket
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from vproxy.net.event_loop import EventLoop, EventLoopError, EventLoopGroup
 
@@ -30,10 +30,10 @@ __all__ = [
 
 _log = logging.getLogger("vproxy.net")
 
-_BACKOFF_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-ACCEPT_BATCH = 64
-BACKOFF_SECONDS = 0.1
-DEFAULT_BACKLOG = 4096
+_BACKOFF_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_BATCH: Final = 64
+BACKOFF_SECONDS: Final = 0.1
+DEFAULT_BACKLOG: Final = 4096
 
 
 def parse_address(text: str) -> tuple[str, int]:

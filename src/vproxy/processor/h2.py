@@ -40,6 +40,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Final
 
 from vproxy.processor.hpack import Decoder, Encoder, HeaderListTooLarge, HpackError
 
@@ -71,7 +72,7 @@ __all__ = [
     "local_response",
 ]
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 Header = tuple[bytes, bytes]
 
@@ -105,19 +106,19 @@ def _code(value: int) -> ErrorCode | int:
 # Frame types and flags (RFC 9113 §6).
 _DATA, _HEADERS, _PRIORITY, _RST_STREAM, _SETTINGS, _PUSH_PROMISE, _PING = 0, 1, 2, 3, 4, 5, 6
 _GOAWAY, _WINDOW_UPDATE, _CONTINUATION = 7, 8, 9
-_FLAG_ACK = 0x1
-_FLAG_END_STREAM = 0x1
-_FLAG_END_HEADERS = 0x4
-_FLAG_PADDED = 0x8
-_FLAG_PRIORITY = 0x20
-_HEAD = struct.Struct(">HBBBL")  # 24-bit length as 16+8, type, flags, stream id
-_U32 = struct.Struct(">L")
-_SETTING = struct.Struct(">HL")
-_MAX_WINDOW = 2**31 - 1
-_DEFAULT_WINDOW = 65535
-_FRAME_SIZE = 16384  # what we accept (SETTINGS_MAX_FRAME_SIZE is not advertised)
-_TABLE_SIZE = 4096  # HPACK table size both ways (the default: not advertised)
-_RECENT_RESETS = 1024
+_FLAG_ACK: Final = 0x1
+_FLAG_END_STREAM: Final = 0x1
+_FLAG_END_HEADERS: Final = 0x4
+_FLAG_PADDED: Final = 0x8
+_FLAG_PRIORITY: Final = 0x20
+_HEAD: Final = struct.Struct(">HBBBL")  # 24-bit length as 16+8, type, flags, stream id
+_U32: Final = struct.Struct(">L")
+_SETTING: Final = struct.Struct(">HL")
+_MAX_WINDOW: Final = 2**31 - 1
+_DEFAULT_WINDOW: Final = 65535
+_FRAME_SIZE: Final = 16384  # what we accept (SETTINGS_MAX_FRAME_SIZE is not advertised)
+_TABLE_SIZE: Final = 4096  # HPACK table size both ways (the default: not advertised)
+_RECENT_RESETS: Final = 1024
 
 # SETTINGS identifiers.
 _S_HEADER_TABLE_SIZE, _S_ENABLE_PUSH, _S_MAX_CONCURRENT_STREAMS = 1, 2, 3
@@ -415,7 +416,7 @@ class StreamInput(IntEnum):
 
 _S = StreamState
 _I = StreamInput
-_TRANSITIONS: dict[tuple[StreamState, StreamInput], StreamState] = {
+_TRANSITIONS: Final[dict[tuple[StreamState, StreamInput], StreamState]] = {
     (_S.OPEN, _I.SEND): _S.OPEN,
     (_S.OPEN, _I.SEND_END): _S.HALF_CLOSED_LOCAL,
     (_S.OPEN, _I.RECV): _S.OPEN,
@@ -463,12 +464,12 @@ class _Stream:
 
 # RFC 9113 §8.2.1: no uppercase, no controls, no space, no DEL or non-ASCII, and no
 # colon but a pseudo-header's first.
-_NAME_OK = re.compile(rb":?[\x21-\x39\x3b-\x40\x5b-\x7e]+\Z")
-_VALUE_BAD = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
-_CONNECTION_HEADERS = frozenset(
+_NAME_OK: Final = re.compile(rb":?[\x21-\x39\x3b-\x40\x5b-\x7e]+\Z")
+_VALUE_BAD: Final = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
+_CONNECTION_HEADERS: Final = frozenset(
     (b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding", b"upgrade")
 )
-_REQUEST_PSEUDO = frozenset((b":method", b":scheme", b":authority", b":path"))
+_REQUEST_PSEUDO: Final = frozenset((b":method", b":scheme", b":authority", b":path"))
 
 
 class _Malformed(Exception):
@@ -539,8 +540,8 @@ def _check_request(headers: Sequence[Header]) -> int | None:
     return _content_length(headers)
 
 
-_STATUS = frozenset((b":status",))
-_NO_PSEUDO: frozenset[bytes] = frozenset()
+_STATUS: Final = frozenset((b":status",))
+_NO_PSEUDO: Final[frozenset[bytes]] = frozenset()
 
 
 def _check_response(headers: Sequence[Header]) -> tuple[int, int | None]:
@@ -556,7 +557,7 @@ def _check_trailers(headers: Sequence[Header]) -> None:
     _check_fields(headers, _NO_PSEUDO)
 
 
-_CHECKED_ENTRIES = 64
+_CHECKED_ENTRIES: Final = 64
 
 
 # -- the connection ------------------------------------------------------------------------

@@ -26,7 +26,7 @@ Must not: do I/O, or know about frames and streams (``vproxy.processor.h2`` does
 from __future__ import annotations
 
 from collections import deque
-from typing import cast
+from typing import Final, cast
 
 from mypy_extensions import mypyc_attr
 
@@ -60,7 +60,7 @@ class NeverIndexed(tuple[bytes, bytes]):
     __slots__ = ()
 
 
-STATIC_TABLE: tuple[Header, ...] = (
+STATIC_TABLE: Final[tuple[Header, ...]] = (
     (b":authority", b""),
     (b":method", b"GET"),
     (b":method", b"POST"),
@@ -125,14 +125,14 @@ STATIC_TABLE: tuple[Header, ...] = (
 )
 """RFC 7541 Appendix A; index 1 is ``STATIC_TABLE[0]``."""
 
-_STATIC_FIELD: dict[Header, int] = {}
-_STATIC_NAME: dict[bytes, int] = {}
+_STATIC_FIELD: Final[dict[Header, int]] = {}
+_STATIC_NAME: Final[dict[bytes, int]] = {}
 for _i, _f in enumerate(STATIC_TABLE, 1):
     _STATIC_FIELD.setdefault(_f, _i)
     _STATIC_NAME.setdefault(_f[0], _i)
 
 # RFC 7541 Appendix B: (code, bit length) of each byte value, then EOS (256).
-_HUFFMAN: tuple[tuple[int, int], ...] = (
+_HUFFMAN: Final[tuple[tuple[int, int], ...]] = (
     (0x1FF8, 13),
     (0x7FFFD8, 23),
     (0xFFFFFE2, 28),
@@ -392,15 +392,15 @@ _HUFFMAN: tuple[tuple[int, int], ...] = (
     (0x3FFFFFFF, 30),
 )
 
-_ENTRY_OVERHEAD = 32
+_ENTRY_OVERHEAD: Final = 32
 # What is remembered stays small per connection (about 70 KiB at worst, whatever the
 # peer sends): few entries, and only small blocks and lists (a proxy sees the same few
 # ordinary header lists again and again, not large ones).
-_CACHE_ENTRIES = 8
-_CACHE_MAX_BLOCK = 1024  # encoded bytes of a remembered block
-_CACHE_MAX_LIST = 2048  # decoded size of a remembered header list
-_STRING_CACHE_ENTRIES = 256
-_STRING_CACHE_MAX_LEN = 64
+_CACHE_ENTRIES: Final = 8
+_CACHE_MAX_BLOCK: Final = 1024  # encoded bytes of a remembered block
+_CACHE_MAX_LIST: Final = 2048  # decoded size of a remembered header list
+_STRING_CACHE_ENTRIES: Final = 256
+_STRING_CACHE_MAX_LEN: Final = 64
 
 
 def _build_decoder() -> tuple[list[int], list[int], list[bool]]:
@@ -457,8 +457,8 @@ def _build_decoder() -> tuple[list[int], list[int], list[bool]]:
 
 
 _DEC_NEXT, _DEC_OUT, _DEC_ACCEPT = _build_decoder()
-_ENC_BITS: tuple[str, ...] = tuple(format(c, f"0{n}b") for c, n in _HUFFMAN[:256])
-_ENC_LEN: bytes = bytes(n for _, n in _HUFFMAN[:256])
+_ENC_BITS: Final[tuple[str, ...]] = tuple(format(c, f"0{n}b") for c, n in _HUFFMAN[:256])
+_ENC_LEN: Final[bytes] = bytes(n for _, n in _HUFFMAN[:256])
 
 
 def huffman_decode(data: bytes) -> bytes:

@@ -171,35 +171,39 @@ _MAX_LENGTH: Final = 2**63 - 1
 _CR: Final = 0x0D
 _LF: Final = 0x0A
 
-_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
-_TOKEN_RE = re.compile(_TOKEN)
-_REQUEST_LINE_RE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])")
+_TOKEN: Final = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_QUOTED: Final = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
+_TOKEN_RE: Final = re.compile(_TOKEN)
+_REQUEST_LINE_RE: Final = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])")
 # The usual request line, every rule of _check_start_line but CONNECT judged at once:
 # origin-form target without "#", HTTP/1.0 or 1.1.
-_ORIGIN_REQUEST_LINE_RE = re.compile(rb"(" + _TOKEN + rb") (/[\x21\x22\x24-\x7e]*) HTTP/(1\.[01])")
-_STATUS_LINE_RE = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
-_ABSOLUTE_RE = re.compile(rb"([A-Za-z][A-Za-z0-9+.-]*)://([^/?]*)(.*)", re.DOTALL)
-_AUTHORITY_RE = re.compile(
+_ORIGIN_REQUEST_LINE_RE: Final = re.compile(
+    rb"(" + _TOKEN + rb") (/[\x21\x22\x24-\x7e]*) HTTP/(1\.[01])"
+)
+_STATUS_LINE_RE: Final = re.compile(
+    rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?"
+)
+_ABSOLUTE_RE: Final = re.compile(rb"([A-Za-z][A-Za-z0-9+.-]*)://([^/?]*)(.*)", re.DOTALL)
+_AUTHORITY_RE: Final = re.compile(
     rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::([0-9]*))?", re.DOTALL
 )
-_CHUNK_LINE_RE = re.compile(
+_CHUNK_LINE_RE: Final = re.compile(
     rb"([0-9A-Fa-f]+)(?:;" + _TOKEN + rb"(?:=(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*"
 )
-_FIELD_LINE_RE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*[\t\x20-\x7e\x80-\xff]*")
-_FIELD_VALUE_RE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+_FIELD_LINE_RE: Final = re.compile(rb"(" + _TOKEN + rb"):[ \t]*[\t\x20-\x7e\x80-\xff]*")
+_FIELD_VALUE_RE: Final = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 
 # A field section (RFC 9112 §5): field lines, each CRLF-terminated; the empty line
 # that ends the head is not part of it. _FIELD_PAIR_RE splits one that matched.
 # Possessive quantifiers: sre's backtracking bookkeeping for a plain (?:...)* costs
 # ten times the match itself, and nothing here needs to give back what it took.
-_FIELD_LINES = rb"(?:" + _TOKEN + rb"+:[\t\x20-\x7e\x80-\xff]*+\r\n)*+"
-_FIELD_SECTION_RE = re.compile(_FIELD_LINES)
-_FIELD_PAIR_RE = re.compile(rb"(" + _TOKEN + rb"+):[\t ]*+([\t\x20-\x7e\x80-\xff]*+)\r\n")
+_FIELD_LINES: Final = rb"(?:" + _TOKEN + rb"+:[\t\x20-\x7e\x80-\xff]*+\r\n)*+"
+_FIELD_SECTION_RE: Final = re.compile(_FIELD_LINES)
+_FIELD_PAIR_RE: Final = re.compile(rb"(" + _TOKEN + rb"+):[\t ]*+([\t\x20-\x7e\x80-\xff]*+)\r\n")
 # A whole response head in one match, for the usual shape (HTTP/1.0 or 1.1, status
 # 100..599; group 4 is the field section); anything else (or a head over a limit)
 # goes line by line. (Requests: RequestParser._usual_head, without a regex.)
-_RESPONSE_HEAD_RE = re.compile(
+_RESPONSE_HEAD_RE: Final = re.compile(
     rb"HTTP/(1\.[01]) ([1-5][0-9][0-9])(?: ([\t\x20-\x7e\x80-\xff]*+))?\r\n("
     + _FIELD_LINES
     + rb")\r\n"
@@ -763,7 +767,7 @@ class _Action(enum.Enum):
 # "Anything else" is spelled out below so the table is total; a property test checks
 # that, that every state but the terminal ones can still reach CLOSED, and that the
 # parsers only ever move along it. ERROR is never looked up: it raises first.
-_TRANSITIONS: dict[tuple[State, _Input], tuple[_Action, State]] = {
+_TRANSITIONS: Final[dict[tuple[State, _Input], tuple[_Action, State]]] = {
     (State.HEAD, _Input.HEAD_NO_BODY): (_Action.EMIT_HEAD, State.DONE),
     (State.HEAD, _Input.HEAD_LENGTH): (_Action.EMIT_HEAD, State.BODY),
     (State.HEAD, _Input.HEAD_CHUNKED): (_Action.EMIT_HEAD, State.CHUNK_SIZE),
@@ -2150,7 +2154,7 @@ class AddedFields:
 # add_headers -> AddedFields. A proxy passes the same few lists (its address, the client's
 # address and port) again and again; the bound keeps a flood of distinct clients from
 # growing it.
-_ADDED_CACHE: dict[tuple[tuple[bytes, bytes], ...], AddedFields] = {}
+_ADDED_CACHE: Final[dict[tuple[tuple[bytes, bytes], ...], AddedFields]] = {}
 _ADDED_CACHE_MAX: Final = 1024
 
 

@@ -68,8 +68,8 @@ SOCKS_VERSION: Final = 0x05
 AUTH_VERSION: Final = 0x01  # RFC 1929 subnegotiation version
 CMD_CONNECT: Final = 0x01
 
-_AUTH_SUCCESS = b"\x01\x00"
-_AUTH_FAILURE = b"\x01\x01"
+_AUTH_SUCCESS: Final = b"\x01\x00"
+_AUTH_FAILURE: Final = b"\x01\x01"
 
 
 class AddressType(enum.IntEnum):
@@ -80,10 +80,10 @@ class AddressType(enum.IntEnum):
     IPV6 = 0x04
 
 
-_ADDRESS_TYPES = {int(t): t for t in AddressType}
-_GREETING_NO_AUTH = bytes((0x05, 0x01, 0x00))  # VER 5, one method: no authentication
-_METHOD_NO_AUTH = bytes((0x05, 0x00))
-_CONNECT_IPV4 = bytes((0x05, 0x01, 0x00, 0x01))  # VER 5, CONNECT, RSV 0, ATYP IPv4
+_ADDRESS_TYPES: Final = {int(t): t for t in AddressType}
+_GREETING_NO_AUTH: Final = bytes((0x05, 0x01, 0x00))  # VER 5, one method: no authentication
+_METHOD_NO_AUTH: Final = bytes((0x05, 0x00))
+_CONNECT_IPV4: Final = bytes((0x05, 0x01, 0x00, 0x01))  # VER 5, CONNECT, RSV 0, ATYP IPv4
 
 
 class AuthMethod(enum.IntEnum):
@@ -301,7 +301,7 @@ class _Action(enum.Enum):
 # that, and that every reachable non-terminal state can still reach a terminal one).
 # Parsed inputs only ever arise in the state that reads their message, so in practice
 # MISUSE is what accept()/reject() at the wrong time get.
-_TRANSITIONS: dict[tuple[State, _Input], tuple[_Action, State]] = {
+_TRANSITIONS: Final[dict[tuple[State, _Input], tuple[_Action, State]]] = {
     (State.GREETING, _Input.METHOD_NO_AUTH): (_Action.SEND_METHOD_NO_AUTH, State.REQUEST),
     (State.GREETING, _Input.METHOD_USERPASS): (_Action.SEND_METHOD_USERPASS, State.AUTH),
     (State.GREETING, _Input.PEER_ERROR): (_Action.FAIL, State.ERROR),
@@ -382,7 +382,7 @@ def encode_reply(
 
 
 #: ATYP + address of dotted quads already seen (a server replies from a few addresses)
-_QUADS: dict[str, bytes] = {}
+_QUADS: Final[dict[str, bytes]] = {}
 
 
 def _dotted_quad(text: str) -> list[int] | None:

@@ -23,7 +23,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from vproxy.component.server_group import Server
 from vproxy.net.connection import next_session_id
@@ -48,7 +48,7 @@ __all__ = [
 
 _log = logging.getLogger("vproxy.app")
 
-MAX_CONNECT_ATTEMPTS = 3
+MAX_CONNECT_ATTEMPTS: Final = 3
 """Servers tried for one request before it fails (a server is not tried twice)."""
 
 _P = TypeVar("_P", bound=asyncio.BaseProtocol)

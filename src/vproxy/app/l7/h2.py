@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from vproxy.app.l7.base import L7Limits, L7Session, choose_server, open_connection
 from vproxy.component.server_group import Server
@@ -58,16 +58,16 @@ __all__ = ["BACKEND_LIMITS", "H2Frontend", "H2Mode", "client_limits"]
 
 _log = logging.getLogger("vproxy.app")
 
-HIGH_WATER = 256 * 1024
+HIGH_WATER: Final = 256 * 1024
 """Write-buffer size of a transport above which nothing more is fed to it."""
-LOW_WATER = 64 * 1024
-DEFAULT_BACKEND_STREAMS = 100
+LOW_WATER: Final = 64 * 1024
+DEFAULT_BACKEND_STREAMS: Final = 100
 """Streams opened on a backend connection before its SETTINGS say how many it takes."""
-MAX_BACKEND_STREAMS = 1000
-CLOSE_GRACE = 2.0
+MAX_BACKEND_STREAMS: Final = 1000
+CLOSE_GRACE: Final = 2.0
 """Seconds a closing connection gets to flush its GOAWAY before it is aborted."""
 
-BACKEND_LIMITS = H2Limits(
+BACKEND_LIMITS: Final = H2Limits(
     max_concurrent_streams=100,
     max_header_list_size=256 * 1024,
     max_headers=1000,
