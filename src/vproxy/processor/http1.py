@@ -140,7 +140,7 @@ import enum
 import re
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, TypeAlias, TypeVar
 
 __all__ = [
@@ -340,12 +340,15 @@ def _remember_line(lines: dict[bytes, _T], line: bytes, verdict: _T) -> None:
 # The lines of usual request heads (RequestParser._usual_head), remembered the same
 # way: a client repeats its request line and most field lines (Host, User-Agent,
 # Accept...). A request line -> (method, target, version), _NOT_USUAL_LINE if it is
-# not of the usual shape; a field line -> (field id, name, value without OWS), id -1
-# if not usual.
+# not of the usual shape; a field line -> (field id, name, value without OWS, whether
+# encode_head writes it back as received), id -1 if not usual.
 _NOT_USUAL_LINE: Final = (b"", b"", b"")
-_NOT_USUAL_FIELD: Final = (-1, b"", b"")
+_NOT_USUAL_FIELD: Final = (-1, b"", b"", False)
+# Fields a proxy adds in place of the client's (AddedFields.wire_ok): a line naming
+# one of them is not written back as received.
+_WIRE_REPLACED: Final = frozenset({b"x-forwarded-for", b"x-client-port", b"forwarded", b"via"})
 _request_lines: Final[dict[bytes, tuple[bytes, bytes, bytes]]] = {}
-_request_fields: Final[dict[bytes, tuple[int, bytes, bytes]]] = {}
+_request_fields: Final[dict[bytes, tuple[int, bytes, bytes, bool]]] = {}
 
 
 def _request_line_parts(line: bytes) -> tuple[bytes, bytes, bytes]:
@@ -370,7 +373,7 @@ def _request_line_parts(line: bytes) -> tuple[bytes, bytes, bytes]:
     return method, line[space + 1 : version_at], version
 
 
-def _request_field(line: bytes) -> tuple[int, bytes, bytes]:
+def _request_field(line: bytes) -> tuple[int, bytes, bytes, bool]:
     # "name:value" of field content; the value without the whitespace around it.
     name, colon, value = line.partition(b":")
     fid = _field_id(name)
@@ -381,7 +384,14 @@ def _request_field(line: bytes) -> tuple[int, bytes, bytes]:
         last = value[-1]
         if first == 0x20 or first == 0x09 or last == 0x20 or last == 0x09:
             value = value.strip(b" \t")
-    return fid, name, value
+    # As encode_head writes it: "Name: value", a field it neither drops nor replaces.
+    as_written = (
+        len(line) == len(name) + 2 + len(value)
+        and line[len(name) + 1] == 0x20
+        and fid in (0, _FID_HOST, _FID_LENGTH, _FID_TRANSFER_ENCODING)
+        and name.lower() not in _WIRE_REPLACED
+    )
+    return fid, name, value, as_written
 
 
 _CLOSE_TAIL: Final = b"Connection: close\r\n\r\n"
@@ -483,6 +493,11 @@ class RequestHead:
         upgrade: The ``Upgrade`` value of an upgrade request, else ``None``.
         body_kind: How the body is delimited (never ``UNTIL_CLOSE`` for requests).
         content_length: The Content-Length for ``BodyKind.LENGTH``, else ``None``.
+        wire: The head as received, up to its last field line (without that line's
+            CRLF), when it is what :func:`encode_head` would write field by field
+            (each line ``Name: value``, none that it drops or replaces); else ``b""``.
+            Not compared. Whoever changes a parsed head sets it to ``b""``, or
+            :func:`encode_head` writes the head as received.
     """
 
     method: bytes
@@ -495,6 +510,7 @@ class RequestHead:
     upgrade: bytes | None
     body_kind: BodyKind
     content_length: int | None = None
+    wire: bytes = field(default=b"", compare=False, repr=False)
 
     def __init__(
         self,
@@ -508,6 +524,7 @@ class RequestHead:
         upgrade: bytes | None,
         body_kind: BodyKind,
         content_length: int | None = None,
+        wire: bytes = b"",
     ) -> None:
         self.method = method
         self.target = target
@@ -519,6 +536,7 @@ class RequestHead:
         self.upgrade = upgrade
         self.body_kind = body_kind
         self.content_length = content_length
+        self.wire = wire
 
 
 @dataclass(slots=True, init=False)
@@ -1582,15 +1600,18 @@ class RequestParser(_Parser):
         length: int | None = None
         connection: bytes | None = None
         chunked = False
+        wire_ok = True
         for i in range(1, len(lines)):
             line = lines[i]
             field = _request_fields.get(line)
             if field is None:
                 field = _request_field(line)
                 _remember_line(_request_fields, line, field)
-            fid, name, value = field
+            fid, name, value, as_written = field
             if fid < 0:
                 return None
+            if not as_written:
+                wire_ok = False
             headers.append((name, value))
             if fid == 0 or fid >= _FID_KEEP_ALIVE:  # (encode_head drops hop-by-hop fields)
                 continue
@@ -1651,7 +1672,17 @@ class RequestParser(_Parser):
         else:
             body, inp = _BK_NONE, _IN_HEAD_NO_BODY
         head = RequestHead(
-            method, target, version, headers, host, keep_alive, False, None, body, length
+            method,
+            target,
+            version,
+            headers,
+            host,
+            keep_alive,
+            False,
+            None,
+            body,
+            length,
+            raw if wire_ok else b"",
         )
         return head, inp, end + 4
 
@@ -2135,7 +2166,7 @@ class AddedFields:
             Content-Length, Transfer-Encoding or a hop-by-hop field.
     """
 
-    __slots__ = ("fields", "keep", "names", "skip", "tail")
+    __slots__ = ("fields", "keep", "names", "skip", "tail", "wire_ok", "wire_tail")
 
     def __init__(self, add_headers: tuple[tuple[bytes, bytes], ...]) -> None:
         for name, value in add_headers:
@@ -2149,6 +2180,10 @@ class AddedFields:
         self.skip = _HOP_BY_HOP_UPGRADE | self.names
         # The added field lines and the empty line, when the client sent none of them.
         self.tail = b"".join(n + b": " + v + b"\r\n" for n, v in add_headers) + b"\r\n"
+        # A head's wire (RequestHead.wire) holds none of these names: it is written
+        # back as received, then the CRLF of its last line and the tail.
+        self.wire_ok = self.names <= _WIRE_REPLACED
+        self.wire_tail = b"\r\n" + self.tail
 
 
 # add_headers -> AddedFields. A proxy passes the same few lists (its address, the client's
@@ -2199,6 +2234,9 @@ def encode_head(
             names Host, Content-Length, Transfer-Encoding or a hop-by-hop field.
     """
     added = _added(add_headers)
+    wire = head.wire
+    if wire and added.wire_ok:
+        return wire + added.wire_tail
     out = [head.method, b" ", head.target, b" HTTP/", head.version, b"\r\n"]
     if head.upgrade is None:
         # One pass for the common case: no Connection option names a field to drop,

@@ -164,6 +164,39 @@ def test_encode_head_matches_the_two_pass_rules(
     assert encode_head(head, AddedFields(tuple(add))) == reference_encode_head(head, add)
 
 
+@pytest.mark.parametrize(
+    ("fields", "as_received"),
+    [
+        (b"Host: a\r\nAccept: */*\r\n", True),
+        (b"Host: a\r\nContent-Length: 0\r\nTE: trailers\r\n", True),
+        (b"Host: a\r\nAccept:  */*\r\n", False),  # not as encode_head writes it
+        (b"Host: a\r\nAccept:*/*\r\n", False),
+        (b"Host: a \r\n", False),
+        (b"Host: a\r\nConnection: keep-alive\r\n", False),  # dropped
+        (b"Host: a\r\nKeep-Alive: 5\r\n", False),
+        (b"Host: a\r\nX-Forwarded-For: 1.1.1.1\r\n", False),  # replaced
+        (b"Host: a\r\nforwarded: for=x\r\n", False),
+        (b"Host: a\r\nVia: 1.1 a\r\n", False),
+    ],
+)
+def test_heads_written_back_as_received(fields: bytes, as_received: bool) -> None:
+    # A head that encode_head would write field by field as it came is kept as
+    # received (RequestHead.wire) and written back so; the bytes are the same.
+    for version in (b"1.0", b"1.1"):
+        head = parse_request(b"GET /x HTTP/" + version + b"\r\n" + fields + b"\r\n")
+        assert head is not None
+        assert bool(head.wire) is as_received
+        for add in ADDED:
+            assert encode_head(head, add) == reference_encode_head(head, add)
+            assert encode_head(head, AddedFields(tuple(add))) == reference_encode_head(head, add)
+    head = parse_request(b"GET /x HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\n")
+    assert head is not None
+    assert head.wire == b"GET /x HTTP/1.1\r\nHost: a\r\nAccept: */*"
+    head.headers.append((b"X-More", b"1"))  # changed: its wire no longer holds
+    head.wire = b""
+    assert encode_head(head).endswith(b"Accept: */*\r\nX-More: 1\r\n\r\n")
+
+
 @PROPERTY
 @given(
     st.sampled_from([b"1.0", b"1.1"]),
