@@ -245,10 +245,10 @@ _FIELD_IDS: Final = {
     b"keep-alive": _FID_KEEP_ALIVE,
     b"proxy-connection": _FID_PROXY_CONNECTION,
 }
-# Names as received -> their id; bounded (cleared when full). Shared by the loops'
-# threads: a dict operation is atomic, and a lost entry is only computed again.
+# Names as received -> their id; bounded as the line memos below (_remember_line).
+# Shared by the loops' threads: a dict operation is atomic, and a lost entry is only
+# computed again.
 _field_ids: Final[dict[bytes, int]] = {}
-_FIELD_IDS_MAX: Final = 512
 
 
 def _field_id(name: bytes) -> int:
@@ -256,9 +256,7 @@ def _field_id(name: bytes) -> int:
     if fid is not None:
         return fid
     fid = -1 if not name or name.translate(None, _TOKEN_CHARS) else _FIELD_IDS.get(name.lower(), 0)
-    if len(_field_ids) >= _FIELD_IDS_MAX:
-        _field_ids.clear()
-    _field_ids[name] = fid
+    _remember_line(_field_ids, name, fid)
     return fid
 
 

@@ -319,6 +319,14 @@ def test_request_lines_are_remembered_bounded_and_apart() -> None:
             assert head.host == f"h{i}"
     assert 0 < len(http1._request_lines) <= 1024
     assert 0 < len(http1._request_fields) <= 1024
+    assert 0 < len(http1._field_ids) <= 1024
+    long_name = b"X-" + b"n" * 300
+    (head, _) = RequestParser().receive_data(
+        b"GET / HTTP/1.1\r\nHost: a\r\n" + long_name + b": v\r\n\r\n"
+    )
+    assert isinstance(head, RequestHead)
+    assert head.headers[-1] == (long_name, b"v")
+    assert long_name not in http1._field_ids  # (not kept: too long)
     for wire, status in [
         (b"GET / HTTP/1.1\r\nHost: a\r\nGET / HTTP/1.1\r\n\r\n", 400),
         (b"Host: a\r\nHost: a\r\n\r\n", 400),
