@@ -33,7 +33,13 @@ from vproxy.component.server_group import Server
 from vproxy.component.upstream import Upstream
 from vproxy.net.connection import Session
 from vproxy.net.event_loop import READABLE, EventLoop, EventLoopError, EventLoopGroup
-from vproxy.net.server_sock import ServerSock, bind_listener, format_address, parse_address
+from vproxy.net.server_sock import (
+    ACCEPTED_NODELAY,
+    ServerSock,
+    bind_listener,
+    format_address,
+    parse_address,
+)
 from vproxy.processor.socks5 import (
     AuthFailed,
     ConnectRequest,
@@ -47,6 +53,7 @@ from vproxy.processor.socks5 import (
 __all__ = ["DEFAULT_HANDSHAKE_TIMEOUT_MS", "Socks5Server", "Socks5ServerError"]
 
 _log = logging.getLogger("vproxy.app")
+_ACCEPTED_NODELAY: Final = ACCEPTED_NODELAY  # (a Final is a C static in compiled code)
 
 DEFAULT_BUFFER_SIZE: Final = 16384
 DEFAULT_TIMEOUT_MS: Final = 900_000
@@ -265,11 +272,12 @@ class Socks5Server:
     # -- per connection (worker thread) ----------------------------------------------------
     def _start(self, el: EventLoop, sock: _socket.socket, addr: Any) -> None:
         # The session is registered here, before the hand-off counts as done.
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            sock.close()  # the client is already gone
-            return
+        if not _ACCEPTED_NODELAY:  # (on Linux the socket has it from its listener)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                sock.close()  # the client is already gone
+                return
         session = Session(
             el,
             addr,

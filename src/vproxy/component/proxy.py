@@ -21,6 +21,7 @@ from typing import Any, Final, Protocol
 from vproxy.component.server_group import Server
 from vproxy.net.connection import Session
 from vproxy.net.event_loop import EventLoop, EventLoopError, EventLoopGroup
+from vproxy.net.server_sock import ACCEPTED_NODELAY
 
 __all__ = ["Connector", "Proxy", "ProxySettings"]
 
@@ -30,6 +31,7 @@ MAX_CONNECT_ATTEMPTS: Final = 3
 
 _IPPROTO_TCP: Final = socket.IPPROTO_TCP
 _TCP_NODELAY: Final = socket.TCP_NODELAY
+_ACCEPTED_NODELAY: Final = ACCEPTED_NODELAY  # (a Final is a C static in compiled code)
 
 
 class Connector(Protocol):
@@ -99,11 +101,12 @@ class Proxy:
     # Runs in the worker loop's thread from here on.
     def _start(self, el: EventLoop, sock: _socket.socket, addr: Any) -> None:
         cfg = self.settings
-        try:
-            sock.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
-        except OSError:
-            sock.close()  # the client is already gone
-            return
+        if not _ACCEPTED_NODELAY:  # (on Linux the socket has it from its listener)
+            try:
+                sock.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
+            except OSError:
+                sock.close()  # the client is already gone
+                return
         session = Session(
             el,
             addr,
@@ -174,7 +177,13 @@ class _Attempt:
             return
         tried.append(server)
         self.server = server
-        session.connect(server.host, server.port, _connect_timeout_ms(server) / 1000, self.done)
+        session.connect(
+            server.host,
+            server.port,
+            _connect_timeout_ms(server) / 1000,
+            self.done,
+            client_first=True,
+        )
 
     def done(self, error: OSError | None) -> None:
         server = self.server

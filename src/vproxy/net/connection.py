@@ -620,14 +620,24 @@ class Session:
 
     # -- connecting (socket mode) -----------------------------------------------------
     def connect(
-        self, host: str, port: int, timeout: float, on_done: Callable[[OSError | None], None]
+        self,
+        host: str,
+        port: int,
+        timeout: float,
+        on_done: Callable[[OSError | None], None],
+        *,
+        client_first: bool = False,
     ) -> None:
         """Connect the backend side to ``host:port`` (an IP address), socket mode.
 
-        ``on_done(None)`` runs in the loop once connected; ``on_done(error)`` when
-        the connect failed or took longer than ``timeout`` seconds (a later call may
-        then try another server). Nothing is read from either side before
-        :meth:`link`. ``on_done`` is not called once the session is closed.
+        ``on_done(None)`` runs once connected (possibly before this returns);
+        ``on_done(error)`` when the connect failed or took longer than ``timeout``
+        seconds (a later call may then try another server). ``on_done`` is not
+        called once the session is closed.
+
+        ``client_first``: what the client already sent is read now and written to
+        the backend as the connect's first test (see :meth:`_send_first`); without
+        it nothing is read from either side before :meth:`link`.
         """
         if self.closed or self.closing:
             return
@@ -649,8 +659,73 @@ class Session:
             return
         self._connecting = sock
         self._connect_cb = on_done
+        if client_first:
+            try:
+                sent = self._send_first(sock)
+            except OSError as exc:  # the connect failed (refused, unreachable)
+                self._connecting = None
+                self._connect_cb = None
+                sock.close()
+                on_done(exc)
+                return
+            if sent > 0:
+                self._connected(sock)
+                return
+            if sent < 0:
+                return  # reading the client failed: the session is gone
         self._watcher.add(sock.fileno(), _WRITABLE, self._connect_ready)
         self._connect_timer = self._timers.add(timeout, self._connect_timed_out)
+
+    def _send_first(self, sock: _socket.socket) -> int:
+        """Write what the client sent so far to the backend still connecting.
+
+        1 when the backend took some of it: it is connected. On loopback and to
+        a near backend the handshake is often over when ``connect()`` returns (the
+        kernel runs it in that very system call), so one read and one write here,
+        which the relay makes anyway, save watching the connect and a round of the
+        loop for it and for the client's first bytes. Bytes not written yet stay
+        in ``front.backlog``, for :meth:`link` or the next server tried. 0 with
+        nothing to send (the client has sent nothing yet: it may wait for the
+        server to speak first) or while the connect is in progress; -1 when reading
+        the client failed (the session is aborted).
+
+        Raises:
+            OSError: the connect failed (the write reports it).
+        """
+        front = self.front
+        data = front.backlog
+        if data is None:
+            fs = front.sock
+            if fs is None:
+                return 0
+            size = self.back.high_water
+            view = _window(self._watcher.windows, size if size > MIN_WINDOW else MIN_WINDOW)
+            try:
+                n = fs.recv_into(view)
+            except _RETRY:
+                return 0  # nothing yet
+            except OSError as exc:
+                self._fail(exc)
+                return -1
+            if not n:
+                return 0  # the client's FIN: the relay reads it again
+            front.bytes_in += n
+            data = view[:n]
+        try:
+            sent = _write(sock.fileno(), data)
+        except _RETRY:
+            sent = 0
+        except OSError:
+            if front.backlog is None:
+                front.backlog = memoryview(data.tobytes())
+            raise
+        if sent == len(data):
+            front.backlog = None
+        elif data is front.backlog:
+            front.backlog = data[sent:]
+        else:
+            front.backlog = memoryview(data[sent:].tobytes())
+        return 1 if sent > 0 else 0
 
     def _connect_ready(self, events: int) -> None:
         sock = self._connecting
@@ -675,17 +750,22 @@ class Session:
                 cb(OSError(err, os.strerror(err)))
             return
         back = self.back
-        back.sock = sock
-        back.fd = sock.fileno()
         # The connect watch stays registered, now as the backend's, until link()
         # turns it into the reader: one change instead of a removal and an addition.
         back.writing = True
         back._mask = _WRITABLE
-        self._connecting = None
-        self._connect_cb = None
         if self._connect_timer >= 0:
             self._timers.cancel(self._connect_timer, self._connect_timed_out)
             self._connect_timer = -1
+        self._connected(sock)
+
+    def _connected(self, sock: _socket.socket) -> None:
+        back = self.back
+        back.sock = sock
+        back.fd = sock.fileno()
+        cb = self._connect_cb
+        self._connecting = None
+        self._connect_cb = None
         if cb is not None:
             cb(None)
 

@@ -15,12 +15,14 @@ import _socket
 import errno
 import logging
 import socket
+import sys
 from collections.abc import Callable
 from typing import Any, Final, cast
 
 from vproxy.net.event_loop import EventLoop, EventLoopError, EventLoopGroup
 
 __all__ = [
+    "ACCEPTED_NODELAY",
     "ServerSock",
     "bind_listener",
     "format_address",
@@ -34,6 +36,10 @@ _BACKOFF_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, e
 ACCEPT_BATCH: Final = 64
 BACKOFF_SECONDS: Final = 0.1
 DEFAULT_BACKLOG: Final = 4096
+#: Accepted sockets inherit ``TCP_NODELAY`` from their listener (Linux copies the
+#: listening socket's TCP options into each new one), so :func:`bind_listener` sets it
+#: once and an accept handler needs no ``setsockopt`` per connection; elsewhere it does.
+ACCEPTED_NODELAY: Final = sys.platform.startswith("linux")
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -81,6 +87,9 @@ def bind_listener(
 ) -> socket.socket:
     """Bind and listen on ``host:port`` (port 0 picks a free one); non-blocking.
 
+    ``TCP_NODELAY`` is set on the listener: accepted sockets inherit it where
+    :data:`ACCEPTED_NODELAY` says so.
+
     Args:
         host: The address to bind.
         port: The port, 0 for a free one.
@@ -97,6 +106,7 @@ def bind_listener(
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, port))
         sock.listen(backlog)
         sock.setblocking(False)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 from vproxy.component.server_group import Server
 from vproxy.net.connection import next_session_id
 from vproxy.net.event_loop import EventLoop
+from vproxy.net.server_sock import ACCEPTED_NODELAY
 
 if TYPE_CHECKING:
     from vproxy.app.tcp_lb import TcpLB
@@ -195,11 +196,12 @@ def tls_info(transport: asyncio.BaseTransport) -> tuple[str | None, str | None]:
 
 def start_l7(lb: TcpLB, mode: L7Mode, el: EventLoop, sock: socket.socket, addr: Any) -> None:
     """Serve one accepted client connection in ``mode`` (call in ``el``'s thread)."""
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:
-        sock.close()
-        return
+    if not ACCEPTED_NODELAY:  # (on Linux the socket has it from its listener)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            sock.close()
+            return
     session = L7Session(el, addr, lb.l7_closed)
     el.session_started(session)
     lb.l7_sessions.add(session)
