@@ -17,7 +17,9 @@ with instrumentation off until it serves; a warm-up of 200 requests runs, then
 counting is switched on (`callgrind_control -i on`), N requests run, and the dump's
 total divided by N is printed. The backend is a small asyncio HTTP/1.1 server in its
 own process (not counted); the client is this script, sequential, one request in
-flight. Everything is on 127.0.0.1 with free ports; every process is stopped by pid.
+flight. In the close and socks5 modes the request says `Connection: close` and the
+backend closes after its answer, as bench/run.py's nginx does under `wrk -H
+'Connection: close'` and `s5load`: the backend's FIN comes first. Everything is on 127.0.0.1 with free ports; every process is stopped by pid.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+#: close and socks5 modes: the backend answers and closes first, as bench/run.py's
+#: nginx does for wrk -H 'Connection: close' and for s5load
+REQUEST_CLOSE = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
 
 BACKEND = r"""
 import asyncio, sys
@@ -53,8 +58,11 @@ class P(asyncio.Protocol):
     def data_received(self, d):
         self.buf += d
         while b"\r\n\r\n" in self.buf:
-            _, _, self.buf = self.buf.partition(b"\r\n\r\n")
+            head, _, self.buf = self.buf.partition(b"\r\n\r\n")
             self.t.write(RESP)
+            if b"\r\nConnection: close" in head:  # as nginx: answer, then close
+                self.t.close()
+                return
 async def main():
     srv = await asyncio.get_running_loop().create_server(P, "127.0.0.1", 0)
     print(srv.sockets[0].getsockname()[1], flush=True)
@@ -79,14 +87,11 @@ def recv_response(s: socket.socket) -> None:
 
 
 def run_requests(port: int, n: int, close: bool) -> None:
-    if close:
+    if close:  # as wrk: close once the response is in (the backend closes too)
         for _ in range(n):
             with socket.create_connection((HOST, port), timeout=30) as s:
-                s.sendall(REQUEST)
+                s.sendall(REQUEST_CLOSE)
                 recv_response(s)
-                s.shutdown(socket.SHUT_WR)
-                while s.recv(4096):
-                    pass
         return
     with socket.create_connection((HOST, port), timeout=30) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -146,9 +151,8 @@ def run_socks5(port: int, backend_port: int, n: int) -> None:
                 got += chunk
             if got[:4] != b"\x05\x00\x05\x00":
                 raise RuntimeError(f"socks5 refused: {got!r}")
-            s.sendall(REQUEST)
+            s.sendall(REQUEST_CLOSE)  # as s5load: read to the backend's close
             recv_response(s)
-            s.shutdown(socket.SHUT_WR)
             while s.recv(4096):
                 pass
 
