@@ -91,6 +91,10 @@ _READABLE: Final = READABLE
 _WRITABLE: Final = WRITABLE
 _ERRORS: Final = (select.EPOLLERR | select.EPOLLHUP) if hasattr(select, "EPOLLERR") else 0
 _READ_EVENTS: Final = _READABLE | _ERRORS
+# Watched with reading: epoll reports the peer's FIN (EPOLLRDHUP) with the bytes
+# before it, so a read that took them all knows the next one would return 0.
+_RDHUP: Final[int] = getattr(select, "EPOLLRDHUP", 0)
+_FIN_ONLY: Final[int] = _RDHUP | (select.EPOLLERR if _RDHUP else 0)
 _WRITE_EVENTS: Final = _WRITABLE | _ERRORS
 
 
@@ -281,6 +285,11 @@ class Connection(asyncio.Protocol):
             self._hold()
         elif n >= self._bulk_read:
             self._bulk()
+        elif events != _READABLE and events & _FIN_ONLY == _RDHUP and n < len(view):
+            # The FIN came after these bytes (and no error: a reset is met by the
+            # next read) and this read took all there was: end the direction now
+            # instead of reading 0 in another round.
+            self._on_eof()
 
     def _promote(self) -> None:
         """A long-lived socket: let the loop watch it itself (cheaper per event)."""
@@ -416,10 +425,11 @@ class Connection(asyncio.Protocol):
             watcher.remove(self.fd)
             return
         handler = self._handler()
+        events = mask | _RDHUP if mask & _READABLE else mask
         if old:
-            watcher.modify(self.fd, mask, handler)
+            watcher.modify(self.fd, events, handler)
         else:
-            watcher.add(self.fd, mask, handler)
+            watcher.add(self.fd, events, handler)
 
     def _start_reading(self) -> None:
         if not self.reading and not self.closed:
