@@ -15,6 +15,7 @@ import _socket
 import errno
 import logging
 import socket
+import struct
 import sys
 from collections.abc import Callable
 from typing import Any, Final, cast
@@ -24,6 +25,7 @@ from vproxy.net.event_loop import EventLoop, EventLoopError, EventLoopGroup
 __all__ = [
     "ACCEPTED_NODELAY",
     "ServerSock",
+    "accept_queue_length",
     "bind_listener",
     "format_address",
     "parse_address",
@@ -40,6 +42,13 @@ DEFAULT_BACKLOG: Final = 4096
 #: listening socket's TCP options into each new one), so :func:`bind_listener` sets it
 #: once and an accept handler needs no ``setsockopt`` per connection; elsewhere it does.
 ACCEPTED_NODELAY: Final = sys.platform.startswith("linux")
+# Linux reports a listener's accept-queue length in TCP_INFO (tcpi_unacked, a u32 at
+# byte 24): accepting exactly that many ends a batch without the accept that fails
+# with EAGAIN, whose BlockingIOError (strerror, locale decoding, the exception)
+# costs ~5.5 µs against ~1.2 µs for the getsockopt; often one batch per session.
+_TCP_INFO: Final[int] = getattr(socket, "TCP_INFO", 0) if sys.platform.startswith("linux") else 0
+_IPPROTO_TCP: Final = socket.IPPROTO_TCP
+_QUEUED: Final = struct.Struct("<24xI")
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -116,6 +125,17 @@ def bind_listener(
     return sock
 
 
+def accept_queue_length(sock: socket.socket) -> int:
+    """Connections waiting in listening ``sock``'s accept queue; -1: not known here."""
+    if not _TCP_INFO:
+        return -1
+    try:
+        queued: int = _QUEUED.unpack(sock.getsockopt(_IPPROTO_TCP, _TCP_INFO, 28))[0]
+    except (OSError, struct.error):
+        return -1
+    return queued
+
+
 class ServerSock:
     """A listening socket served by one loop of an acceptor event-loop group."""
 
@@ -164,10 +184,18 @@ class ServerSock:
         # much (it looks up and converts the family and type enums each time). The
         # wrapper is the C socket type: socket.socket adds a Python __init__ and a
         # Python close() per connection; as_socket() makes one where it is needed.
-        accept = cast("Callable[[], tuple[int, Any]]", self.sock._accept)  # type: ignore[attr-defined]
+        lsock = self.sock
+        accept = cast("Callable[[], tuple[int, Any]]", lsock._accept)  # type: ignore[attr-defined]
         family, stype, wrap = self._family, socket.SOCK_STREAM, _socket.socket
         on_accept = self.on_accept
-        for _ in range(ACCEPT_BATCH):
+        batch = ACCEPT_BATCH
+        if _TCP_INFO:
+            queued = accept_queue_length(lsock)
+            # None queued (taken by another process, or an error to report): one
+            # accept tells which.
+            if 0 <= queued < ACCEPT_BATCH:
+                batch = queued if queued else 1
+        for _ in range(batch):
             try:
                 fd, addr = accept()
             except (BlockingIOError, InterruptedError):
