@@ -18,7 +18,7 @@ import pytest
 from helpers import fd_count, vproxy_process, wait_until
 from vproxy import ServerGroup, TcpLB, Upstream
 from vproxy.net import splice
-from vproxy.net.connection import MIN_WINDOW, PROMOTE_AFTER_READS, Session
+from vproxy.net.connection import MAX_CUTS, MIN_WINDOW, PROMOTE_AFTER_READS, Session
 from vproxy.net.event_loop import EventLoopGroup
 
 ElgFactory = Callable[..., EventLoopGroup]
@@ -221,6 +221,24 @@ def _round_trips(c: socket.socket, n: int) -> None:
             assert chunk, "closed early"
             got += chunk
         assert got == msg
+
+
+def test_remembered_slices_carry_each_read(loop_kind: str, elg_factory: ElgFactory) -> None:
+    """Messages of more lengths than a window remembers slices for, each length with
+    new bytes each time: every echo is the message just sent."""
+    backend = ThreadBackend(_echo)
+    with relay(elg_factory, backend) as (lb, _), socket.create_connection(lb.address, 10) as c:
+        for rnd in range(3):
+            for length in range(1, MAX_CUTS * 2 + 5):
+                msg = bytes((length * 31 + rnd * 7 + i) % 256 for i in range(length))
+                c.sendall(msg)
+                got = b""
+                while len(got) < length:
+                    chunk = c.recv(length - len(got))
+                    assert chunk, "closed early"
+                    got += chunk
+                assert got == msg, (rnd, length)
+    assert not backend.errors
 
 
 def test_long_lived_sessions_end_cleanly(loop_kind: str, elg_factory: ElgFactory) -> None:

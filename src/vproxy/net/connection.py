@@ -53,7 +53,15 @@ from vproxy.net.event_loop import READABLE, WRITABLE, FdWatcher
 if TYPE_CHECKING:
     from vproxy.net.event_loop import CoarseTimers, EventLoop
 
-__all__ = ["HALF_CLOSED_TIMEOUT_MS", "MIN_WINDOW", "Connection", "Session", "next_session_id"]
+__all__ = [
+    "HALF_CLOSED_TIMEOUT_MS",
+    "MAX_CUTS",
+    "MIN_WINDOW",
+    "Connection",
+    "Session",
+    "Window",
+    "next_session_id",
+]
 
 _log = logging.getLogger("vproxy.net")
 
@@ -98,15 +106,36 @@ _FIN_ONLY: Final[int] = _RDHUP | (select.EPOLLERR if _RDHUP else 0)
 _WRITE_EVENTS: Final = _WRITABLE | _ERRORS
 
 
-def _window(windows: dict[int, memoryview], size: int) -> memoryview:
+#: Most lengths a window remembers its slices for (``Window``).
+MAX_CUTS: Final = 64
+
+Window = tuple[memoryview, dict[int, memoryview]]
+"""A read window and its slices ``[:n]`` by ``n``: the relay writes ``view[:n]`` after
+each read, and making that slice (a memoryview object, a buffer export, a slice
+object) costs ~700 instructions more than finding it in a dict; the messages of a
+protocol come in few lengths. At most :data:`MAX_CUTS` lengths are kept."""
+
+
+def _window(windows: dict[int, Window], size: int) -> Window:
     """A read window of ``size`` bytes from a loop's shared ones (FdWatcher.windows)."""
-    view = windows.get(size)
-    if view is None:
-        view = windows[size] = memoryview(bytearray(size))
-    return view
+    window = windows.get(size)
+    if window is None:
+        window = windows[size] = (memoryview(bytearray(size)), {})
+    return window
 
 
-_EMPTY: Final = memoryview(b"")
+def _cut(window: Window, n: int) -> memoryview:
+    """``window``'s first ``n`` bytes, remembered (bounded)."""
+    view, cuts = window
+    part = cuts.get(n)
+    if part is None:
+        part = view[:n]
+        if len(cuts) < MAX_CUTS:
+            cuts[n] = part
+    return part
+
+
+_NO_WINDOW: Final[Window] = (memoryview(b""), {})
 
 
 def _not_linked(buf: memoryview) -> int:
@@ -157,7 +186,7 @@ class Connection(asyncio.Protocol):
         "_reads_left",
         "_recv_into",
         "_transport",
-        "_view",
+        "_window",
         "backlog",
         "bytes_in",
         "closed",
@@ -205,7 +234,7 @@ class Connection(asyncio.Protocol):
         self.spliced = False  # set once bytes from this side went through a pipe
         # Set by Session.link(): the read window, the read method and the peer's fd
         # that the copy path uses for every chunk.
-        self._view = _EMPTY
+        self._window: Window = _NO_WINDOW
         self._recv_into: Callable[[memoryview], int] = _not_linked
         self._peer_fd = -1
         self._bulk_read = 1 << 62  # a read this large switches to splice
@@ -258,7 +287,7 @@ class Connection(asyncio.Protocol):
     # == socket mode ==================================================================
     # _on_readable runs once per chunk relayed: keep it short.
     def _on_readable(self, events: int = 0) -> None:
-        view = self._view
+        view, cuts = self._window
         try:
             n = self._recv_into(view)
         except _RETRY:
@@ -273,8 +302,13 @@ class Connection(asyncio.Protocol):
         self._reads_left -= 1
         if not self._reads_left:
             self._promote()
+        part = cuts.get(n)  # view[:n], remembered (_cut, inlined)
+        if part is None:
+            part = view[:n]
+            if len(cuts) < MAX_CUTS:
+                cuts[n] = part
         try:
-            sent = _write(self._peer_fd, view[:n])  # os.write: cheaper than socket.send
+            sent = _write(self._peer_fd, part)  # os.write: cheaper than socket.send
         except _RETRY:
             sent = 0
         except OSError as exc:
@@ -317,7 +351,7 @@ class Connection(asyncio.Protocol):
         """A large read: this direction carries bulk data, splice it from now on."""
         if not _splice.SPLICE_AVAILABLE or self.pipe is not None:
             return
-        pipe = _splice.new_pipe(len(self._view))
+        pipe = _splice.new_pipe(len(self._window[0]))
         if pipe is None:
             return  # no descriptors left for a pipe: go on copying
         self.pipe = pipe
@@ -709,9 +743,9 @@ class Session:
             if fs is None:
                 return 0
             size = self.back.high_water
-            view = _window(self._watcher.windows, size if size > MIN_WINDOW else MIN_WINDOW)
+            window = _window(self._watcher.windows, size if size > MIN_WINDOW else MIN_WINDOW)
             try:
-                n = fs.recv_into(view)
+                n = fs.recv_into(window[0])
             except _RETRY:
                 return 0  # nothing yet
             except OSError as exc:
@@ -720,7 +754,7 @@ class Session:
             if not n:
                 return 0  # the client's FIN: the relay reads it again
             front.bytes_in += n
-            data = view[:n]
+            data = _cut(window, n)
         try:
             sent = _write(sock.fileno(), data)
         except _RETRY:
@@ -832,14 +866,14 @@ class Session:
         # A direction's window is the buffer toward its destination.
         windows = self._watcher.windows
         size = back.high_water  # (max() costs more than the rest of these lines)
-        front._view = _window(windows, size if size > MIN_WINDOW else MIN_WINDOW)
+        front._window = _window(windows, size if size > MIN_WINDOW else MIN_WINDOW)
         size = front.high_water
-        back._view = _window(windows, size if size > MIN_WINDOW else MIN_WINDOW)
+        back._window = _window(windows, size if size > MIN_WINDOW else MIN_WINDOW)
         front._recv_into, front._peer_fd = fs.recv_into, back.fd
         back._recv_into, back._peer_fd = bs.recv_into, front.fd
         if _splice.SPLICE_AVAILABLE:
-            front._bulk_read = len(front._view) // BULK_READ_FRACTION
-            back._bulk_read = len(back._view) // BULK_READ_FRACTION
+            front._bulk_read = len(front._window[0]) // BULK_READ_FRACTION
+            back._bulk_read = len(back._window[0]) // BULK_READ_FRACTION
         if self._watcher.epoll:
             front._reads_left = back._reads_left = PROMOTE_AFTER_READS
         if early:

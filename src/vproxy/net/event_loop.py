@@ -120,7 +120,7 @@ class FdWatcher:
         self.epoll = self._ep is not None
         #: read windows of the relays on this loop, by size (net/connection.py): a
         #: relay sends what it read on before its next read, so they share them
-        self.windows: dict[int, memoryview] = {}
+        self.windows: dict[int, tuple[memoryview, dict[int, memoryview]]] = {}
 
     @property
     def kind(self) -> str:
