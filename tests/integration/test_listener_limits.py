@@ -12,6 +12,7 @@ import pytest
 
 from helpers import Backend, LoopThread, echo_handler, wait_until
 from vproxy import HealthCheckConfig, ServerGroup, TcpLB, Upstream
+from vproxy.app.accept_gate import AcceptGate
 from vproxy.app.l7.base import L7Limits
 from vproxy.app.socks5_server import Socks5Server
 from vproxy.app.tcp_lb import TcpLBError
@@ -158,6 +159,41 @@ def _socks5_connect(addr: tuple[str, int], target: tuple[str, int]) -> socket.so
     reply = c.recv(10)
     assert reply[:2] == b"\x05\x00", reply
     return c
+
+
+def test_gate_counts_a_session_starting_on_another_loop_once(elg_factory: ElgFactory) -> None:
+    """A hand-off that registered its session but has not ended yet: admit() waits
+    for it to end and counts the session once (counting it as both live and in
+    flight refused connections under the limit when the machine was busy)."""
+    sessions: set[int] = set()
+    gate = AcceptGate("t", lambda: len(sessions))
+    el = elg_factory("w", 1).next()
+    registered, release = threading.Event(), threading.Event()
+
+    def start() -> None:
+        sessions.add(1)  # registered ...
+        registered.set()
+        release.wait(5)  # ... and still starting (connecting, say)
+
+    gate.hand_off(el, start)
+    assert registered.wait(5)
+    assert gate.in_flight == 1
+    result: list[bool] = []
+    with socket.socket() as a:
+        t = threading.Thread(target=lambda: result.append(gate.admit(a, 2)))
+        t.start()
+        t.join(0.2)
+        assert t.is_alive()  # waits for the hand-off to end
+        release.set()
+        t.join(5)
+    assert result == [True]  # 1 live < 2, not 1 live + 1 in flight
+    assert gate.in_flight == 0
+    assert gate.refused == 0
+    with socket.socket() as c:
+        sessions.add(2)
+        assert not gate.admit(c, 2)  # 2 live: refused and closed
+        assert c.fileno() == -1
+    assert gate.refused == 1
 
 
 def test_socks5_refuses_connection_over_max_at_accept(

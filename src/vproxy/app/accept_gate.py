@@ -55,15 +55,23 @@ def check_max_connections(value: object) -> int:
 class AcceptGate:
     """Admission at accept for one listener.
 
+    ``live()`` counts the listener's registered sessions. A session started on
+    another loop is counted as a hand-off in flight until it registered: the
+    hand-off ends (under the gate's lock) in the same step as the start that
+    registers it, and :meth:`admit` counts under that lock while any hand-off is in
+    flight, so a session is never counted twice (a refusal under the limit) nor
+    missed (a session over it).
+
     Attributes:
         refused: Connections closed at accept because the limit was reached.
     """
 
-    __slots__ = ("_handoffs", "_lock", "_logged_at", "label", "refused")
+    __slots__ = ("_handoffs", "_live", "_lock", "_logged_at", "label", "refused")
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, live: Callable[[], int]) -> None:
         self.label = label
         self.refused = 0
+        self._live = live
         self._handoffs = 0
         self._lock = threading.Lock()
         self._logged_at = -_LOG_INTERVAL
@@ -73,13 +81,20 @@ class AcceptGate:
         """Accepted sockets handed to a worker loop that has not started them yet."""
         return self._handoffs
 
-    def admit(self, sock: _socket.socket, live: int, limit: int) -> bool:
-        """True when a new connection fits (``live`` sessions now, at most ``limit``).
+    def admit(self, sock: _socket.socket, limit: int) -> bool:
+        """True when a new connection fits (at most ``limit`` sessions).
 
         Otherwise the socket is closed and counted (call in the acceptor thread,
         the only writer of :attr:`refused`).
         """
-        if live + self._handoffs < limit:
+        if self._handoffs:
+            with self._lock:  # no hand-off ends (and registers) while counting
+                fits = self._live() + self._handoffs < limit
+        else:
+            # Nothing in flight, and only this thread starts hand-offs: no session
+            # registers meanwhile.
+            fits = self._live() < limit
+        if fits:
             return True
         self.refused += 1  # counted before the client can see the close
         sock.close()
@@ -104,15 +119,13 @@ class AcceptGate:
         try:
             el.call_soon(self._run, fn, *args)
         except BaseException:
-            self._done()
+            with self._lock:
+                self._handoffs -= 1
             raise
 
     def _run(self, fn: Callable[..., object], *args: Any) -> None:
-        try:
-            fn(*args)
-        finally:
-            self._done()  # after fn registered its session: never counted zero times
-
-    def _done(self) -> None:
-        with self._lock:
-            self._handoffs -= 1
+        with self._lock:  # registering and ending the hand-off: one step for admit()
+            try:
+                fn(*args)
+            finally:
+                self._handoffs -= 1

@@ -119,7 +119,7 @@ class Socks5Server:
         self.name = name
         self.half_closed_timeout = _check_half_closed(half_closed_timeout)
         self.max_connections = _check_max_connections(max_connections)
-        self.gate = AcceptGate(f"socks5-server {name}")
+        self.gate = AcceptGate(f"socks5-server {name}", self._live)
         self.bind_address = parse_address(address) if isinstance(address, str) else address
         self.upstream = upstream
         self.acceptor_elg = acceptor_elg
@@ -249,13 +249,16 @@ class Socks5Server:
                     loop.call_soon_threadsafe(s.abort)
 
     # -- accept (acceptor thread) -------------------------------------------------------
+    def _live(self) -> int:
+        return len(self.sessions)
+
     def _on_accept(self, sock: _socket.socket, addr: Any) -> None:
         secg = self.security_group
         if secg is not None and not secg.allowed(addr[0], "TCP", self.address[1]):
             self.denied += 1
             sock.close()  # before reading a single byte
             return
-        if not self.gate.admit(sock, len(self.sessions), self.max_connections):
+        if not self.gate.admit(sock, self.max_connections):
             return  # closed: over max-connections, before reading a byte
         if self.access_log is not None:
             self._accept_clock.accepted(addr)

@@ -142,7 +142,7 @@ class TcpLB:
         )
         self.handshake_timeout = _check_handshake_timeout(handshake_timeout)
         self.max_connections = _check_max_connections(max_connections)
-        self.gate = AcceptGate(f"tcp-lb {name}")
+        self.gate = AcceptGate(f"tcp-lb {name}", self._live)
         self.tls: TlsServerConfig | None = None
         self.tls_tasks: set[asyncio.Task[None]] = set()  # handshakes and connects in flight
         self.cert_keys: tuple[CertKey, ...] = ()
@@ -174,14 +174,16 @@ class TcpLB:
         self.access_log: AccessLog | None = None
         self._accept_clock = AcceptClock()
 
+    def _live(self) -> int:
+        return len(self.proxy.sessions) + len(self.l7_sessions)
+
     def _on_accept(self, sock: _socket.socket, addr: Any) -> None:
         secg = self.security_group
         if secg is not None and not secg.allowed(addr[0], "TCP", self.address[1]):
             self.denied += 1
             sock.close()  # before reading a single byte, and no backend connection
             return
-        live = len(self.proxy.sessions) + len(self.l7_sessions)
-        if not self.gate.admit(sock, live, self.max_connections):
+        if not self.gate.admit(sock, self.max_connections):
             return  # closed: over max-connections, before any backend connect
         if self.access_log is not None:
             self._accept_clock.accepted(addr)
