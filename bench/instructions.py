@@ -19,7 +19,8 @@ total divided by N is printed. The backend is a small asyncio HTTP/1.1 server in
 own process (not counted); the client is this script, sequential, one request in
 flight. In the close and socks5 modes the request says `Connection: close` and the
 backend closes after its answer, as bench/run.py's nginx does under `wrk -H
-'Connection: close'` and `s5load`: the backend's FIN comes first. Everything is on 127.0.0.1 with free ports; every process is stopped by pid.
+'Connection: close'` and `s5load`: the backend's FIN comes first. Everything is on
+127.0.0.1 with free ports; every process is stopped by pid.
 """
 
 from __future__ import annotations
