@@ -286,3 +286,31 @@ def source_of(module: ModuleType) -> Path:
     extension mypyc builds next to it: setup.py)."""
     assert module.__file__ is not None
     return Path(module.__file__).with_name(module.__name__.rpartition(".")[2] + ".py")
+
+
+@contextlib.contextmanager
+def manual_tcp_lb(
+    elg_factory: Callable[..., Any], addresses: list[tuple[str, int]], workers: int = 1
+) -> Iterator[tuple[Any, Any]]:
+    """A started tcp-lb over servers ``s0``, ``s1``, ... at ``addresses``, marked UP
+    by hand (no health checks: nothing but the relay is timed); yields ``(lb, group)``
+    and stops it, with its sessions, at the end."""
+    from vproxy import ServerGroup, TcpLB, Upstream
+
+    group = ServerGroup("sg")
+    for i, address in enumerate(addresses):
+        group.set_healthy(group.add(f"s{i}", address, weight=10), True)
+    ups = Upstream("u")
+    ups.add(group)
+    lb = TcpLB(
+        "lb",
+        ("127.0.0.1", 0),
+        ups,
+        acceptor_elg=elg_factory("a", 1),
+        worker_elg=elg_factory("w", workers),
+    ).start()
+    try:
+        yield lb, group
+    finally:
+        lb.stop(close_sessions=True)
+        wait_until(lambda: not lb.sessions, 10)

@@ -23,8 +23,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from helpers import wait_until
-from vproxy import ServerGroup, TcpLB, Upstream
+from helpers import manual_tcp_lb, wait_until
 from vproxy.net.connection import Session
 from vproxy.net.event_loop import EventLoop, EventLoopGroup
 from vproxy.net.server_sock import ACCEPTED_NODELAY, bind_listener
@@ -242,29 +241,6 @@ def test_client_reset_before_connect_ends_the_session(
 # -- through a tcp-lb ----------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _lb(
-    elg_factory: ElgFactory, *addresses: tuple[str, int]
-) -> Iterator[tuple[TcpLB, ServerGroup]]:
-    group = ServerGroup("sg")  # no health checks: marked up by hand
-    for i, address in enumerate(addresses):
-        group.set_healthy(group.add(f"s{i}", address, weight=10), True)
-    ups = Upstream("u")
-    ups.add(group)
-    lb = TcpLB(
-        "lb",
-        ("127.0.0.1", 0),
-        ups,
-        acceptor_elg=elg_factory("a", 1),
-        worker_elg=elg_factory("w", 1),
-    ).start()
-    try:
-        yield lb, group
-    finally:
-        lb.stop(close_sessions=True)
-        wait_until(lambda: not lb.sessions, 10)
-
-
 def _serve(backend: socket.socket, handler: Callable[[socket.socket], None]) -> threading.Thread:
     def run() -> None:
         while True:
@@ -298,7 +274,7 @@ def test_tcp_lb_backend_that_speaks_first(loop_kind: str, elg_factory: ElgFactor
     backend = socket.create_server(("127.0.0.1", 0))
     t = _serve(backend, greet)
     try:
-        with _lb(elg_factory, backend.getsockname()) as (lb, _):
+        with manual_tcp_lb(elg_factory, [backend.getsockname()]) as (lb, _):
             for _ in range(3):
                 with socket.create_connection(lb.address, timeout=5) as c:
                     assert _recv_exactly(c, 11) == b"220 ready\r\n"
@@ -316,7 +292,7 @@ def test_tcp_lb_dead_server_gets_no_bytes_lost(loop_kind: str, elg_factory: ElgF
     t = _serve(backend, echo)
     try:
         dead = ("127.0.0.1", _dead_port())
-        with _lb(elg_factory, dead, backend.getsockname()) as (lb, group):
+        with manual_tcp_lb(elg_factory, [dead, backend.getsockname()]) as (lb, group):
             acceptor = lb.acceptor_elg.loops[0]
             for _ in range(6):
                 # Hold the acceptor until the client's bytes are in: the session

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from helpers import fd_count, vproxy_process, wait_until
-from vproxy import ServerGroup, TcpLB, Upstream
+from helpers import fd_count, manual_tcp_lb, vproxy_process, wait_until
+from vproxy import ServerGroup, TcpLB
 from vproxy.net import splice
 from vproxy.net.connection import MAX_CUTS, MIN_WINDOW, PROMOTE_AFTER_READS, Session
 from vproxy.net.event_loop import EventLoopGroup
@@ -100,23 +100,10 @@ def _send_all(sock: socket.socket, data: bytes) -> None:
 def relay(
     elg_factory: ElgFactory, backend: ThreadBackend, workers: int = 1
 ) -> Iterator[tuple[TcpLB, ServerGroup]]:
-    group = ServerGroup("sg")  # no health checks: marked up by hand
-    server = group.add("s0", backend.address, weight=10)
-    group.set_healthy(server, True)
-    ups = Upstream("u")
-    ups.add(group)
-    lb = TcpLB(
-        "lb",
-        ("127.0.0.1", 0),
-        ups,
-        acceptor_elg=elg_factory("a", 1),
-        worker_elg=elg_factory("w", workers),
-    ).start()
     try:
-        yield lb, group
+        with manual_tcp_lb(elg_factory, [backend.address], workers) as (lb, group):
+            yield lb, group
     finally:
-        lb.stop(close_sessions=True)
-        wait_until(lambda: not lb.sessions, 10)
         backend.close()
 
 
