@@ -108,6 +108,26 @@ def redis(port: int, *words: str) -> str:
     return out.stdout.strip()
 
 
+def add_two_server_lb(ctl: int, a: Backend, b: Backend, checks: str) -> int:
+    """Through redis-cli: group g (health ``checks``) of servers a and b, upstream u,
+    tcp-lb lb on a free port; that port."""
+    for line in (
+        f"add server-group g {checks} method wrr",
+        f"add server a to server-group g address 127.0.0.1:{a.port} weight 10",
+        f"add server b to server-group g address 127.0.0.1:{b.port} weight 10",
+        "add upstream u",
+        "add server-group g to upstream u weight 10",
+        "add tcp-lb lb address 127.0.0.1:0 upstream u",
+    ):
+        assert redis(ctl, *line.split()) == "OK", line
+    detail = redis(ctl, "list-detail", "tcp-lb")
+    m = re.search(r"127\.0\.0\.1:(\d+)", detail)
+    assert m, detail
+    port = int(m.group(1))
+    assert port != 0
+    return port
+
+
 def start_full(tmp_path: Path, *words: str) -> VproxyProcess:
     return VproxyProcess(
         "noLoadLast",
@@ -214,20 +234,7 @@ def test_commands_replicate_to_every_worker(tmp_path: Path, backend_loop: LoopTh
         ctl = vp.port
         (worker,) = children(vp.pid)
         pids = [vp.pid, worker]
-        for line in (
-            "add server-group g timeout 500 period 200 up 1 down 2 method wrr",
-            f"add server a to server-group g address 127.0.0.1:{a.port} weight 10",
-            f"add server b to server-group g address 127.0.0.1:{b.port} weight 10",
-            "add upstream u",
-            "add server-group g to upstream u weight 10",
-            "add tcp-lb lb address 127.0.0.1:0 upstream u",
-        ):
-            assert redis(ctl, *line.split()) == "OK", line
-        detail = redis(ctl, "list-detail", "tcp-lb")
-        m = re.search(r"127\.0\.0\.1:(\d+)", detail)
-        assert m, detail
-        port = int(m.group(1))
-        assert port != 0
+        port = add_two_server_lb(ctl, a, b, "timeout 500 period 200 up 1 down 2")
 
         def both_backends_in_both() -> bool:
             gained, idents = accepted_by(pids, port)
@@ -345,3 +352,65 @@ def test_no_process_outlives_the_master(backend_loop: LoopThread, sig: signal.Si
         if sig is signal.SIGTERM:
             assert vp.proc.returncode == 0
         wait_until(lambda: not any(alive(p) for p in workers), 10)
+
+
+def test_only_the_master_checks_health_and_every_worker_follows(
+    tmp_path: Path, backend_loop: LoopThread
+) -> None:
+    """One process checks (the check traffic of one), the workers take its UP/DOWN
+    edges, and a restarted worker gets the current flags with the configuration."""
+    a = Backend(backend_loop, id_handler("a"))
+    b = Backend(backend_loop, id_handler("b"))
+    vp = start_full(tmp_path, "resp-controller", "127.0.0.1:0", PASSWORD, "workers", "3")
+    try:
+        ctl = vp.port
+        workers = children(vp.pid)
+        assert len(workers) == 2
+        port = add_two_server_lb(ctl, a, b, "timeout 500 period 100 up 1 down 1")
+        pids = [vp.pid, *workers]
+
+        def served(want: set[str], pids: list[int]) -> bool:
+            """Every process in ``pids`` accepted some of 60 connections, and the
+            backends that answered them are ``want``."""
+            try:
+                gained, idents = accepted_by(pids, port, 60)
+            except (AssertionError, OSError):  # a connection closed unanswered
+                return False
+            return set(idents) == want and all(g >= 2 for g in gained.values())
+
+        wait_until(lambda: served({"a", "b"}, pids), 10, 0.2)
+
+        # the check traffic of one process: a check per 100 ms, not one per process
+        before = a.connections
+        time.sleep(3.0)
+        checks = a.connections - before
+        assert 15 <= checks <= 45, checks  # 30 expected; three processes would make 90
+
+        # b goes down: the master's DOWN edge reaches every process
+        b.stop()
+        wait_until(lambda: served({"a"}, pids), 10, 0.2)
+
+        # a worker killed now comes back with a UP and b DOWN at once: the replay
+        # carries the flags, as it has no check of its own to learn them
+        os.kill(workers[0], signal.SIGKILL)
+        wait_until(lambda: len(children(vp.pid)) == 2 and workers[0] not in children(vp.pid), 15)
+        new_pids = [vp.pid, *children(vp.pid)]
+        wait_until(lambda: served({"a"}, new_pids), 15, 0.2)
+
+        # b comes back: UP everywhere, the restarted worker included
+        b.start()
+        wait_until(lambda: served({"a", "b"}, new_pids), 10, 0.2)
+
+        # a removed and added again while its port is closed: DOWN in every process
+        a.stop()
+        assert redis(ctl, "remove", "server", "a", "from", "server-group", "g") == "OK"
+        line = f"add server a to server-group g address 127.0.0.1:{a.port} weight 10"
+        assert redis(ctl, *line.split()) == "OK"
+        time.sleep(0.5)  # five check periods
+        assert served({"b"}, new_pids)
+    finally:
+        vp.stop()
+    assert re.search(r"worker \d restarted", vp.stderr_text)
+    assert "did not apply" not in vp.stderr_text  # no edge was refused by a worker
+    for pid in (vp.pid, *workers):
+        assert not alive(pid)

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from vproxy.net.event_loop import EventLoop, EventLoopGroup
 
 __all__ = [
+    "EdgeObserver",
     "HealthListener",
     "Method",
     "Server",
@@ -40,6 +41,8 @@ __all__ = [
     "SmoothWrr",
     "pick_source",
     "pick_wlc",
+    "set_edge_observer",
+    "set_local_health_checks",
 ]
 
 _log = logging.getLogger("vproxy.component")
@@ -250,6 +253,30 @@ def pick_source(servers: Iterable[Server], source: str) -> Server | None:
 
 
 HealthListener = Callable[[Server, bool], None]
+EdgeObserver = Callable[["ServerGroup", Server, bool], None]
+
+# Process-wide (``workers N``): a worker process runs no health checks of its own (its
+# master checks and sends it the edges), and the master watches every group's edges.
+_local_checks = True
+_edge_observer: EdgeObserver | None = None
+
+
+def set_local_health_checks(enabled: bool) -> None:
+    """Whether servers added from now on in this process are health-checked here.
+
+    A worker process of ``workers N`` turns them off: the master's checks decide,
+    and it sets the flags with :meth:`ServerGroup.set_healthy`.
+    """
+    global _local_checks
+    _local_checks = enabled
+
+
+def set_edge_observer(observer: EdgeObserver | None) -> None:
+    """Call ``observer(group, server, healthy)`` on every UP/DOWN edge of any group
+    of this process (after the group's own listeners); None stops it."""
+    global _edge_observer
+    _edge_observer = observer
+
 
 #: bumped whenever a group's annotations are replaced (what upstreams cache by hint
 #: depends on them)
@@ -375,6 +402,12 @@ class ServerGroup:
                 listener(server, healthy)
             except Exception:
                 _log.exception("health listener failed")
+        observer = _edge_observer
+        if observer is not None:
+            try:
+                observer(self, server, healthy)
+            except Exception:
+                _log.exception("health edge observer failed")
 
     def _rebuild(self) -> None:
         """Recompute the healthy snapshot and the WRR state (lock held)."""
@@ -449,7 +482,7 @@ class ServerGroup:
     # -- health-check driving ---------------------------------------------------------------
     def _start_check(self, server: Server) -> None:
         elg = self.event_loop_group
-        if elg is None:
+        if elg is None or not _local_checks:
             return
         el = elg.next()
 

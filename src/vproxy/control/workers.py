@@ -3,9 +3,11 @@
 Owns: forking the workers before the master starts any thread, one channel per
 worker (a Unix socket pair, newline-delimited JSON, one request and one answer at a
 time), replicating every change the master's executor makes (as its canonical command
-text, in order, waiting for every worker), replaying the configuration into a worker
-that (re)starts, summing the workers' counters for ``list`` and ``/metrics``,
-restarting a worker that dies and stopping them all.
+text, in order, waiting for every worker), sending the workers the UP/DOWN edges of
+the master's health checks (workers check nothing themselves), replaying the
+configuration and the health flags into a worker that (re)starts, summing the workers'
+counters for ``list`` and ``/metrics``, restarting a worker that dies and stopping
+them all.
 
 The master is one of the N data-plane processes: it keeps the control plane
 (controllers, executor, persistence) and serves traffic like the N-1 workers, each of
@@ -23,6 +25,7 @@ import ctypes
 import json
 import logging
 import os
+import queue
 import signal
 import socket
 import sys
@@ -34,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vproxy.component.server_group import set_edge_observer, set_local_health_checks
 from vproxy.control.command import Action, Command, ConflictError, ResourceType, format_command
 from vproxy.control.command.values import Address
 from vproxy.control.metrics import AppCollector, listener_kind, server_bytes
@@ -44,7 +48,7 @@ if TYPE_CHECKING:
 
     from vproxy.app.socks5_server import Socks5Server
     from vproxy.app.tcp_lb import TcpLB
-    from vproxy.component.server_group import Server
+    from vproxy.component.server_group import Server, ServerGroup
     from vproxy.control.application import Application
     from vproxy.control.executor import Executor
 
@@ -186,6 +190,9 @@ class Workers:
         self._retired = _Stats()  # counters of workers that died (last snapshot)
         self._retired_lock = threading.Lock()
         self._supervisor: threading.Thread | None = None
+        # health edges of the master's checks, sent in order by their own thread
+        self._edges: queue.SimpleQueue[tuple[ServerGroup, Server] | None] = queue.SimpleQueue()
+        self._edge_sender: threading.Thread | None = None
 
     # -- start ------------------------------------------------------------------------
     @classmethod
@@ -242,6 +249,11 @@ class Workers:
             except WorkerError as exc:
                 self._fail(w, f"did not start: {exc}")
         executor.set_peers(self)
+        set_edge_observer(self._on_edge)
+        self._edge_sender = threading.Thread(
+            target=self._send_edges, name="vproxy-health-edges", daemon=True
+        )
+        self._edge_sender.start()
         self._supervisor = threading.Thread(
             target=self._supervise, name="vproxy-workers", daemon=True
         )
@@ -288,15 +300,19 @@ class Workers:
 
     def _apply(self, w: _Worker, line: str) -> str | None:
         """Apply one line in ``w``: None, or why it failed (``w`` is then restarted)."""
+        return self._change(w, {"apply": line}, repr(line))
+
+    def _change(self, w: _Worker, msg: dict[str, Any], what: str) -> str | None:
+        """Make one change in ``w``: None, or why it failed (``w`` is then restarted)."""
         try:
-            answer = self._request(w, {"apply": line}, APPLY_TIMEOUT)
+            answer = self._request(w, msg, APPLY_TIMEOUT)
         except WorkerError as exc:
             why = str(exc)
         else:
             if "error" not in answer:
                 return None
             why = f"refused it: {answer['error']}"
-        self._fail(w, f"did not apply {line!r}: {why}")
+        self._fail(w, f"did not apply {what}: {why}")
         return why
 
     def _fail(self, w: _Worker, why: str) -> None:
@@ -343,6 +359,45 @@ class Workers:
         for w in self._workers:
             if w.ready:
                 self._apply(w, line)
+
+    # -- health ---------------------------------------------------------------------------
+    def _on_edge(self, group: ServerGroup, server: Server, healthy: bool) -> None:
+        """An UP/DOWN edge in the master (on a health-check loop): queued for the workers."""
+        self._edges.put((group, server))
+
+    def _send_edges(self) -> None:
+        """Send the queued edges to the ready workers, in order, until :meth:`stop`.
+
+        Each goes as the server's flag when it is sent, under ``Application.lock`` as
+        replication is: the workers then have exactly the master's groups and
+        servers, and an edge of a server the master no longer has (removed, or
+        replaced by another of the same name) is dropped rather than sent stale.
+        """
+        executor = self._executor
+        assert executor is not None
+        app = executor.app
+        while (item := self._edges.get()) is not None:
+            group, server = item
+            with app.lock:
+                if self._stopping.is_set():
+                    return
+                if not _current(app, group, server):
+                    continue
+                msg = _health_message(group, server)
+                for w in self._workers:
+                    if w.ready:
+                        self._change(w, msg, f"health {msg['health']}")
+
+    def _replay_health(self, w: _Worker, app: Application) -> bool:
+        """Send ``w`` the UP flags (a server starts DOWN there as anywhere); False when
+        it failed (``w`` is then restarted). Call under ``app.lock``."""
+        for group in app.server_groups.values():
+            for server in group.servers:
+                if server.healthy:
+                    msg = _health_message(group, server)
+                    if self._change(w, msg, f"health {msg['health']}") is not None:
+                        return False
+        return True
 
     def _stats(self) -> _Stats:
         """The workers' counters, summed (plus those of workers that died)."""
@@ -448,6 +503,8 @@ class Workers:
             for line in lines:
                 if self._stopping.is_set() or self._apply(w, line) is not None:
                     return
+            if not self._replay_health(w, executor.app):
+                return
             w.ready = True
         _log.warning(
             "worker %d restarted (pid %d); %d configuration commands replayed",
@@ -466,6 +523,8 @@ class Workers:
     def stop(self) -> None:
         """Stop every worker (SIGTERM, then SIGKILL after a while) and reap it."""
         self._stopping.set()
+        set_edge_observer(None)
+        self._edges.put(None)
         with self._spawn_lock:  # no worker is being spawned past this point
             pass
         if self._supervisor is not None and self._supervisor is not threading.current_thread():
@@ -536,6 +595,42 @@ def _add_samples(
     return out
 
 
+def _current(app: Application, group: ServerGroup, server: Server) -> bool:
+    """Whether ``server`` of ``group`` is still in ``app`` (as these very objects)."""
+    if app.server_groups.get(group.name) is not group:
+        return False
+    try:
+        return group.get(server.name) is server
+    except KeyError:
+        return False
+
+
+def _health_message(group: ServerGroup, server: Server) -> dict[str, Any]:
+    return {"health": [group.name, server.name, server.healthy]}
+
+
+def set_health(app: Application, item: object) -> dict[str, Any]:
+    """A worker's answer to ``{"health": [GROUP, SERVER, UP]}``, after setting that flag."""
+    if not (
+        isinstance(item, list)
+        and len(item) == 3
+        and isinstance(item[0], str)
+        and isinstance(item[1], str)
+        and isinstance(item[2], bool)
+    ):
+        return {"error": f"bad health message {item!r}"}
+    name, server_name, up = item
+    group = app.server_groups.get(name)
+    if group is None:
+        return {"error": f"server-group {name} not found"}
+    try:
+        server = group.get(server_name)
+    except KeyError:
+        return {"error": f"server {server_name} not found in server-group {name}"}
+    group.set_healthy(server, up)
+    return {"ok": 1}
+
+
 def _overlap(a: str, b: str) -> bool:
     """Whether listeners on hosts ``a`` and ``b`` (same port) would collide."""
     if (":" in a) != (":" in b):
@@ -575,6 +670,7 @@ def serve_worker(sock: socket.socket, index: int, master_pid: int, access_log: s
     from vproxy.control.reply import ErrorReply
 
     _die_with_master(master_pid)
+    set_local_health_checks(False)  # the master checks and sends the edges
     for h in logging.getLogger().handlers:
         h.setFormatter(
             logging.Formatter(f"%(asctime)s %(levelname)s %(name)s (worker {index}): %(message)s")
@@ -610,6 +706,8 @@ def serve_worker(sock: socket.socket, index: int, master_pid: int, access_log: s
                     answer: dict[str, Any] = (
                         {"error": reply.message} if isinstance(reply, ErrorReply) else {"ok": 1}
                     )
+                elif "health" in msg:
+                    answer = set_health(app, msg["health"])
                 elif "stats" in msg:
                     answer = {"stats": _snapshot(app)}
                 else:

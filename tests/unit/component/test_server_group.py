@@ -1,7 +1,8 @@
 """Pure tests of the server-group balancing policy (SPEC §1 "ServerGroup").
 
 Groups are made without an event-loop group, so no health check runs: health is
-flipped by hand with ``set_healthy``. No sockets, no sleeping.
+flipped by hand with ``set_healthy``. No sockets, no sleeping (but for the test of
+``set_local_health_checks``, which needs a loop to show a check started).
 """
 
 from __future__ import annotations
@@ -242,6 +243,61 @@ def test_set_healthy_twice_is_one_edge_and_listeners_hear_it() -> None:
     assert g.healthy_servers == (b,)
     g.remove_health_listener(broken)
     g.remove_health_listener(broken)  # absent: ignored
+
+
+def test_the_edge_observer_hears_every_group_after_its_listeners() -> None:
+    g, (a, b) = make_group([1, 1], healthy=[False, False])
+    h, (c,) = make_group([1], healthy=[False])
+    heard: list[tuple[str, str, bool]] = []
+    g.add_health_listener(lambda s, up: heard.append(("listener", s.name, up)))
+
+    def observer(group: ServerGroup, server: Server, up: bool) -> None:
+        heard.append((group.name + "/" + ("g" if group is g else "h"), server.name, up))
+        if server is b:
+            raise RuntimeError("observer bug")  # logged; the edge still happened
+
+    sg_mod.set_edge_observer(observer)
+    try:
+        g.set_healthy(a, True)
+        g.set_healthy(a, True)  # no edge
+        g.set_healthy(b, True)
+        h.set_healthy(c, True)
+        assert g.healthy_servers == (a, b)
+        g.remove("s0")
+        g.set_healthy(a, False)  # removed: no edge for anyone
+    finally:
+        sg_mod.set_edge_observer(None)
+    g.set_healthy(b, False)
+    assert heard == [
+        ("listener", "s0", True),
+        ("g/g", "s0", True),
+        ("listener", "s1", True),
+        ("g/g", "s1", True),
+        ("g/h", "s0", True),
+        ("listener", "s1", False),
+    ]
+
+
+def test_servers_get_no_check_where_local_checks_are_off() -> None:
+    from vproxy.net.event_loop import EventLoopGroup
+
+    elg = EventLoopGroup("hc", loops=1)
+    g = ServerGroup("g", event_loop_group=elg)
+    try:
+        checked = g.add("a", ("127.0.0.1", 9))
+        sg_mod.set_local_health_checks(False)
+        try:
+            unchecked = g.add("b", ("127.0.0.1", 10))
+        finally:
+            sg_mod.set_local_health_checks(True)
+        assert checked._health_client is not None
+        assert unchecked._health_client is None
+        assert not unchecked.healthy  # it waits for set_healthy
+        g.set_healthy(unchecked, True)
+        assert g.healthy_servers == (unchecked,)
+    finally:
+        g.close()
+        elg.close()
 
 
 def test_removed_server_is_never_returned_and_its_edges_ignored() -> None:
