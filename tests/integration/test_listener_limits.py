@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 import time
@@ -12,7 +13,7 @@ import pytest
 
 from helpers import Backend, LoopThread, echo_handler, wait_until
 from vproxy import HealthCheckConfig, ServerGroup, TcpLB, Upstream
-from vproxy.app.accept_gate import AcceptGate
+from vproxy.app.accept_gate import AcceptGate, SharedCounts
 from vproxy.app.l7.base import L7Limits
 from vproxy.app.socks5_server import Socks5Server
 from vproxy.app.tcp_lb import TcpLBError
@@ -194,6 +195,69 @@ def test_gate_counts_a_session_starting_on_another_loop_once(elg_factory: ElgFac
         assert not gate.admit(c, 2)  # 2 live: refused and closed
         assert c.fileno() == -1
     assert gate.refused == 1
+
+
+@pytest.fixture
+def counts_fd() -> Iterator[int]:
+    fd = SharedCounts.create(3)
+    yield fd
+    os.close(fd)
+
+
+def test_gates_of_three_processes_share_one_limit(counts_fd: int) -> None:
+    """Three gates on one row of one table, as the three processes of ``workers 3``
+    (each maps the table itself): the limit holds over their sum."""
+    lives = [0, 0, 0]
+    gates = []
+    for column in range(3):
+        gate = AcceptGate(f"p{column}", lambda c=column: lives[c])  # type: ignore[misc]
+        gate.share(SharedCounts(counts_fd, 3, column), row=5)
+        gates.append(gate)
+    other_row = AcceptGate("other", lambda: 0)
+    other_row.share(SharedCounts(counts_fd, 3, 0), row=6)
+
+    def admit(column: int) -> bool:
+        with socket.socket() as s:
+            ok = gates[column].admit(s, 4)
+            if ok:
+                lives[column] += 1  # the session starts
+            return ok
+
+    assert [admit(0), admit(1), admit(2), admit(0)] == [True] * 4
+    assert not admit(1)  # 4 over the three: full
+    assert not admit(2)
+    assert [g.refused for g in gates] == [0, 1, 1]
+    with socket.socket() as s:
+        assert other_row.admit(s, 4)  # another listener's row is its own
+
+    lives[0] = 0  # both of process 0's sessions end: the others learn it when it publishes
+    assert not admit(1)
+    gates[0].publish()
+    assert [admit(1), admit(2)] == [True, True]
+    assert not admit(0)
+
+    # a listener that stops counting with the others leaves 0 behind, then is alone
+    gates[2].share(None)
+    assert gates[2].row == -1
+    assert SharedCounts(counts_fd, 3, 0).others(5) == lives[1]
+    assert admit(0)
+    assert admit(0)  # 2 (process 1) + 2 = 4
+    assert not admit(0)
+
+
+def test_a_dead_process_column_and_a_free_row_are_cleared(counts_fd: int) -> None:
+    master = SharedCounts(counts_fd, 3, 0)
+    worker = SharedCounts(counts_fd, 3, 2)
+    worker.set(7, 40)
+    worker.set(8, 2)
+    master.set(7, 1)
+    assert (master.others(7), master.others(8)) == (40, 2)
+    master.clear_column(2)  # the worker died: its sessions with it
+    assert (master.others(7), master.others(8), worker.others(7)) == (0, 0, 1)
+    master.clear_row(7)  # no listener on row 7 any more
+    assert worker.others(7) == 0
+    with pytest.raises(ValueError, match="column 3 of 3"):
+        SharedCounts(counts_fd, 3, 3)
 
 
 def test_socks5_refuses_connection_over_max_at_accept(

@@ -414,3 +414,70 @@ def test_only_the_master_checks_health_and_every_worker_follows(
     assert "did not apply" not in vp.stderr_text  # no edge was refused by a worker
     for pid in (vp.pid, *workers):
         assert not alive(pid)
+
+
+def try_hold(port: int, attempts: int) -> list[socket.socket]:
+    """``attempts`` connections one after another; those answered, kept open (the
+    others were closed by a listener at its limit)."""
+    kept = []
+    for _ in range(attempts):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        try:
+            data = s.recv(100)
+        except ConnectionResetError:
+            data = b""
+        if data:
+            kept.append(s)
+        else:
+            s.close()
+    return kept
+
+
+def test_max_connections_holds_over_every_process(tmp_path: Path, backend_loop: LoopThread) -> None:
+    """Each process adds the others' live sessions (shared memory) before admitting,
+    so a limit of 10 is 10 over the processes, not 10 in each."""
+    a = Backend(backend_loop, id_handler("a"))
+    b = Backend(backend_loop, id_handler("b"))
+    vp = start_full(tmp_path, "resp-controller", "127.0.0.1:0", PASSWORD, "workers", "2")
+    held_socks: list[socket.socket] = []
+    try:
+        ctl = vp.port
+        (worker,) = children(vp.pid)
+        port = add_two_server_lb(ctl, a, b, "timeout 500 period 200 up 1 down 2")
+        wait_until(lambda: set(accepted_by([vp.pid, worker], port, 20)[1]) == {"a", "b"}, 10)
+        where = ["tcp-lb", "lb", "max-connections"]
+        assert redis(ctl, "update", *where, "10") == "OK"
+
+        # 40 attempts, one at a time (so no two admissions race): the hash of the
+        # ports sends about half to each process, and 10 are served in all
+        held_socks += try_hold(port, 40)
+        assert len(held_socks) == 10
+
+        # sessions that end are seen by the other process within a publication
+        for s in held_socks[:4]:
+            s.close()
+        del held_socks[:4]
+        time.sleep(0.5)  # five publications
+        held_socks += try_hold(port, 30)
+        assert len(held_socks) == 10
+
+        # a higher limit, replicated, holds over both as well
+        assert redis(ctl, "update", *where, "15") == "OK"
+        held_socks += try_hold(port, 30)
+        assert len(held_socks) == 15
+
+        # a listener removed and another added: its row starts empty
+        for s in held_socks:
+            s.close()
+        held_socks.clear()
+        assert redis(ctl, "remove", "tcp-lb", "lb") == "OK"
+        line = f"add tcp-lb lb2 address 127.0.0.1:{port} upstream u max-connections 6"
+        assert redis(ctl, *line.split()) == "OK"
+        held_socks += try_hold(port, 30)
+        assert len(held_socks) == 6
+    finally:
+        for s in held_socks:
+            s.close()
+        vp.stop()
+    assert "did not apply" not in vp.stderr_text
+    assert not alive(worker)

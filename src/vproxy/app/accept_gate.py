@@ -7,7 +7,9 @@ their way to a worker loop, so that a burst accepted before any of its sessions
 started cannot slip past the limit.
 
 The live count is the listener's sessions (registered by the worker loops as the
-first thing they do with an accepted socket) plus those hand-offs in flight.
+first thing they do with an accepted socket) plus those hand-offs in flight. With
+``workers N`` the limit holds over all the processes: each publishes its count in
+memory they share (:class:`SharedCounts`) and adds the others' before admitting.
 
 Must not: close sessions that are already running, or read anything from a refused
 connection: it is closed before a byte is read and before any backend connect.
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import _socket
 import logging
+import mmap
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +32,7 @@ __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
     "MAX_MAX_CONNECTIONS",
     "AcceptGate",
+    "SharedCounts",
     "check_max_connections",
 ]
 
@@ -52,6 +57,75 @@ def check_max_connections(value: object) -> int:
     return value
 
 
+class SharedCounts:
+    """Live sessions of each listener in each process of ``workers N``.
+
+    A table in memory every process maps (a ``memfd`` the master makes before it
+    forks, handed to a restarted worker by descriptor): one row per listener (the
+    master assigns rows), one column per process. A process writes only its own
+    column, with single aligned 8-byte stores, and reads the others' to add them up.
+    A count that goes down is published by :meth:`AcceptGate.publish`, which each
+    process calls every :data:`REFRESH_S`; a count that goes up is published at once,
+    by the admission itself. So the sum lags behind closed sessions (a refusal a
+    little early, for at most that long), never behind admitted ones, but for
+    admissions in several processes at the same instant: at most one each over the
+    limit.
+    """
+
+    __slots__ = ("_cells", "_map", "column", "columns")
+
+    #: listeners a table has room for (a listener past them is limited per process)
+    ROWS: Final = 1024
+    #: seconds between two publications of every count of a process
+    REFRESH_S: Final = 0.1
+
+    def __init__(self, fd: int, columns: int, column: int) -> None:
+        if not 0 <= column < columns:
+            raise ValueError(f"column {column} of {columns}")
+        self.columns = columns
+        self.column = column
+        self._map = mmap.mmap(fd, self.ROWS * columns * 8)
+        self._cells = memoryview(self._map).cast("q")
+
+    @classmethod
+    def create(cls, columns: int) -> int:
+        """A new zeroed table's descriptor (close-on-exec; make it inheritable to
+        hand it to a spawned process)."""
+        fd = os.memfd_create("vproxy-live-sessions", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, cls.ROWS * columns * 8)
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
+
+    def set(self, row: int, count: int) -> None:
+        """Publish this process's ``count`` for listener ``row``."""
+        self._cells[row * self.columns + self.column] = count
+
+    def others(self, row: int) -> int:
+        """The counts of listener ``row`` in the other processes, summed."""
+        start = row * self.columns
+        cells = self._cells
+        total = 0
+        for i in range(start, start + self.columns):
+            total += cells[i]
+        return total - cells[start + self.column]
+
+    def clear_row(self, row: int) -> None:
+        """Zero listener ``row`` in every process (a row no listener uses, to reuse)."""
+        start = row * self.columns
+        cells = self._cells
+        for i in range(start, start + self.columns):
+            cells[i] = 0
+
+    def clear_column(self, column: int) -> None:
+        """Zero every count of process ``column`` (it died: its sessions are gone)."""
+        cells = self._cells
+        for row in range(self.ROWS):
+            cells[row * self.columns + column] = 0
+
+
 class AcceptGate:
     """Admission at accept for one listener.
 
@@ -66,7 +140,16 @@ class AcceptGate:
         refused: Connections closed at accept because the limit was reached.
     """
 
-    __slots__ = ("_handoffs", "_live", "_lock", "_logged_at", "label", "refused")
+    __slots__ = (
+        "_counts",
+        "_handoffs",
+        "_live",
+        "_lock",
+        "_logged_at",
+        "_row",
+        "label",
+        "refused",
+    )
 
     def __init__(self, label: str, live: Callable[[], int]) -> None:
         self.label = label
@@ -75,11 +158,40 @@ class AcceptGate:
         self._handoffs = 0
         self._lock = threading.Lock()
         self._logged_at = -_LOG_INTERVAL
+        self._counts: SharedCounts | None = None
+        self._row = -1
 
     @property
     def in_flight(self) -> int:
         """Accepted sockets handed to a worker loop that has not started them yet."""
         return self._handoffs
+
+    @property
+    def row(self) -> int:
+        """The listener's row in the shared counts; -1 when not shared."""
+        return self._row
+
+    def share(self, counts: SharedCounts | None, row: int = -1) -> None:
+        """Count with the other processes in ``row`` of ``counts`` (None: alone).
+
+        This process's count in the row it leaves is zeroed.
+        """
+        with self._lock:
+            old = self._counts
+            if old is not None:
+                old.set(self._row, 0)
+            self._counts = counts
+            self._row = row if counts is not None else -1
+            if counts is not None:
+                counts.set(row, self._live() + self._handoffs)
+
+    def publish(self) -> None:
+        """Publish the live count in the shared counts (if shared): how one that went
+        down reaches the other processes."""
+        with self._lock:
+            counts = self._counts
+            if counts is not None:
+                counts.set(self._row, self._live() + self._handoffs)
 
     def admit(self, sock: _socket.socket, limit: int) -> bool:
         """True when a new connection fits (at most ``limit`` sessions).
@@ -87,7 +199,14 @@ class AcceptGate:
         Otherwise the socket is closed and counted (call in the acceptor thread,
         the only writer of :attr:`refused`).
         """
-        if self._handoffs:
+        counts = self._counts
+        if counts is not None:
+            with self._lock:
+                live = self._live() + self._handoffs
+                row = self._row
+                fits = live + counts.others(row) < limit
+                counts.set(row, live + 1 if fits else live)  # the admitted one, at once
+        elif self._handoffs:
             with self._lock:  # no hand-off ends (and registers) while counting
                 fits = self._live() + self._handoffs < limit
         else:

@@ -242,6 +242,7 @@ class Socks5Server:
         """Stop accepting; running sessions finish unless ``close_sessions``."""
         if self.server_sock is not None:
             self.server_sock.close()
+        self.gate.share(None)  # (workers N) no longer counted with the other processes
         if close_sessions:
             for s in list(self.sessions):
                 loop = s._loop

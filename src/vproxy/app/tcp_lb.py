@@ -399,6 +399,7 @@ class TcpLB:
         """Stop accepting; running sessions finish unless ``close_sessions``."""
         if self.server_sock is not None:
             self.server_sock.close()
+        self.gate.share(None)  # (workers N) no longer counted with the other processes
         if close_sessions:
             self.proxy.close_sessions()
             if self.mode is not None:

@@ -5,9 +5,10 @@ worker (a Unix socket pair, newline-delimited JSON, one request and one answer a
 time), replicating every change the master's executor makes (as its canonical command
 text, in order, waiting for every worker), sending the workers the UP/DOWN edges of
 the master's health checks (workers check nothing themselves), replaying the
-configuration and the health flags into a worker that (re)starts, summing the workers'
-counters for ``list`` and ``/metrics``, restarting a worker that dies and stopping
-them all.
+configuration and the health flags into a worker that (re)starts, giving every
+listener a row in the live-session counts all processes share (``max-connections``
+over all of them), summing the workers' counters for ``list`` and ``/metrics``,
+restarting a worker that dies and stopping them all.
 
 The master is one of the N data-plane processes: it keeps the control plane
 (controllers, executor, persistence) and serves traffic like the N-1 workers, each of
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vproxy.app.accept_gate import SharedCounts
 from vproxy.component.server_group import set_edge_observer, set_local_health_checks
 from vproxy.control.command import Action, Command, ConflictError, ResourceType, format_command
 from vproxy.control.command.values import Address
@@ -181,9 +183,15 @@ class _Worker:
 class Workers:
     """The master's side of ``workers N``: N-1 worker processes and their channels."""
 
-    def __init__(self, workers: list[_Worker], access_log: str | None) -> None:
+    def __init__(self, workers: list[_Worker], access_log: str | None, counts_fd: int) -> None:
         self._workers = workers
         self._access_log = access_log
+        # live sessions of every listener in every process (the master is column 0)
+        self._counts_fd = counts_fd
+        self._counts = SharedCounts(counts_fd, len(workers) + 1, 0)
+        self._rows: dict[tuple[str, str], tuple[TcpLB | Socks5Server, int]] = {}
+        self._free_rows = list(range(SharedCounts.ROWS - 1, -1, -1))
+        self._publisher: threading.Thread | None = None
         self._executor: Executor | None = None
         self._stopping = threading.Event()
         self._spawn_lock = threading.Lock()
@@ -209,6 +217,7 @@ class Workers:
             raise RuntimeError("workers must be forked before any thread starts")
         set_reuse_port_default(True)
         master_pid = os.getpid()
+        counts_fd = SharedCounts.create(count)
         pairs = [socket.socketpair() for _ in range(count - 1)]
         workers: list[_Worker] = []
         for index, (mine, theirs) in enumerate(pairs, 1):
@@ -222,7 +231,8 @@ class Workers:
                         m.close()
                         if t is not theirs:
                             t.close()
-                    code = serve_worker(theirs, index, master_pid, access_log)
+                    counts = SharedCounts(counts_fd, count, index)
+                    code = serve_worker(theirs, index, master_pid, access_log, counts)
                 except BaseException:
                     traceback.print_exc()
                 finally:
@@ -232,7 +242,7 @@ class Workers:
             workers.append(_Worker(index, pid, mine, started=time.monotonic()))
         for _, theirs in pairs:
             theirs.close()
-        return cls(workers, access_log)
+        return cls(workers, access_log, counts_fd)
 
     def attach(self, executor: Executor) -> None:
         """Wait for the forked workers, then replicate ``executor``'s changes to them.
@@ -254,6 +264,13 @@ class Workers:
             target=self._send_edges, name="vproxy-health-edges", daemon=True
         )
         self._edge_sender.start()
+        self._publisher = threading.Thread(
+            target=publish_counts,
+            args=(executor.app, self._stopping),
+            name="vproxy-live-sessions",
+            daemon=True,
+        )
+        self._publisher.start()
         self._supervisor = threading.Thread(
             target=self._supervise, name="vproxy-workers", daemon=True
         )
@@ -359,6 +376,40 @@ class Workers:
         for w in self._workers:
             if w.ready:
                 self._apply(w, line)
+        self._share_rows()
+
+    # -- max-connections over the processes ------------------------------------------------
+    def _share_rows(self) -> None:
+        """Give every new listener a row in the shared counts, in every process, and
+        take back the rows of listeners gone (under ``Application.lock``)."""
+        assert self._executor is not None
+        live = {(listener_kind(lb), lb.name): lb for lb in self._executor.app.listeners()}
+        for key, (lb, row) in list(self._rows.items()):
+            if live.get(key) is not lb:  # removed (every process stopped counting in it)
+                del self._rows[key]
+                self._counts.clear_row(row)
+                self._free_rows.append(row)
+        for key, lb in live.items():
+            if key in self._rows:
+                continue
+            if not self._free_rows:
+                _log.warning(
+                    "%s %s: more than %d listeners; its max-connections holds per process",
+                    key[0],
+                    key[1],
+                    SharedCounts.ROWS,
+                )
+                continue
+            row = self._free_rows.pop()
+            self._rows[key] = (lb, row)
+            lb.gate.share(self._counts, row)
+            for w in self._workers:
+                if w.ready:
+                    self._share_row(w, key, row)
+
+    def _share_row(self, w: _Worker, key: tuple[str, str], row: int) -> bool:
+        msg = {"share": [key[0], key[1], row]}
+        return self._change(w, msg, f"share {msg['share']}") is None
 
     # -- health ---------------------------------------------------------------------------
     def _on_edge(self, group: ServerGroup, server: Server, healthy: bool) -> None:
@@ -472,6 +523,7 @@ class Workers:
                 with self._retired_lock:
                     self._retired.add(w.last_stats, counters_only=True)
             w.last_stats = None
+            self._counts.clear_column(w.index)  # its sessions died with it
 
     def _restart(self, w: _Worker) -> None:
         """Spawn a fresh worker in slot ``w`` and replay the configuration into it."""
@@ -485,7 +537,9 @@ class Workers:
                 return
             w.started = time.monotonic()
             try:
-                w.pid = _spawn(theirs, w.index, self._access_log)
+                w.pid = _spawn(
+                    theirs, w.index, self._access_log, self._counts_fd, len(self._workers) + 1
+                )
             except OSError as exc:
                 _log.error("worker %d: cannot start: %s", w.index, exc)
                 mine.close()
@@ -505,6 +559,9 @@ class Workers:
                     return
             if not self._replay_health(w, executor.app):
                 return
+            for key, (_, row) in self._rows.items():
+                if not self._share_row(w, key, row):
+                    return
             w.ready = True
         _log.warning(
             "worker %d restarted (pid %d); %d configuration commands replayed",
@@ -662,7 +719,43 @@ def _send(sock: socket.socket, msg: dict[str, Any]) -> None:
     sock.sendall(json.dumps(msg).encode() + b"\n")
 
 
-def serve_worker(sock: socket.socket, index: int, master_pid: int, access_log: str | None) -> int:
+def publish_counts(app: Application, stop: threading.Event) -> None:
+    """Publish the live-session count of every listener of ``app`` that shares its
+    count, every ``SharedCounts.REFRESH_S``, until ``stop`` is set."""
+    while not stop.wait(SharedCounts.REFRESH_S):
+        for lb in app.listeners():
+            lb.gate.publish()
+
+
+def share_row(app: Application, counts: SharedCounts, item: object) -> dict[str, Any]:
+    """A worker's answer to ``{"share": [KIND, NAME, ROW]}``: listener NAME counts in
+    row ROW from now on."""
+    if not (
+        isinstance(item, list)
+        and len(item) == 3
+        and item[0] in ("tcp-lb", "socks5-server")
+        and isinstance(item[1], str)
+        and isinstance(item[2], int)
+        and not isinstance(item[2], bool)
+        and 0 <= item[2] < SharedCounts.ROWS
+    ):
+        return {"error": f"bad share message {item!r}"}
+    kind, name, row = item
+    table: dict[str, Any] = app.tcp_lbs if kind == "tcp-lb" else app.socks5_servers
+    lb = table.get(name)
+    if lb is None:
+        return {"error": f"{kind} {name} not found"}
+    lb.gate.share(counts, row)
+    return {"ok": 1}
+
+
+def serve_worker(
+    sock: socket.socket,
+    index: int,
+    master_pid: int,
+    access_log: str | None,
+    counts: SharedCounts,
+) -> int:
     """Run one worker: apply what the master sends until the channel closes or SIGTERM."""
     from vproxy.app.access_log import AccessLog
     from vproxy.control.application import Application
@@ -697,6 +790,13 @@ def serve_worker(sock: socket.socket, index: int, master_pid: int, access_log: s
         else:
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
         executor = Executor(app)
+        stop_publishing = threading.Event()
+        threading.Thread(
+            target=publish_counts,
+            args=(app, stop_publishing),
+            name="vproxy-live-sessions",
+            daemon=True,
+        ).start()
         _send(sock, {"hello": os.getpid()})
         with sock.makefile("rb") as reader:
             for raw in reader:
@@ -708,6 +808,8 @@ def serve_worker(sock: socket.socket, index: int, master_pid: int, access_log: s
                     )
                 elif "health" in msg:
                     answer = set_health(app, msg["health"])
+                elif "share" in msg:
+                    answer = share_row(app, counts, msg["share"])
                 elif "stats" in msg:
                     answer = {"stats": _snapshot(app)}
                 else:
@@ -717,14 +819,18 @@ def serve_worker(sock: socket.socket, index: int, master_pid: int, access_log: s
         pass
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stop_publishing.set()
         app.close()
     return 0
 
 
-def _spawn(sock: socket.socket, index: int, access_log: str | None) -> int:
+def _spawn(
+    sock: socket.socket, index: int, access_log: str | None, counts_fd: int, columns: int
+) -> int:
     """Start a fresh interpreter running a worker on ``sock``; its pid.
 
-    ``posix_spawn`` (not ``fork``): the master has threads by now.
+    ``posix_spawn`` (not ``fork``): the master has threads by now. The worker gets
+    the channel and the shared counts by descriptor.
     """
     fd = sock.fileno()
     os.set_inheritable(fd, True)
@@ -739,17 +845,25 @@ def _spawn(sock: socket.socket, index: int, access_log: str | None) -> int:
         str(index),
         str(os.getpid()),
         access_log or "",
+        str(counts_fd),
+        str(columns),
     ]
-    return os.posix_spawn(sys.executable, argv, env)
+    os.set_inheritable(counts_fd, True)
+    try:
+        return os.posix_spawn(sys.executable, argv, env)
+    finally:
+        os.set_inheritable(counts_fd, False)
 
 
 def spawned_worker_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of a spawned worker: ``FD INDEX MASTER_PID ACCESS_LOG``."""
+    """Entry point of a spawned worker:
+    ``FD INDEX MASTER_PID ACCESS_LOG COUNTS_FD COLUMNS``."""
     args = list(sys.argv[1:] if argv is None else argv)
     fd, index, master_pid, access_log = int(args[0]), int(args[1]), int(args[2]), args[3]
+    counts = SharedCounts(int(args[4]), int(args[5]), index)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     set_reuse_port_default(True)
     sock = socket.socket(fileno=fd)
-    return serve_worker(sock, index, master_pid, access_log or None)
+    return serve_worker(sock, index, master_pid, access_log or None, counts)
