@@ -481,3 +481,23 @@ def test_max_connections_holds_over_every_process(tmp_path: Path, backend_loop: 
         vp.stop()
     assert "did not apply" not in vp.stderr_text
     assert not alive(worker)
+
+
+def test_controllers_never_share_a_port(tmp_path: Path) -> None:
+    """Only the master runs controllers, and they bind without ``SO_REUSEPORT``: a
+    second one on the first one's address fails at start, as with one process."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    addr = f"127.0.0.1:{port}"
+    out = subprocess.run(
+        [sys.executable, "-m", "vproxy", "noLoadLast", "noSave", "noStdIOController",
+         "resp-controller", addr, PASSWORD, "http-controller", addr, "workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "HOME": str(tmp_path),
+             "PYTHONPATH": str(Path(__file__).parents[2] / "src")},
+    )  # fmt: skip
+    assert out.returncode == 1, out.stderr
+    assert f"cannot listen on {addr}: Address already in use" in out.stderr
