@@ -128,6 +128,22 @@ def add_two_server_lb(ctl: int, a: Backend, b: Backend, checks: str) -> int:
     return port
 
 
+def start_two_server_lb(
+    tmp_path: Path, backend_loop: LoopThread, workers: str, checks: str
+) -> tuple[VproxyProcess, int, Backend, Backend]:
+    """Backends a and b (each says its name), a vproxy with ``workers`` and a
+    resp-controller (its port is ``vproxy.port``), and through it
+    :func:`add_two_server_lb`: (vproxy, the tcp-lb's port, a, b)."""
+    a = Backend(backend_loop, id_handler("a"))
+    b = Backend(backend_loop, id_handler("b"))
+    vp = start_full(tmp_path, "resp-controller", "127.0.0.1:0", PASSWORD, "workers", workers)
+    try:
+        return vp, add_two_server_lb(vp.port, a, b, checks), a, b
+    except BaseException:
+        vp.stop()
+        raise
+
+
 def start_full(tmp_path: Path, *words: str) -> VproxyProcess:
     return VproxyProcess(
         "noLoadLast",
@@ -227,14 +243,13 @@ def test_simple_workers_share_the_port_and_a_killed_worker_comes_back(
 
 
 def test_commands_replicate_to_every_worker(tmp_path: Path, backend_loop: LoopThread) -> None:
-    a = Backend(backend_loop, id_handler("a"))
-    b = Backend(backend_loop, id_handler("b"))
-    vp = start_full(tmp_path, "resp-controller", "127.0.0.1:0", PASSWORD, "workers", "2")
+    vp, port, a, _b = start_two_server_lb(
+        tmp_path, backend_loop, "2", "timeout 500 period 200 up 1 down 2"
+    )
     try:
         ctl = vp.port
         (worker,) = children(vp.pid)
         pids = [vp.pid, worker]
-        port = add_two_server_lb(ctl, a, b, "timeout 500 period 200 up 1 down 2")
 
         def both_backends_in_both() -> bool:
             gained, idents = accepted_by(pids, port)
@@ -359,14 +374,13 @@ def test_only_the_master_checks_health_and_every_worker_follows(
 ) -> None:
     """One process checks (the check traffic of one), the workers take its UP/DOWN
     edges, and a restarted worker gets the current flags with the configuration."""
-    a = Backend(backend_loop, id_handler("a"))
-    b = Backend(backend_loop, id_handler("b"))
-    vp = start_full(tmp_path, "resp-controller", "127.0.0.1:0", PASSWORD, "workers", "3")
+    vp, port, a, b = start_two_server_lb(
+        tmp_path, backend_loop, "3", "timeout 500 period 100 up 1 down 1"
+    )
     try:
         ctl = vp.port
         workers = children(vp.pid)
         assert len(workers) == 2
-        port = add_two_server_lb(ctl, a, b, "timeout 500 period 100 up 1 down 1")
         pids = [vp.pid, *workers]
 
         def served(want: set[str], pids: list[int]) -> bool:
@@ -436,14 +450,13 @@ def try_hold(port: int, attempts: int) -> list[socket.socket]:
 def test_max_connections_holds_over_every_process(tmp_path: Path, backend_loop: LoopThread) -> None:
     """Each process adds the others' live sessions (shared memory) before admitting,
     so a limit of 10 is 10 over the processes, not 10 in each."""
-    a = Backend(backend_loop, id_handler("a"))
-    b = Backend(backend_loop, id_handler("b"))
-    vp = start_full(tmp_path, "resp-controller", "127.0.0.1:0", PASSWORD, "workers", "2")
+    vp, port, _a, _b = start_two_server_lb(
+        tmp_path, backend_loop, "2", "timeout 500 period 200 up 1 down 2"
+    )
     held_socks: list[socket.socket] = []
     try:
         ctl = vp.port
         (worker,) = children(vp.pid)
-        port = add_two_server_lb(ctl, a, b, "timeout 500 period 200 up 1 down 2")
         wait_until(lambda: set(accepted_by([vp.pid, worker], port, 20)[1]) == {"a", "b"}, 10)
         where = ["tcp-lb", "lb", "max-connections"]
         assert redis(ctl, "update", *where, "10") == "OK"
@@ -501,3 +514,55 @@ def test_controllers_never_share_a_port(tmp_path: Path) -> None:
     )  # fmt: skip
     assert out.returncode == 1, out.stderr
     assert f"cannot listen on {addr}: Address already in use" in out.stderr
+
+
+def test_sessions_of_every_process_are_listed_and_closed(
+    tmp_path: Path, backend_loop: LoopThread
+) -> None:
+    """``list``/``list-detail`` of sessions and connections show every process's, and
+    ``force-remove`` closes one wherever it runs."""
+    vp, port, _a, _b = start_two_server_lb(
+        tmp_path, backend_loop, "2", "timeout 500 period 200 up 1 down 2"
+    )
+    try:
+        ctl = vp.port
+        (worker,) = children(vp.pid)
+        wait_until(lambda: set(accepted_by([vp.pid, worker], port, 20)[1]) == {"a", "b"}, 10)
+        where = ["in", "tcp-lb", "lb"]
+        source = ["from", "tcp-lb", "lb"]
+        wait_until(lambda: redis(ctl, "list", "session", *where) == "", 5)
+        socks = try_hold(port, 20)
+        assert len(socks) == 20
+        try:
+            gained = {p: clients_of(p, port) for p in (vp.pid, worker)}
+            assert all(g >= 2 for g in gained.values()), gained  # both hold some
+            names = redis(ctl, "list", "session", *where).splitlines()
+            assert len(names) == 20
+            by_port = {}
+            for s in socks:
+                mine = f"127.0.0.1:{s.getsockname()[1]}/"
+                (name,) = [n for n in names if n.startswith(mine)]
+                by_port[s.getsockname()[1]] = name
+            details = redis(ctl, "list-detail", "session", *where).splitlines()
+            assert sorted(d.split(" ->", 1)[0] for d in details) == sorted(names)
+            assert len(redis(ctl, "list", "connection", *where).splitlines()) == 40
+            one = by_port[socks[0].getsockname()[1]]
+
+            # each closed by name, wherever it runs; the client sees its end
+            for s in socks:
+                name = by_port[s.getsockname()[1]]
+                assert redis(ctl, "force-remove", "session", name, *source) == "OK"
+                s.settimeout(5)
+                try:
+                    assert s.recv(100) == b""
+                except ConnectionResetError:
+                    pass
+            wait_until(lambda: redis(ctl, "list", "session", *where) == "", 5)
+            assert "not found" in redis(ctl, "force-remove", "session", one, *source)
+        finally:
+            for s in socks:
+                s.close()
+    finally:
+        vp.stop()
+    assert "did not" not in vp.stderr_text
+    assert not alive(worker)

@@ -124,6 +124,9 @@ LOCAL_ONLY = frozenset(
 )
 """Resource types whose commands are about this process's live objects, never replicated."""
 
+LIVE = frozenset({ResourceType.CONNECTION, ResourceType.SESSION})
+"""Live objects that ``list``, ``list-detail`` and ``force-remove`` find in the peers too."""
+
 
 class Peers(Protocol):
     """Other processes that hold a replica of the state (``workers N``)."""
@@ -144,6 +147,16 @@ class Peers(Protocol):
 
     def collector(self, app: Application) -> AppCollector:
         """The metrics collector that adds the peers' counters to ``app``'s."""
+        ...
+
+    def live_details(self, cmd: Command) -> list[Detail]:
+        """The peers' connections or sessions that ``cmd`` (a ``list``/``list-detail``
+        of a :data:`LIVE` type) is about, described as ``list-detail`` does."""
+        ...
+
+    def abort_live(self, cmd: Command) -> bool:
+        """Run ``cmd`` (a ``force-remove`` of a :data:`LIVE` type) in the peers; True
+        when one of them had a match."""
         ...
 
 
@@ -885,26 +898,29 @@ class Executor:
             raise NotFoundError(f"connection {head.name} not found")
         raise UnsupportedError(f"{cmd.type.value} in {head.type.value} is not available")
 
-    def _force_remove_conn(self, cmd: Command) -> Reply:
+    def abort_live(self, cmd: Command) -> bool:
+        """Close the connections or sessions of this process that ``cmd`` (a
+        ``force-remove`` of a :data:`LIVE` type) matches; True when one matched."""
         pattern = cmd.name
         hit = False
-        for name, _, sess in self._connections_of(cmd):
-            if _matches(pattern, name):
-                _abort(sess)
-                hit = True
-        if not hit and isinstance(pattern, str):
-            raise NotFoundError(f"connection {pattern} not found")
-        return OK
+        if cmd.type is ResourceType.CONNECTION:
+            for name, _, sess in self._connections_of(cmd):
+                if _matches(pattern, name):
+                    _abort(sess)
+                    hit = True
+        else:
+            for sess in self._sessions_of(cmd):
+                if _matches(pattern, _session_name(sess)):
+                    _abort(sess)
+                    hit = True
+        return hit
 
-    def _force_remove_sess(self, cmd: Command) -> Reply:
-        pattern = cmd.name
-        hit = False
-        for sess in self._sessions_of(cmd):
-            if _matches(pattern, _session_name(sess)):
-                _abort(sess)
-                hit = True
-        if not hit and isinstance(pattern, str):
-            raise NotFoundError(f"session {pattern} not found")
+    def _force_remove_live(self, cmd: Command) -> Reply:
+        hit = self.abort_live(cmd)
+        if self.peers is not None:
+            hit = self.peers.abort_live(cmd) or hit
+        if not hit and isinstance(cmd.name, str):
+            raise NotFoundError(f"{cmd.type.value} {cmd.name} not found")
         return OK
 
     def _force_remove_dns(self, cmd: Command) -> Reply:
@@ -913,8 +929,17 @@ class Executor:
     # -- list / list-detail --------------------------------------------------------------
     def _select(self, cmd: Command) -> list[Any]:
         """The objects a list / list-detail command is about, in a stable order."""
-        t = cmd.type
+        objs = self._select_all(cmd)
         name = cmd.name if isinstance(cmd.name, str) else None
+        if name is not None:
+            objs = [o for o in objs if _obj_name(cmd.type, o) == name]
+            if not objs:
+                raise NotFoundError(f"{cmd.type.value} {name} not found")
+        return objs
+
+    def _select_all(self, cmd: Command) -> list[Any]:
+        """The objects of ``cmd``'s type under its parents, whatever its name."""
+        t = cmd.type
         objs: list[Any]
         if t is ResourceType.EVENT_LOOP_GROUP:
             objs = list(self.app.event_loop_groups.values())
@@ -949,16 +974,32 @@ class Executor:
             objs = []
         else:
             raise UnsupportedError(f"list {t.value} is not supported")
-        if name is not None:
-            objs = [o for o in objs if _obj_name(t, o) == name]
-            if not objs:
-                raise NotFoundError(f"{t.value} {name} not found")
         return objs
+
+    def live_details(self, cmd: Command) -> list[Detail]:
+        """This process's connections or sessions that ``cmd`` (a ``list`` or
+        ``list-detail`` of a :data:`LIVE` type) is about, described; none is no error."""
+        t = cmd.type
+        objs = self._select_all(cmd)
+        if isinstance(cmd.name, str):
+            objs = [o for o in objs if _obj_name(t, o) == cmd.name]
+        return [self._describe(t, o) for o in objs]
+
+    def _list_live(self, cmd: Command, peers: Peers) -> Reply:
+        """list / list-detail of connections or sessions, here and in the peers."""
+        details = self.live_details(cmd) + peers.live_details(cmd)
+        if not details and isinstance(cmd.name, str):
+            raise NotFoundError(f"{cmd.type.value} {cmd.name} not found")
+        if cmd.action is Action.LIST:
+            return Array(tuple(String(str(d["name"])) for d in details))
+        return Array(tuple(String(_detail_line(d)) for d in details))
 
     def _list(self, cmd: Command) -> Reply:
         t = cmd.type
         if t in (ResourceType.BYTES_IN, ResourceType.BYTES_OUT, ResourceType.ACCEPTED_CONN_COUNT):
             return self._counter(cmd)
+        if t in LIVE and self.peers is not None:
+            return self._list_live(cmd, self.peers)
         objs = self._select(cmd)
         if cmd.action is Action.LIST:
             return Array(tuple(String(_obj_name(t, o)) for o in objs))
@@ -1554,8 +1595,8 @@ def _handlers() -> dict[tuple[ResourceType, Action], Callable[[Executor, Command
         (R.CERT_KEY, A.ADD): E._add_ck,
         (R.CERT_KEY, A.REMOVE): E._remove_ck,
         (R.CERT_KEY, A.FORCE_REMOVE): E._remove_ck,
-        (R.CONNECTION, A.FORCE_REMOVE): E._force_remove_conn,
-        (R.SESSION, A.FORCE_REMOVE): E._force_remove_sess,
+        (R.CONNECTION, A.FORCE_REMOVE): E._force_remove_live,
+        (R.SESSION, A.FORCE_REMOVE): E._force_remove_live,
         (R.DNS_CACHE, A.FORCE_REMOVE): E._force_remove_dns,
     }
     return h

@@ -8,7 +8,8 @@ the master's health checks (workers check nothing themselves), replaying the
 configuration and the health flags into a worker that (re)starts, giving every
 listener a row in the live-session counts all processes share (``max-connections``
 over all of them), summing the workers' counters for ``list`` and ``/metrics``,
-restarting a worker that dies and stopping them all.
+finding their connections and sessions for ``list``, ``list-detail`` and
+``force-remove``, restarting a worker that dies and stopping them all.
 
 The master is one of the N data-plane processes: it keeps the control plane
 (controllers, executor, persistence) and serves traffic like the N-1 workers, each of
@@ -487,6 +488,37 @@ class Workers:
         """A metrics collector over ``app`` that adds the workers' counters."""
         return _SumCollector(app, self)
 
+    def live_details(self, cmd: Command) -> list[dict[str, Any]]:
+        """The workers' connections or sessions that ``cmd`` lists, described."""
+        line = format_command(cmd)
+        out: list[dict[str, Any]] = []
+        for w in self._workers:
+            if not w.ready:
+                continue
+            try:
+                details = self._request(w, {"live": line}, STATS_TIMEOUT)["live"]
+                if not isinstance(details, list) or not all(isinstance(d, dict) for d in details):
+                    raise TypeError(f"not a list of objects: {details!r}"[:200])
+            except (WorkerError, KeyError, TypeError) as exc:
+                self._fail(w, f"did not list {line!r}: {exc}")
+                continue
+            out += details
+        return out
+
+    def abort_live(self, cmd: Command) -> bool:
+        """Run ``cmd`` (a force-remove of connections or sessions) in every worker;
+        True when one of them had a match."""
+        line = format_command(cmd)
+        hit = False
+        for w in self._workers:
+            if not w.ready:
+                continue
+            try:
+                hit = self._request(w, {"abort": line}, STATS_TIMEOUT)["hit"] is True or hit
+            except (WorkerError, KeyError) as exc:
+                self._fail(w, f"did not run {line!r}: {exc}")
+        return hit
+
     # -- supervision ------------------------------------------------------------------
     def _supervise(self) -> None:
         while not self._stopping.wait(0.2):
@@ -666,6 +698,28 @@ def _health_message(group: ServerGroup, server: Server) -> dict[str, Any]:
     return {"health": [group.name, server.name, server.healthy]}
 
 
+def live_answer(executor: Executor, key: str, line: object) -> dict[str, Any]:
+    """A worker's answer to ``{"live": LINE}`` (its connections or sessions that the
+    list LINE is about) or ``{"abort": LINE}`` (whether the force-remove LINE matched
+    any of them, which it closes)."""
+    from vproxy.control.command import CommandError, parse
+    from vproxy.control.executor import LIVE
+
+    want = (Action.LIST, Action.LIST_DETAIL) if key == "live" else (Action.FORCE_REMOVE,)
+    try:
+        cmd = parse(str(line))
+    except CommandError as exc:
+        return {"error": str(exc)}
+    if not isinstance(cmd, Command) or cmd.type not in LIVE or cmd.action not in want:
+        return {"error": f"not a {key} command: {line!r}"}
+    try:
+        if key == "live":
+            return {"live": executor.live_details(cmd)}
+        return {"hit": executor.abort_live(cmd)}
+    except CommandError as exc:
+        return {"error": str(exc)}
+
+
 def set_health(app: Application, item: object) -> dict[str, Any]:
     """A worker's answer to ``{"health": [GROUP, SERVER, UP]}``, after setting that flag."""
     if not (
@@ -810,6 +864,10 @@ def serve_worker(
                     answer = set_health(app, msg["health"])
                 elif "share" in msg:
                     answer = share_row(app, counts, msg["share"])
+                elif "live" in msg or "abort" in msg:
+                    key = "live" if "live" in msg else "abort"
+                    with app.lock:
+                        answer = live_answer(executor, key, msg[key])
                 elif "stats" in msg:
                     answer = {"stats": _snapshot(app)}
                 else:
