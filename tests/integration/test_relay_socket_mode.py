@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -246,6 +248,27 @@ def test_long_lived_sessions_end_cleanly(loop_kind: str, elg_factory: ElgFactory
             c.close()
         wait_until(lambda: not lb.sessions, 10)
         wait_until(lambda: fd_count() <= base, 5)
+    assert not backend.errors
+
+
+def test_promoted_sockets_read_through_fileio(loop_kind: str, elg_factory: ElgFactory) -> None:
+    """A long-lived session reads with ``FileIO.readinto`` (cheaper than
+    ``recv_into``): bytes still flow, a wake-up with nothing to read (``None``)
+    changes nothing, and a reset ends the session."""
+    backend = ThreadBackend(_echo)
+    with relay(elg_factory, backend) as (lb, _), socket.create_connection(lb.address, 10) as c:
+        _round_trips(c, PROMOTE_AFTER_READS + 5)
+        (sess,) = lb.sessions
+        assert isinstance(sess, Session)
+        sides = (sess.front, sess.back)
+        assert all(isinstance(getattr(x._recv_into, "__self__", None), io.FileIO) for x in sides)
+        # as if epoll had said readable and another reader had taken the bytes
+        assert sess.el.call(lambda: [x._on_readable() for x in sides])
+        assert not sess.closed
+        _round_trips(c, 3)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()  # a reset: the read raises ConnectionResetError
+        wait_until(lambda: not lb.sessions, 10)
     assert not backend.errors
 
 
