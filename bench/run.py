@@ -5,7 +5,10 @@ Every target fronts the same two backends on loopback: an nginx serving a tiny
 static HTTP response (measured with wrk, h2load and ``s5load``, a small C client
 built here with gcc) and an ``iperf3 -s`` server (measured with iperf3). Runs are
 interleaved (for each run, every target does every test it supports) so that
-machine noise spreads evenly; the median over runs is reported.
+machine noise spreads evenly; the median over runs is reported. The tests that open
+a connection per request run after all runs of the others: the ~100k sockets each
+of them leaves in TIME_WAIT expire together 60 s later, and that slowed whatever
+test ran then by up to 30% (see bench/README.md).
 
 Rows: L4 keep-alive, ``Connection: close`` and iperf3 (all targets); a new
 connection per request through vproxy's socks5-server (others: the same client
@@ -51,6 +54,8 @@ HOST = "127.0.0.1"
 ALL_TARGETS = ("direct", "haproxy", "nginx-stream", "vproxy")
 PROXIES = ("haproxy", "nginx-stream", "vproxy")
 TESTS = ("wrk-keepalive", "wrk-close", "iperf3", "s5-close", "l7-http1", "l7-h2")
+#: tests that open a connection per request (they run last: see the module's doc)
+CHURN_TESTS = frozenset({"wrk-close", "s5-close"})
 TEST_TITLES = {
     "wrk-keepalive": "HTTP keep-alive, wrk -t1 -c64 (req/s)",
     "wrk-close": "HTTP Connection: close, wrk -t1 -c64 (req/s)",
@@ -854,6 +859,14 @@ class Bench:
                 self.run_wrk(t, False, 1)
             except (BenchError, subprocess.TimeoutExpired) as exc:
                 log(f"!! {t.name}: warm-up failed: {exc}")
+        # First every run of the tests on steady connections, then every run of those
+        # that churn connections (whose TIME_WAIT sockets expire 60 s later).
+        for churn in (False, True):
+            self.run_phase(order, churn)
+
+    def run_phase(self, order: list[Target], churn: bool) -> None:
+        """Every run of the tests of one phase (churning connections or not)."""
+        a = self.args
         for run in range(a.runs):
             # Rotate the order each run so no target always goes first or last.
             k = run % len(order)
@@ -861,6 +874,8 @@ class Bench:
                 if t.failed:
                     continue
                 for test in self.tests_for(t):
+                    if (test in CHURN_TESTS) != churn:
+                        continue
                     try:
                         r = self.measure(t, test, a.duration)
                     except (BenchError, subprocess.TimeoutExpired, KeyError, ValueError) as exc:
@@ -1041,6 +1056,9 @@ def build_report(b: Bench, machine: dict[str, Any], started: str, cmdline: str) 
         f"{'/'.join(machine['loadavg_end'])} (includes this run)",
         f"- {a.runs} interleaved runs of {a.duration}s per test; medians shown; "
         "± is half the min-max range over runs, in % of the median",
+        "- order: every run of the tests on steady connections first, then every run of "
+        "wrk-close and s5-close (the TIME_WAIT sockets they leave expire together 60 s "
+        "later and slow whatever runs then: bench/README.md)",
         "- everything on loopback; proxies: 1 worker/thread each; backend: nginx (1 worker) "
         '`return 200 "hello\\n"` and `iperf3 -s`',
         "- s5-close: `bench/s5load.c` (one thread, epoll, 64 connections, each request a new "
