@@ -975,7 +975,7 @@ def median_of(rows: list[dict[str, Any]], key: str) -> float | None:
 
 
 def spread_pct(rows: list[dict[str, Any]], key: str) -> float | None:
-    vals = [r[key] for r in rows if r.get(key) is not None]
+    vals = [float(r[key]) for r in rows if r.get(key) is not None]
     if len(vals) < 2 or not statistics.median(vals):
         return None
     return (max(vals) - min(vals)) / 2 / statistics.median(vals) * 100
@@ -1139,7 +1139,7 @@ def build_report(b: Bench, machine: dict[str, Any], started: str, cmdline: str) 
         for kind, title in (("http", "wrk instance"), ("iperf", "iperf3 instance")):
             vals = {p: b.rss_kib.get(p, {}).get(kind) for p in proxies}
             row = [title]
-            row += [f"{vals[p] / 1024:.1f}" if vals[p] else "—" for p in proxies]
+            row += [f"{kib / 1024:.1f}" if (kib := vals[p]) else "—" for p in proxies]
             row.append(ratio(vals.get("vproxy"), vals.get("haproxy")))
             rows.append(row)
         lines += [md_table(header, rows), ""]
