@@ -149,6 +149,13 @@ class Peers(Protocol):
         """The metrics collector that adds the peers' counters to ``app``'s."""
         ...
 
+    def loop_sessions(self) -> dict[tuple[str, str], int]:
+        """Live sessions in the peers by (event-loop-group, event-loop)."""
+        ...
+
+    def sum_status(self, snap: dict[str, JsonValue]) -> None:
+        """Add the peers' counters and live sessions to the status JSON ``snap``."""
+
     def live_details(self, cmd: Command) -> list[Detail]:
         """The peers' connections or sessions that ``cmd`` (a ``list``/``list-detail``
         of a :data:`LIVE` type) is about, described as ``list-detail`` does."""
@@ -253,8 +260,7 @@ class Executor:
             CommandError: as :meth:`execute` would report it.
         """
         with self.app.lock:
-            items = self._select(cmd)
-            return [self._describe(cmd.type, obj) for obj in items]
+            return self._describe_all(cmd, self._select(cmd))
 
     def status(self) -> dict[str, JsonValue]:
         """What the dashboard shows (``/api/v1/status``): read-only, read now.
@@ -262,8 +268,15 @@ class Executor:
         :func:`~vproxy.control.metrics.status_snapshot` plus up to
         :data:`MAX_STATUS_SESSIONS` live sessions (``sessions_total`` counts them all),
         each with the name of its client connection, as ``force-remove connection``
-        takes it.
+        takes it. With peers, their counters and live sessions are added to the
+        figures (the sessions listed are this process's).
         """
+        snap = self._local_status()
+        if self.peers is not None:
+            self.peers.sum_status(snap)  # not under the lock: it waits for the peers
+        return snap
+
+    def _local_status(self) -> dict[str, JsonValue]:
         with self.app.lock:
             snap = status_snapshot(self.app)
             sessions: list[JsonValue] = []
@@ -1003,7 +1016,20 @@ class Executor:
         objs = self._select(cmd)
         if cmd.action is Action.LIST:
             return Array(tuple(String(_obj_name(t, o)) for o in objs))
-        return Array(tuple(String(_detail_line(self._describe(t, o))) for o in objs))
+        return Array(tuple(String(_detail_line(d)) for d in self._describe_all(cmd, objs)))
+
+    def _describe_all(self, cmd: Command, objs: list[Any]) -> list[Detail]:
+        """``objs`` (selected for ``cmd``) described; an event loop's sessions are
+        those of every process (the peers have the same loops: the config is theirs)."""
+        details = [self._describe(cmd.type, o) for o in objs]
+        if cmd.type is ResourceType.EVENT_LOOP and self.peers is not None and details:
+            group = self._parent(cmd)
+            more = self.peers.loop_sessions()
+            for d in details:
+                n = d["sessions"]
+                if isinstance(n, int):
+                    d["sessions"] = n + more.get((group, str(d["name"])), 0)
+        return details
 
     def _describe(self, t: ResourceType, o: Any) -> Detail:
         """A JSON-able description of one object (list-detail, HTTP)."""

@@ -7,9 +7,10 @@ text, in order, waiting for every worker), sending the workers the UP/DOWN edges
 the master's health checks (workers check nothing themselves), replaying the
 configuration and the health flags into a worker that (re)starts, giving every
 listener a row in the live-session counts all processes share (``max-connections``
-over all of them), summing the workers' counters for ``list`` and ``/metrics``,
-finding their connections and sessions for ``list``, ``list-detail`` and
-``force-remove``, restarting a worker that dies and stopping them all.
+over all of them), summing the workers' counters and live sessions for ``list``,
+``list-detail event-loop``, ``/metrics`` and ``/api/v1/status``, finding their
+connections and sessions for ``list``, ``list-detail`` and ``force-remove``,
+restarting a worker that dies and stopping them all.
 
 The master is one of the N data-plane processes: it keeps the control plane
 (controllers, executor, persistence) and serves traffic like the N-1 workers, each of
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
     from vproxy.component.server_group import Server, ServerGroup
     from vproxy.control.application import Application
     from vproxy.control.executor import Executor
+    from vproxy.control.reply import JsonValue
 
 __all__ = ["MAX_WORKERS", "Workers", "canonical_line", "spawned_worker_main"]
 
@@ -71,8 +73,10 @@ STOP_TIMEOUT = 5.0
 
 # Snapshot columns. Listeners: accepted, bytes in, bytes out, active, denied, refused.
 # Servers: bytes from the server, bytes toward it, active, connect failures.
+# Event loops: sessions.
 _L_COUNTERS = (0, 1, 2, 4, 5)
 _S_COUNTERS = (0, 1, 3)
+_L_ACTIVE = 3
 _LISTENER_FAMILIES = {
     "vproxy_listener_accepted_connections": 0,
     "vproxy_listener_bytes_in": 1,
@@ -87,6 +91,17 @@ _SERVER_FAMILIES = {
     "vproxy_server_active_sessions": 2,
     "vproxy_server_connect_failures": 3,
 }
+_LOOP_FAMILIES = {"vproxy_event_loop_sessions": 0}
+# the status JSON's fields, by snapshot column
+_STATUS_LISTENER = {
+    "accepted": 0,
+    "bytes_in": 1,
+    "bytes_out": 2,
+    "sessions": 3,
+    "denied": 4,
+    "refused": 5,
+}
+_STATUS_SERVER = {"bytes_in": 0, "bytes_out": 1, "active": 2, "connect_failures": 3}
 
 
 class WorkerError(Exception):
@@ -95,24 +110,37 @@ class WorkerError(Exception):
 
 @dataclass(slots=True)
 class _Stats:
-    """Counters of one process: by (kind, listener) and by (group, server)."""
+    """Counters and live sessions of one process (or a sum of processes): by (kind,
+    listener), by (group, server) and by (event-loop-group, event-loop)."""
 
     listeners: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     servers: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    loops: dict[tuple[str, str], list[int]] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: Any) -> _Stats:
         out = cls()
-        for row in data["listeners"]:
-            out.listeners[(str(row[0]), str(row[1]))] = [int(v) for v in row[2:]]
-        for row in data["servers"]:
-            out.servers[(str(row[0]), str(row[1]))] = [int(v) for v in row[2:]]
+        for table, rows in (
+            (out.listeners, data["listeners"]),
+            (out.servers, data["servers"]),
+            (out.loops, data["loops"]),
+        ):
+            for row in rows:
+                table[(str(row[0]), str(row[1]))] = [int(v) for v in row[2:]]
         return out
 
+    @property
+    def sessions(self) -> int:
+        """Live sessions over all the listeners."""
+        return sum(row[_L_ACTIVE] for row in self.listeners.values())
+
     def add(self, other: _Stats, counters_only: bool = False) -> None:
+        """Add ``other`` label set by label set; with ``counters_only`` (a process
+        that died) its gauges (live sessions) are left out."""
         for mine, theirs, counters in (
             (self.listeners, other.listeners, _L_COUNTERS),
             (self.servers, other.servers, _S_COUNTERS),
+            (self.loops, other.loops, ()),
         ):
             for key, values in theirs.items():
                 row = mine.setdefault(key, [0] * len(values))
@@ -143,7 +171,47 @@ def _snapshot(app: Application) -> dict[str, Any]:
                 from_server, to_server = server_bytes(s)
                 row = [g.name, s.name, from_server, to_server, s.active, s.connect_failures]
                 servers.append(row)
-    return {"listeners": listeners, "servers": servers}
+        loops = [
+            [g.name, el.name, el.session_count]
+            for g in app.event_loop_groups.values()
+            for el in g.loops
+        ]
+    return {"listeners": listeners, "servers": servers, "loops": loops}
+
+
+def add_status(snap: dict[str, JsonValue], stats: _Stats) -> None:
+    """Add the workers' ``stats`` to the master's status JSON ``snap``, in place:
+    listener and server counters and live sessions, event-loop sessions and
+    ``sessions_total``, each to the entry with the same names."""
+
+    def bump(entry: JsonValue, key: str, n: int) -> None:
+        if isinstance(entry, dict):
+            v = entry.get(key)
+            if isinstance(v, int) and not isinstance(v, bool):
+                entry[key] = v + n
+
+    def entries(key: str) -> list[JsonValue]:
+        v = snap.get(key)
+        return v if isinstance(v, list) else []
+
+    for lb in entries("listeners"):
+        if isinstance(lb, dict):
+            row = stats.listeners.get((str(lb.get("kind")), str(lb.get("name"))))
+            for field_name, col in _STATUS_LISTENER.items():
+                bump(lb, field_name, row[col] if row is not None else 0)
+    for g in entries("server_groups"):
+        if not isinstance(g, dict) or not isinstance(servers := g.get("servers"), list):
+            continue
+        for s in servers:
+            if isinstance(s, dict):
+                row = stats.servers.get((str(g.get("name")), str(s.get("name"))))
+                for field_name, col in _STATUS_SERVER.items():
+                    bump(s, field_name, row[col] if row is not None else 0)
+    for el in entries("event_loops"):
+        if isinstance(el, dict):
+            row = stats.loops.get((str(el.get("group")), str(el.get("name"))))
+            bump(el, "sessions", row[0] if row is not None else 0)
+    bump(snap, "sessions_total", stats.sessions)
 
 
 def canonical_line(cmd: Command, app: Application) -> str:
@@ -452,7 +520,8 @@ class Workers:
         return True
 
     def _stats(self) -> _Stats:
-        """The workers' counters, summed (plus those of workers that died)."""
+        """The workers' counters and live sessions, summed (plus the counters of
+        workers that died)."""
         total = _Stats()
         with self._retired_lock:
             total.add(self._retired)
@@ -484,8 +553,16 @@ class Workers:
         row = self._stats().servers.get((group, server.name))
         return (row[0], row[1]) if row is not None else (0, 0)
 
+    def loop_sessions(self) -> dict[tuple[str, str], int]:
+        """Live sessions in the workers by (event-loop-group, event-loop)."""
+        return {key: row[0] for key, row in self._stats().loops.items()}
+
+    def sum_status(self, snap: dict[str, JsonValue]) -> None:
+        """Add the workers' figures to the master's status JSON (see :func:`add_status`)."""
+        add_status(snap, self._stats())
+
     def collector(self, app: Application) -> AppCollector:
-        """A metrics collector over ``app`` that adds the workers' counters."""
+        """A metrics collector over ``app`` that adds the workers' counters and sessions."""
         return _SumCollector(app, self)
 
     def live_details(self, cmd: Command) -> list[dict[str, Any]]:
@@ -646,7 +723,8 @@ class Workers:
 
 
 class _SumCollector(AppCollector):
-    """The master's metrics plus the workers' counters, label set by label set."""
+    """The master's metrics plus the workers' counters and sessions, label set by
+    label set."""
 
     def __init__(self, app: Application, workers: Workers) -> None:
         super().__init__(app)
@@ -663,6 +741,9 @@ class _SumCollector(AppCollector):
 
     def _servers(self) -> Iterable[Metric]:
         return _add_samples(super()._servers(), _SERVER_FAMILIES, self._extra.servers)
+
+    def _loops(self) -> Iterable[Metric]:
+        return _add_samples(super()._loops(), _LOOP_FAMILIES, self._extra.loops)
 
 
 def _add_samples(

@@ -1,0 +1,87 @@
+"""Tests for the figures of ``workers N`` (control.workers): the workers' snapshots
+summed label set by label set, and their sum added to the status JSON. No processes,
+no sockets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client.metrics_core import GaugeMetricFamily
+
+from vproxy.control.workers import _add_samples, _Stats, add_status
+
+# A worker's answer to {"stats": true}, as _snapshot writes it.
+WIRE: dict[str, Any] = {
+    # kind, name, accepted, bytes in, bytes out, active, denied, refused
+    "listeners": [["tcp-lb", "lb", 10, 1000, 2000, 3, 1, 2]],
+    # group, server, bytes from it, bytes toward it, active, connect failures
+    "servers": [["g", "a", 500, 600, 2, 4], ["g", "b", 7, 8, 1, 0]],
+    # event-loop-group, event-loop, sessions
+    "loops": [["(worker-elg)", "(worker-el)", 3], ["(acceptor-elg)", "(acceptor-el)", 0]],
+}
+
+
+def test_snapshots_add_label_set_by_label_set() -> None:
+    one = _Stats.from_json(WIRE)
+    assert one.sessions == 3
+    total = _Stats()
+    total.add(one)
+    total.add(_Stats.from_json(WIRE))
+    assert total.listeners[("tcp-lb", "lb")] == [20, 2000, 4000, 6, 2, 4]
+    assert total.servers[("g", "a")] == [1000, 1200, 4, 8]
+    assert total.loops[("(worker-elg)", "(worker-el)")] == [6]
+    assert total.sessions == 6
+
+
+def test_a_dead_worker_leaves_its_counters_but_not_its_sessions() -> None:
+    retired = _Stats()
+    retired.add(_Stats.from_json(WIRE), counters_only=True)
+    assert retired.listeners[("tcp-lb", "lb")] == [10, 1000, 2000, 0, 1, 2]
+    assert retired.servers[("g", "a")] == [500, 600, 0, 4]
+    assert all(row == [0] for row in retired.loops.values())
+    assert retired.sessions == 0
+
+
+def test_loop_gauge_adds_the_workers_sessions() -> None:
+    fam = GaugeMetricFamily("vproxy_event_loop_sessions", "", labels=["group", "loop"])
+    fam.add_metric(["(worker-elg)", "(worker-el)"], 2)
+    fam.add_metric(["mine", "only-here"], 5)
+    (out,) = _add_samples([fam], {"vproxy_event_loop_sessions": 0}, _Stats.from_json(WIRE).loops)
+    assert [s.value for s in out.samples] == [5, 5]
+
+
+def _master_status() -> dict[str, Any]:
+    return {
+        "listeners": [
+            {"kind": "tcp-lb", "name": "lb", "sessions": 2, "accepted": 5, "bytes_in": 1,
+             "bytes_out": 2, "denied": 0, "refused": 0, "max_connections": 100},
+            {"kind": "socks5-server", "name": "lb", "sessions": 1, "accepted": 1,
+             "bytes_in": 0, "bytes_out": 0, "denied": 0, "refused": 0, "max_connections": 9},
+        ],
+        "server_groups": [
+            {"name": "g", "servers": [
+                {"name": "a", "up": True, "weight": 10, "active": 1, "bytes_in": 10,
+                 "bytes_out": 20, "connect_failures": 0},
+                {"name": "c", "up": False, "weight": 0, "active": 0, "bytes_in": 0,
+                 "bytes_out": 0, "connect_failures": 1},
+            ]},
+        ],
+        "event_loops": [{"group": "(worker-elg)", "name": "(worker-el)", "sessions": 3}],
+        "sessions": [],
+        "sessions_total": 3,
+    }  # fmt: skip
+
+
+def test_status_gets_the_workers_figures_entry_by_entry() -> None:
+    snap = _master_status()
+    add_status(snap, _Stats.from_json(WIRE))
+    want = _master_status()
+    tcp = want["listeners"][0]
+    tcp.update(sessions=5, accepted=15, bytes_in=1001, bytes_out=2002, denied=1, refused=2)
+    a = want["server_groups"][0]["servers"][0]
+    a.update(active=3, bytes_in=510, bytes_out=620, connect_failures=4)
+    want["event_loops"][0]["sessions"] = 6
+    want["sessions_total"] = 6
+    # the socks5-server "lb" and server c are in no worker's snapshot: unchanged;
+    # settings (max_connections, weight) are not summed
+    assert snap == want
