@@ -8,6 +8,7 @@ port is held by the process that accepted it.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -19,8 +20,10 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import (
     Backend,
@@ -566,3 +569,93 @@ def test_sessions_of_every_process_are_listed_and_closed(
         vp.stop()
     assert "did not" not in vp.stderr_text
     assert not alive(worker)
+
+
+def scrape(http: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """``/metrics`` parsed: sample name -> label set -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def by_worker(samples: dict[tuple[tuple[str, str], ...], float]) -> dict[str, float]:
+    return {dict(labels)["worker"]: v for labels, v in samples.items()}
+
+
+def status(http: int) -> Any:
+    with urllib.request.urlopen(f"http://127.0.0.1:{http}/api/v1/status", timeout=5) as r:
+        return json.loads(r.read())
+
+
+def test_sessions_of_every_process_are_summed_and_each_process_is_shown(
+    tmp_path: Path, backend_loop: LoopThread
+) -> None:
+    """With 20 connections held over both processes, the event-loop gauges,
+    ``list-detail event-loop`` and the dashboard's status count all 20; the
+    ``vproxy_worker_*`` families show each process's share, and a worker killed
+    is counted as restarted and is up again once replaced."""
+    a = Backend(backend_loop, id_handler("a"))
+    b = Backend(backend_loop, id_handler("b"))
+    vp = start_full(tmp_path, "resp-controller", "127.0.0.1:0", PASSWORD,
+                    "http-controller", "127.0.0.1:0", "workers", "2")  # fmt: skip
+    try:
+        ctl = vp.port
+        http = int(read_until(vp, r"http-controller listening on 127\.0\.0\.1:(\d+)").group(1))
+        port = add_two_server_lb(ctl, a, b, "timeout 500 period 200 up 1 down 2")
+        (worker,) = children(vp.pid)
+        wait_until(lambda: set(accepted_by([vp.pid, worker], port, 20)[1]) == {"a", "b"}, 10)
+
+        def counted(n: int, pids: list[int]) -> None:
+            """Every figure counts the ``n`` sessions held, each process its own."""
+            held_by = {str(i): clients_of(p, port) for i, p in enumerate(pids)}
+            assert sum(held_by.values()) == n
+            m = scrape(http)
+            assert sum(m["vproxy_event_loop_sessions"].values()) == n
+            assert by_worker(m["vproxy_worker_sessions"]) == held_by
+            assert by_worker(m["vproxy_worker_up"]) == {"0": 1, "1": 1}
+            (active,) = m["vproxy_listener_active_sessions"].values()
+            assert active == n
+            st = status(http)
+            assert st["sessions_total"] == n
+            (lb,) = st["listeners"]
+            assert lb["sessions"] == n
+            assert sum(el["sessions"] for el in st["event_loops"]) == n
+            detail = redis(ctl, "list-detail", "event-loop", "in", "event-loop-group",
+                           "(worker-elg)")  # fmt: skip
+            assert re.fullmatch(rf"\(worker-el\) -> sessions {n}", detail), detail
+
+        socks = try_hold(port, 20)
+        try:
+            assert len(socks) == 20
+            held_by = [clients_of(p, port) for p in (vp.pid, worker)]
+            assert all(h > 0 for h in held_by), held_by  # both processes hold some
+            counted(20, [vp.pid, worker])
+        finally:
+            for s in socks:
+                s.close()
+        wait_until(lambda: sum(scrape(http)["vproxy_event_loop_sessions"].values()) == 0, 5)
+        assert by_worker(scrape(http)["vproxy_worker_restarts_total"]) == {"0": 0, "1": 0}
+
+        # a worker killed: counted as restarted, up again once replaced
+        os.kill(worker, signal.SIGKILL)
+        wait_until(lambda: by_worker(scrape(http)["vproxy_worker_restarts_total"])["1"] == 1, 15)
+        wait_until(lambda: by_worker(scrape(http)["vproxy_worker_up"])["1"] == 1, 15, 0.1)
+        (new_worker,) = children(vp.pid)
+        assert new_worker != worker
+        wait_until(lambda: set(accepted_by([vp.pid, new_worker], port, 20)[1]) == {"a", "b"}, 10)
+        socks = try_hold(port, 20)
+        try:
+            assert len(socks) == 20
+            counted(20, [vp.pid, new_worker])
+        finally:
+            for s in socks:
+                s.close()
+        assert by_worker(scrape(http)["vproxy_worker_restarts_total"]) == {"0": 0, "1": 1}
+    finally:
+        vp.stop()
+    for pid in (vp.pid, worker, new_worker):
+        assert not alive(pid)

@@ -12,6 +12,8 @@ Owns:
   counted twice and nothing runs per byte), and :func:`render_metrics`, the text
   exposition format served at ``/metrics``.
 * :func:`status_snapshot`, the JSON behind ``/api/v1/status`` and the dashboard.
+* :func:`worker_metrics`, the per-process families of ``workers N``
+  (:class:`WorkerReading` in, one sample per process out).
 
 Must not: change state (it only reads; the executor changes things), keep references
 to sessions, or do work on the data path. Metric names and labels are documented in
@@ -47,10 +49,12 @@ __all__ = [
     "AppCollector",
     "HealthBook",
     "HealthTransition",
+    "WorkerReading",
     "listener_kind",
     "render_metrics",
     "server_bytes",
     "status_snapshot",
+    "worker_metrics",
 ]
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
@@ -214,7 +218,12 @@ class AppCollector:
             yield from self._servers()
             yield from self._loops()
             yield from self._access_log()
+            yield from self._processes()
         yield from self._process.collect()
+
+    def _processes(self) -> Iterable[Metric]:
+        """The per-process families: none for one process (``workers N`` adds them)."""
+        return ()
 
     def _listeners(self) -> Iterable[Metric]:
         from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
@@ -350,6 +359,59 @@ class AppCollector:
             value=log.dropped,
         )
         return (written, dropped)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerReading:
+    """One process of ``workers N`` as a scrape found it.
+
+    Attributes:
+        worker: Its slot: 0 is the master, 1..N-1 the workers.
+        up: Whether it is running and answered this scrape.
+        restarts: How many times a new process was started in this slot.
+        sessions: Its live sessions, over all its listeners (0 when not up).
+    """
+
+    worker: int
+    up: bool
+    restarts: int
+    sessions: int
+
+
+def worker_metrics(readings: Iterable[WorkerReading]) -> list[Metric]:
+    """The per-process families of ``workers N``, one sample per reading.
+
+    Args:
+        readings: Every process, the master (worker 0) included.
+
+    Returns:
+        ``vproxy_worker_up``, ``vproxy_worker_restarts`` (a counter: ``_total`` in
+        the exposition) and ``vproxy_worker_sessions``, labelled ``worker``.
+    """
+    from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+
+    labels = ["worker"]
+    up = GaugeMetricFamily(
+        "vproxy_worker_up",
+        "1 when the process is running and answered this scrape (worker 0 is the master).",
+        labels=labels,
+    )
+    restarts = CounterMetricFamily(
+        "vproxy_worker_restarts",
+        "Times a new process was started in this slot after the previous one died.",
+        labels=labels,
+    )
+    sessions = GaugeMetricFamily(
+        "vproxy_worker_sessions",
+        "Sessions running in the process now, over all its listeners.",
+        labels=labels,
+    )
+    for r in readings:
+        values = [str(r.worker)]
+        up.add_metric(values, 1 if r.up else 0)
+        restarts.add_metric(values, r.restarts)
+        sessions.add_metric(values, r.sessions)
+    return [up, restarts, sessions]
 
 
 def render_metrics(collector: AppCollector) -> bytes:

@@ -8,9 +8,10 @@ the master's health checks (workers check nothing themselves), replaying the
 configuration and the health flags into a worker that (re)starts, giving every
 listener a row in the live-session counts all processes share (``max-connections``
 over all of them), summing the workers' counters and live sessions for ``list``,
-``list-detail event-loop``, ``/metrics`` and ``/api/v1/status``, finding their
-connections and sessions for ``list``, ``list-detail`` and ``force-remove``,
-restarting a worker that dies and stopping them all.
+``list-detail event-loop``, ``/metrics`` and ``/api/v1/status`` (and reading each
+process's state for the ``vproxy_worker_*`` families), finding their connections
+and sessions for ``list``, ``list-detail`` and ``force-remove``, restarting a
+worker that dies and stopping them all.
 
 The master is one of the N data-plane processes: it keeps the control plane
 (controllers, executor, persistence) and serves traffic like the N-1 workers, each of
@@ -44,7 +45,13 @@ from vproxy.app.accept_gate import SharedCounts
 from vproxy.component.server_group import set_edge_observer, set_local_health_checks
 from vproxy.control.command import Action, Command, ConflictError, ResourceType, format_command
 from vproxy.control.command.values import Address
-from vproxy.control.metrics import AppCollector, listener_kind, server_bytes
+from vproxy.control.metrics import (
+    AppCollector,
+    WorkerReading,
+    listener_kind,
+    server_bytes,
+    worker_metrics,
+)
 from vproxy.net.server_sock import format_address, set_reuse_port_default
 
 if TYPE_CHECKING:
@@ -247,6 +254,7 @@ class _Worker:
     lock: threading.Lock = field(default_factory=threading.Lock)
     started: float = 0.0
     last_stats: _Stats | None = None
+    restarts: int = 0  # processes started in this slot after the first
 
 
 class Workers:
@@ -520,22 +528,31 @@ class Workers:
         return True
 
     def _stats(self) -> _Stats:
-        """The workers' counters and live sessions, summed (plus the counters of
-        workers that died)."""
+        """The workers' counters, summed (plus those of workers that died)."""
+        return self._poll()[0]
+
+    def _poll(self) -> tuple[_Stats, list[WorkerReading]]:
+        """Ask every ready worker for its snapshot: their sum (plus the counters of
+        workers that died), and how each worker was found."""
         total = _Stats()
         with self._retired_lock:
             total.add(self._retired)
+        readings = []
         for w in self._workers:
+            restarts = w.restarts
             if not w.ready:
+                readings.append(WorkerReading(w.index, False, restarts, 0))
                 continue
             try:
                 stats = _Stats.from_json(self._request(w, {"stats": True}, STATS_TIMEOUT)["stats"])
             except (WorkerError, KeyError, TypeError, ValueError, IndexError) as exc:
                 self._fail(w, f"gave no statistics: {exc}")
+                readings.append(WorkerReading(w.index, False, restarts, 0))
                 continue
             w.last_stats = stats
             total.add(stats)
-        return total
+            readings.append(WorkerReading(w.index, True, restarts, stats.sessions))
+        return total, readings
 
     def listener_counters(self, listeners: Sequence[TcpLB | Socks5Server]) -> tuple[int, int, int]:
         """(accepted, bytes from clients, bytes from servers) in the workers."""
@@ -562,7 +579,8 @@ class Workers:
         add_status(snap, self._stats())
 
     def collector(self, app: Application) -> AppCollector:
-        """A metrics collector over ``app`` that adds the workers' counters and sessions."""
+        """A metrics collector over ``app`` that adds the workers' counters and
+        sessions, and the ``vproxy_worker_*`` families."""
         return _SumCollector(app, self)
 
     def live_details(self, cmd: Command) -> list[dict[str, Any]]:
@@ -656,6 +674,7 @@ class Workers:
             finally:
                 theirs.close()
             w.sock = mine
+            w.restarts += 1
         try:
             self._read(w, time.monotonic() + HELLO_TIMEOUT)
         except WorkerError as exc:
@@ -724,16 +743,17 @@ class Workers:
 
 class _SumCollector(AppCollector):
     """The master's metrics plus the workers' counters and sessions, label set by
-    label set."""
+    label set, and one ``vproxy_worker_*`` sample per process."""
 
     def __init__(self, app: Application, workers: Workers) -> None:
         super().__init__(app)
         self._workers = workers
         self._extra = _Stats()
+        self._readings: list[WorkerReading] = []
 
     def collect(self) -> Iterator[Metric]:
         """Ask the workers first (not under the application's lock), then collect."""
-        self._extra = self._workers._stats()
+        self._extra, self._readings = self._workers._poll()
         yield from super().collect()
 
     def _listeners(self) -> Iterable[Metric]:
@@ -744,6 +764,10 @@ class _SumCollector(AppCollector):
 
     def _loops(self) -> Iterable[Metric]:
         return _add_samples(super()._loops(), _LOOP_FAMILIES, self._extra.loops)
+
+    def _processes(self) -> Iterable[Metric]:
+        mine = sum(len(lb.sessions) for lb in self.app.listeners())
+        return worker_metrics([WorkerReading(0, True, 0, mine), *self._readings])
 
 
 def _add_samples(

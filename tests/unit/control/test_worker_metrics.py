@@ -1,13 +1,18 @@
-"""Tests for the figures of ``workers N`` (control.workers): the workers' snapshots
-summed label set by label set, and their sum added to the status JSON. No processes,
-no sockets."""
+"""Tests for the figures of ``workers N`` (control.workers, control.metrics): the
+workers' snapshots summed label set by label set, their sum added to the status JSON,
+and the per-process ``vproxy_worker_*`` families. No processes, no sockets."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client.metrics_core import GaugeMetricFamily
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 
+from vproxy.control.application import Application
+from vproxy.control.metrics import AppCollector, WorkerReading, render_metrics, worker_metrics
 from vproxy.control.workers import _add_samples, _Stats, add_status
 
 # A worker's answer to {"stats": true}, as _snapshot writes it.
@@ -19,6 +24,43 @@ WIRE: dict[str, Any] = {
     # event-loop-group, event-loop, sessions
     "loops": [["(worker-elg)", "(worker-el)", 3], ["(acceptor-elg)", "(acceptor-el)", 0]],
 }
+
+
+class _Families:
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families
+
+
+def test_worker_families_have_one_sample_per_process() -> None:
+    readings = [WorkerReading(0, True, 0, 7), WorkerReading(1, False, 2, 0)]
+    text = generate_latest(_Families(worker_metrics(readings))).decode()
+    lines = text.splitlines()
+    for family, kind in (
+        ("vproxy_worker_up", "gauge"),
+        ("vproxy_worker_restarts_total", "counter"),
+        ("vproxy_worker_sessions", "gauge"),
+    ):
+        assert f"# TYPE {family} {kind}" in lines
+        assert any(line.startswith(f"# HELP {family} ") for line in lines)
+    samples = [line for line in lines if not line.startswith("#")]
+    assert samples == [
+        'vproxy_worker_up{worker="0"} 1.0',
+        'vproxy_worker_up{worker="1"} 0.0',
+        'vproxy_worker_restarts_total{worker="0"} 0.0',
+        'vproxy_worker_restarts_total{worker="1"} 2.0',
+        'vproxy_worker_sessions{worker="0"} 7.0',
+        'vproxy_worker_sessions{worker="1"} 0.0',
+    ]
+
+
+def test_one_process_has_no_worker_families() -> None:
+    text = render_metrics(AppCollector(Application())).decode()
+    names = {fam.name for fam in text_string_to_metric_families(text)}
+    assert "vproxy_event_loop_sessions" in names
+    assert not any(n.startswith("vproxy_worker") for n in names), names
 
 
 def test_snapshots_add_label_set_by_label_set() -> None:
