@@ -396,7 +396,12 @@ class _Handshake:
         front = session.front
         front._mask = READABLE
         session._watcher.add(front.fd, READABLE, self._on_readable)
-        self.deadline = session._timers.add(self.server.handshake_timeout / 1000, self._expired)
+        self.deadline = session._timers.add(self.server.handshake_timeout / 1000, self)
+
+    def on_deadline(self, key: int) -> None:
+        """The loop's timers: the handshake's deadline passed."""
+        if key == self.deadline:
+            self._expired()
 
     def _expired(self) -> None:
         self.deadline = -1
@@ -408,7 +413,7 @@ class _Handshake:
     def _end(self) -> None:
         self.done = True
         if self.deadline >= 0:
-            self.session._timers.cancel(self.deadline, self._expired)
+            self.session._timers.cancel(self.deadline, self)
             self.deadline = -1
 
     def _on_readable(self, _events: int = 0) -> None:

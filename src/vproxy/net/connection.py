@@ -728,7 +728,7 @@ class Session:
             if sent < 0:
                 return  # reading the client failed: the session is gone
         self._watcher.add(sock.fileno(), _WRITABLE, self._connect_ready)
-        self._connect_timer = self._timers.add(timeout, self._connect_timed_out)
+        self._connect_timer = self._timers.add(timeout, self)
 
     def _send_first(self, sock: _socket.socket) -> int:
         """Write what the client sent so far to the backend still connecting.
@@ -809,7 +809,7 @@ class Session:
         back.writing = True
         back._mask = _WRITABLE
         if self._connect_timer >= 0:
-            self._timers.cancel(self._connect_timer, self._connect_timed_out)
+            self._timers.cancel(self._connect_timer, self)
             self._connect_timer = -1
         self._connected(sock)
 
@@ -822,6 +822,13 @@ class Session:
         self._connect_cb = None
         if cb is not None:
             cb(None)
+
+    def on_deadline(self, key: int) -> None:
+        """A deadline of the loop's timers passed: the connect's or the idle check's."""
+        if key == self._connect_timer:
+            self._connect_timed_out()
+        if key == self._idle_handle:
+            self._check_idle()
 
     def _connect_timed_out(self) -> None:
         self._connect_timer = -1
@@ -841,7 +848,7 @@ class Session:
         if sock is not None:
             self._watcher.remove(sock.fileno())
         if self._connect_timer >= 0:
-            self._timers.cancel(self._connect_timer, self._connect_timed_out)
+            self._timers.cancel(self._connect_timer, self)
             self._connect_timer = -1
 
     # -- relaying ---------------------------------------------------------------------
@@ -865,7 +872,7 @@ class Session:
         else:
             self._link_transports()
         if self.timeout > 0:
-            self._idle_handle = self._timers.add(self.timeout / 1000, self._check_idle)
+            self._idle_handle = self._timers.add(self.timeout / 1000, self)
 
     def _link_sockets(self, early: bytes) -> None:
         front, back = self.front, self.back
@@ -940,15 +947,15 @@ class Session:
             self.abort()
             return
         self._idle_mark = mark
-        self._idle_handle = self._timers.add(period / 1000, self._check_idle)
+        self._idle_handle = self._timers.add(period / 1000, self)
 
     def _half_closed(self) -> None:
         """A FIN was passed on: from now the session may stay idle half_closed_timeout."""
         if self._idle_handle < 0 or self.half_closed_timeout >= self.timeout:
             return
-        self._timers.cancel(self._idle_handle, self._check_idle)
+        self._timers.cancel(self._idle_handle, self)
         self._idle_mark = self.front.bytes_in + self.back.bytes_in
-        self._idle_handle = self._timers.add(self.half_closed_timeout / 1000, self._check_idle)
+        self._idle_handle = self._timers.add(self.half_closed_timeout / 1000, self)
 
     # socket mode
     def _on_sock_eof(self, conn: Connection) -> None:
@@ -1068,7 +1075,7 @@ class Session:
             self.front._release()
             self.back._release()
         if self._idle_handle >= 0:
-            self._timers.cancel(self._idle_handle, self._check_idle)
+            self._timers.cancel(self._idle_handle, self)
             self._idle_handle = -1
         try:
             self.on_close(self)

@@ -28,6 +28,7 @@ from typing import Any, Final, Protocol, TypeVar
 __all__ = [
     "Abortable",
     "CoarseTimers",
+    "Deadlined",
     "EventLoop",
     "EventLoopError",
     "EventLoopGroup",
@@ -230,15 +231,30 @@ class FdWatcher:
         handlers.clear()
 
 
+class Deadlined(Protocol):
+    """Something with deadlines in a loop's :class:`CoarseTimers` (a session)."""
+
+    def on_deadline(self, key: int) -> None:
+        """The deadline(s) of bucket ``key`` passed; ignore a key no longer held."""
+
+
 class CoarseTimers:
     """Per-session deadlines of one loop, rounded up to :attr:`TICK` seconds.
 
     Connect and idle timeouts need no precision, and almost all of them are
     cancelled: a loop timer per session (create, then cancel) cost more than the
     rest of setting up a ``Connection: close`` session's timers. Here a deadline is
-    a dict entry in the bucket of its tick, and one loop timer serves a whole
-    bucket: :meth:`add` and :meth:`cancel` are a dict operation each. A callback runs
-    at most one tick late, never early. Use it from the loop's thread only.
+    its owner's entry in the bucket of its tick, and one loop timer serves a whole
+    bucket: :meth:`add` and :meth:`cancel` are a dict operation each. When a
+    bucket's time comes, each owner in it hears ``on_deadline(key)`` once, at most
+    one tick late, never early. Use it from the loop's thread only.
+
+    The entries are the owners themselves (a session), not callbacks: a bound
+    method made for each add and cancel, its hash and ``dict.pop`` were half of
+    the cost. The bucket used last is kept aside, so that the adds and cancels
+    of a busy loop, which mostly land in the bucket of the moment, skip the table
+    (and the boxing of its integer key). An owner is in a bucket at most once: it
+    tells its deadlines apart by the key :meth:`add` returned.
 
     A bucket emptied by cancels keeps its loop timer until it fires, but gives back
     the table it grew to (a dict keeps the size it once had: ~32 buckets a second
@@ -248,7 +264,16 @@ class CoarseTimers:
     waits, empty or not.
     """
 
-    __slots__ = ("_buckets", "_firing", "_firing_key", "_handles", "_loop", "_time")
+    __slots__ = (
+        "_buckets",
+        "_firing",
+        "_firing_key",
+        "_handles",
+        "_last",
+        "_last_key",
+        "_loop",
+        "_time",
+    )
 
     #: bucket width in seconds
     TICK: Final = 1 / 32
@@ -261,56 +286,70 @@ class CoarseTimers:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._time = loop.time
-        self._buckets: dict[int, dict[Callable[[], object], None]] = {}
+        self._buckets: dict[int, dict[Deadlined, None]] = {}
         self._handles: dict[int, asyncio.TimerHandle] = {}
-        self._firing: dict[Callable[[], object], None] | None = None
+        self._firing: dict[Deadlined, None] | None = None
         self._firing_key = -1
+        # The bucket of the last add (or cancel) that looked one up; -1: none.
+        self._last_key = -1
+        self._last: dict[Deadlined, None] = {}
 
-    def add(self, delay: float, callback: Callable[[], object]) -> int:
-        """Call ``callback()`` in ``delay`` seconds (or up to a tick later; a second
-        for delays of :attr:`LONG_DELAY` or more).
+    def add(self, delay: float, owner: Deadlined) -> int:
+        """Tell ``owner`` in ``delay`` seconds (or up to a tick later; a second for
+        delays of :attr:`LONG_DELAY` or more).
 
-        Returns the key to :meth:`cancel` it with. ``callback`` is also its identity:
-        add a callback to one deadline at a time.
+        Returns the key it will be told with, and to :meth:`cancel` it with.
         """
         key = int((self._time() + delay) / self.TICK) + 1
         if delay >= self.LONG_DELAY:
             key = -(-key // self.LONG_TICKS) * self.LONG_TICKS  # rounded up
+        if key == self._last_key:
+            self._last[owner] = None
+            return key
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = {}
             self._handles[key] = self._loop.call_at(key * self.TICK, self._fire, key)
-        bucket[callback] = None
+        self._last_key, self._last = key, bucket
+        bucket[owner] = None
         return key
 
-    def cancel(self, key: int, callback: Callable[[], object]) -> None:
-        """Forget ``callback`` added with ``key`` (no-op if it ran or was cancelled)."""
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            if key == self._firing_key and self._firing is not None:
-                self._firing.pop(callback, None)
-            return
-        bucket.pop(callback, None)
-        if not bucket:
-            # Kept with its loop timer (the next session's deadline is likely to
-            # land in it: dropping and re-creating a loop timer per connect cost
-            # more than the rest of the timers), but without the table it grew to.
-            bucket.clear()
+    def cancel(self, key: int, owner: Deadlined) -> None:
+        """Forget ``owner``'s deadline of ``key`` (no-op if it was told or cancelled)."""
+        if key == self._last_key:
+            bucket = self._last
+        else:
+            found = self._buckets.get(key)
+            if found is None:
+                firing = self._firing
+                if key == self._firing_key and firing is not None and owner in firing:
+                    del firing[owner]
+                return
+            bucket = found
+        if owner in bucket:
+            del bucket[owner]
+            if not bucket:
+                # Kept with its loop timer (the next session's deadline is likely to
+                # land in it: dropping and re-creating a loop timer per connect cost
+                # more than the rest of the timers), but without the table it grew to.
+                bucket.clear()
 
     def _fire(self, key: int) -> None:
         self._handles.pop(key, None)
         bucket = self._buckets.pop(key, None)
+        if key == self._last_key:
+            self._last_key, self._last = -1, {}
         if not bucket:
             return
-        # Out of the table, so that what the callbacks add goes to later buckets;
-        # still reachable by cancel() while its callbacks run.
+        # Out of the table, so that what the owners add goes to later buckets;
+        # still reachable by cancel() while they are told.
         self._firing, self._firing_key = bucket, key
         try:
             while bucket:
-                callback = next(iter(bucket))
-                del bucket[callback]
+                owner = next(iter(bucket))
+                del bucket[owner]
                 try:
-                    callback()
+                    owner.on_deadline(key)
                 except Exception as exc:
                     self._loop.call_exception_handler(
                         {"message": "timer callback failed", "exception": exc}
