@@ -328,6 +328,13 @@ def _response_line_code(line: bytes) -> int:
     return _LINE_OFF
 
 
+# Up to this size a buffer's head is cut with bytes.partition rather than find and
+# a slice: partition takes its one argument as is, where find parses a tuple of
+# them (~40% of its cost on a usual head); past it, partition's copy of the rest
+# (a body that came with the head) would cost more than the parsing saved.
+_PARTITION_MAX: Final = 4096
+
+
 def _remember_line(lines: dict[bytes, _T], line: bytes, verdict: _T) -> None:
     if len(line) <= _LINE_MAX:
         if len(lines) >= _LINES_MAX:
@@ -1576,11 +1583,19 @@ class RequestParser(_Parser):
         # lines, each judged once and then looked up (_request_lines, _request_fields),
         # not matched by a regular expression.
         limits = self._limits
-        # (find without bounds when it can: parsing them is a third of the call)
-        end = buf.find(b"\r\n\r\n") if pos == 0 else buf.find(b"\r\n\r\n", pos)
-        if end < 0 or end + 4 - pos > limits.max_head:
-            return None
-        raw = buf[pos:end] if type(buf) is bytes else bytes(buf[pos:end])
+        if pos == 0 and type(buf) is bytes and len(buf) <= _PARTITION_MAX:
+            raw, sep, _rest = buf.partition(b"\r\n\r\n")
+            if not sep:
+                return None
+            end = len(raw)
+            if end + 4 > limits.max_head:
+                return None
+        else:
+            # (find without bounds when it can: parsing them is a third of the call)
+            end = buf.find(b"\r\n\r\n") if pos == 0 else buf.find(b"\r\n\r\n", pos)
+            if end < 0 or end + 4 - pos > limits.max_head:
+                return None
+            raw = buf[pos:end] if type(buf) is bytes else bytes(buf[pos:end])
         lines = raw.split(b"\r\n")
         # (each line of field content only: so no CR or LF but the CRLFs that split them)
         line = lines[0]
@@ -1978,10 +1993,15 @@ class ResponseParser(_Parser):
         ):
             return None
         limits = self._limits
-        end = data.find(b"\r\n\r\n")  # (without bounds: parsing them is a third of the call)
+        if len(data) <= _PARTITION_MAX:
+            head, sep, _rest = data.partition(b"\r\n\r\n")
+            end = len(head) if sep else -1
+        else:
+            end = data.find(b"\r\n\r\n")
+            head = data[:end]
         if end < 12 or end + 4 > limits.max_head:
             return None
-        lines = data[:end].split(b"\r\n")
+        lines = head.split(b"\r\n")
         # (each line of field content only: so no CR or LF but the CRLFs that split them)
         line = lines[0]
         if len(line) > limits.max_line or len(lines) - 1 > limits.max_headers:

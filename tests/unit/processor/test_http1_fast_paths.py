@@ -433,7 +433,12 @@ def whole_reads(draw: st.DrawFn) -> bytes:
     status = draw(st.sampled_from([status, status, status, status, b"103", b"600", b"099"]))
     line = b"HTTP/" + version + b" " + status
     line += draw(st.sampled_from([b" OK", b" OK", b" OK", b"", b" ", b" Not Found", b"  a\tb "]))
-    body = draw(st.sampled_from([b"", b"", b"abc", b"hello\n", b"hello\n", b"hello\nHTTP/1.1"]))
+    body = draw(
+        st.sampled_from(
+            # (past 4 KiB the head is found by another means: _PARTITION_MAX)
+            [b"", b"", b"abc", b"hello\n", b"hello\n", b"hello\nHTTP/1.1", b"x\r\n\r\n" * 1100]
+        )
+    )
     if draw(st.integers(0, 3)):
         # Near the usual shape: plain lines, the right Content-Length, a Connection
         # option, in any order, then maybe one line of any kind.
@@ -550,6 +555,11 @@ def test_receive_whole_takes_the_usual_responses() -> None:
     assert check_whole(NGINX[: NGINX.index(b"hello")], b"HEAD", False, None)
     assert check_whole(b"HTTP/1.1 204 No Content\r\nServer: x\r\n\r\n", b"GET", False, None)
     assert check_whole(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", b"GET", False, None)
+    # Past 4 KiB (_PARTITION_MAX) the head is found another way: taken all the same.
+    for size in (4000, 5000):
+        body = b"\r\n".join([b"z" * 98] * (size // 100 + 1))[:size]
+        big = NGINX.replace(b"Content-Length: 6", b"Content-Length: %d" % size)
+        assert check_whole(big.replace(b"hello\n", body), b"GET", False, None)
     parser = ResponseParser()
     parser.expect_response(b"GET")
     status, keep_alive, out = parser.receive_whole(NGINX, False) or (0, False, b"")

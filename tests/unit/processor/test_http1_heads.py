@@ -250,6 +250,19 @@ def test_request_in_one_read_as_byte_by_byte(data: bytes) -> None:
 
 
 @MANY
+@given(heads(_REQUEST_LINES), st.sampled_from([4096, 4097, 6000]))
+def test_request_with_a_large_body_in_one_read_as_in_two(data: bytes, size: int) -> None:
+    # Up to 4 KiB a read's head is cut one way, past it another (_PARTITION_MAX):
+    # the same request, whole or with its body in a second read, parses the same.
+    data += b"\r\n\r\n".join([b"y" * 50] * (size // 52 + 1))
+    data = data[:size]
+    head = data.index(b"\r\n\r\n") + 4
+    whole = _outcome(RequestParser(), [data])
+    assert whole == _outcome(RequestParser(), [data[:head], data[head:]])
+    assert whole == _outcome(RequestParser(), [data[: head - 1], data[head - 1 :]])
+
+
+@MANY
 @given(heads(_REQUEST_LINES), st.integers(1, 200))
 def test_request_in_two_reads_as_in_one(data: bytes, cut: int) -> None:
     # The second read finds the rest of a head in the parser's buffer (a bytearray),
