@@ -251,10 +251,12 @@ class CoarseTimers:
 
     The entries are the owners themselves (a session), not callbacks: a bound
     method made for each add and cancel, its hash and ``dict.pop`` were half of
-    the cost. The bucket used last is kept aside, so that the adds and cancels
-    of a busy loop, which mostly land in the bucket of the moment, skip the table
-    (and the boxing of its integer key). An owner is in a bucket at most once: it
-    tells its deadlines apart by the key :meth:`add` returned.
+    the cost. The last four buckets looked up are kept aside with their keys, so
+    that the adds and cancels of a busy loop, which land in the buckets of the
+    moment (one per timeout setting in use: a socks5 tunnel's handshake, connect,
+    idle and half-closed deadlines), skip the table and the boxing of its integer
+    key. An owner is in a bucket at most once: it tells its deadlines apart by the
+    key :meth:`add` returned.
 
     A bucket emptied by cancels keeps its loop timer until it fires, but gives back
     the table it grew to (a dict keeps the size it once had: ~32 buckets a second
@@ -265,13 +267,20 @@ class CoarseTimers:
     """
 
     __slots__ = (
+        "_b0",
+        "_b1",
+        "_b2",
+        "_b3",
         "_buckets",
         "_firing",
         "_firing_key",
         "_handles",
-        "_last",
-        "_last_key",
+        "_k0",
+        "_k1",
+        "_k2",
+        "_k3",
         "_loop",
+        "_slot",
         "_time",
     )
 
@@ -290,9 +299,13 @@ class CoarseTimers:
         self._handles: dict[int, asyncio.TimerHandle] = {}
         self._firing: dict[Deadlined, None] | None = None
         self._firing_key = -1
-        # The bucket of the last add (or cancel) that looked one up; -1: none.
-        self._last_key = -1
-        self._last: dict[Deadlined, None] = {}
+        # The last four buckets looked up, by key (-1: none); _slot: the next to reuse.
+        self._k0 = self._k1 = self._k2 = self._k3 = -1
+        self._b0: dict[Deadlined, None] = {}
+        self._b1: dict[Deadlined, None] = {}
+        self._b2: dict[Deadlined, None] = {}
+        self._b3: dict[Deadlined, None] = {}
+        self._slot = 0
 
     def add(self, delay: float, owner: Deadlined) -> int:
         """Tell ``owner`` in ``delay`` seconds (or up to a tick later; a second for
@@ -303,22 +316,20 @@ class CoarseTimers:
         key = int((self._time() + delay) / self.TICK) + 1
         if delay >= self.LONG_DELAY:
             key = -(-key // self.LONG_TICKS) * self.LONG_TICKS  # rounded up
-        if key == self._last_key:
-            self._last[owner] = None
-            return key
-        bucket = self._buckets.get(key)
+        bucket = self._recent(key)
         if bucket is None:
-            bucket = self._buckets[key] = {}
-            self._handles[key] = self._loop.call_at(key * self.TICK, self._fire, key)
-        self._last_key, self._last = key, bucket
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                bucket = self._buckets[key] = {}
+                self._handles[key] = self._loop.call_at(key * self.TICK, self._fire, key)
+            self._remember(key, bucket)
         bucket[owner] = None
         return key
 
     def cancel(self, key: int, owner: Deadlined) -> None:
         """Forget ``owner``'s deadline of ``key`` (no-op if it was told or cancelled)."""
-        if key == self._last_key:
-            bucket = self._last
-        else:
+        bucket = self._recent(key)
+        if bucket is None:
             found = self._buckets.get(key)
             if found is None:
                 firing = self._firing
@@ -326,6 +337,7 @@ class CoarseTimers:
                     del firing[owner]
                 return
             bucket = found
+            self._remember(key, bucket)
         if owner in bucket:
             del bucket[owner]
             if not bucket:
@@ -337,8 +349,7 @@ class CoarseTimers:
     def _fire(self, key: int) -> None:
         self._handles.pop(key, None)
         bucket = self._buckets.pop(key, None)
-        if key == self._last_key:
-            self._last_key, self._last = -1, {}
+        self._forget(key)
         if not bucket:
             return
         # Out of the table, so that what the owners add goes to later buckets;
@@ -356,6 +367,40 @@ class CoarseTimers:
                     )
         finally:
             self._firing, self._firing_key = None, -1
+
+    def _recent(self, key: int) -> dict[Deadlined, None] | None:
+        if key == self._k0:
+            return self._b0
+        if key == self._k1:
+            return self._b1
+        if key == self._k2:
+            return self._b2
+        if key == self._k3:
+            return self._b3
+        return None
+
+    def _remember(self, key: int, bucket: dict[Deadlined, None]) -> None:
+        slot = self._slot
+        self._slot = (slot + 1) & 3
+        if slot == 0:
+            self._k0, self._b0 = key, bucket
+        elif slot == 1:
+            self._k1, self._b1 = key, bucket
+        elif slot == 2:
+            self._k2, self._b2 = key, bucket
+        else:
+            self._k3, self._b3 = key, bucket
+
+    def _forget(self, key: int) -> None:
+        # (a bucket that fired is out of the table: no add may land in it again)
+        if key == self._k0:
+            self._k0, self._b0 = -1, {}
+        elif key == self._k1:
+            self._k1, self._b1 = -1, {}
+        elif key == self._k2:
+            self._k2, self._b2 = -1, {}
+        elif key == self._k3:
+            self._k3, self._b3 = -1, {}
 
     def __len__(self) -> int:
         return sum(len(b) for b in self._buckets.values())

@@ -77,6 +77,27 @@ def test_an_owner_holds_deadlines_in_several_buckets() -> None:
     asyncio.run(run())
 
 
+def test_more_buckets_in_use_than_are_kept_aside() -> None:
+    # Six deadlines of six different ticks: the four buckets kept aside are the
+    # last four; cancels of the others find theirs in the table (and replace one
+    # kept aside), and none is mixed up.
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        timers = CoarseTimers(loop)
+        fired: list[tuple[str, int]] = []
+        owners = [Owner(str(i), fired) for i in range(6)]
+        keys = [timers.add(0.02 + i * 2 * CoarseTimers.TICK, o) for i, o in enumerate(owners)]
+        assert len(set(keys)) == 6
+        for i in (0, 3, 5, 2):  # looked up, kept aside, kept aside, pushed out by 0
+            timers.cancel(keys[i], owners[i])
+        assert len(timers) == 2
+        await asyncio.sleep(0.02 + 12 * CoarseTimers.TICK + 0.15)
+        assert fired == [("1", keys[1]), ("4", keys[4])]
+        assert len(timers) == 0
+
+    asyncio.run(run())
+
+
 def test_emptied_buckets_give_back_their_table_and_long_deadlines_share_buckets() -> None:
     async def run() -> None:
         loop = asyncio.get_running_loop()
