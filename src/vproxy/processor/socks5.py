@@ -354,7 +354,10 @@ def encode_reply(
                     _QUADS.clear()
                 prefix = _QUADS[bound_host] = bytes((AddressType.IPV4, *quad))
         if prefix is not None:
-            return bytes((SOCKS_VERSION, code, 0x00)) + prefix + bound_port.to_bytes(2, "big")
+            head = _REPLY_HEADS.get(code)
+            if head is None:
+                head = bytes((SOCKS_VERSION, code, 0x00))
+            return head + prefix + bound_port.to_bytes(2, "big")
     if isinstance(bound_host, str):
         text = bound_host
         if text.startswith("[") and text.endswith("]"):
@@ -383,6 +386,8 @@ def encode_reply(
 
 #: ATYP + address of dotted quads already seen (a server replies from a few addresses)
 _QUADS: Final[dict[str, bytes]] = {}
+#: VER REP RSV of each reply code (making the three bytes was ~750 instructions a reply)
+_REPLY_HEADS: Final[dict[int, bytes]] = {c: bytes((SOCKS_VERSION, c, 0x00)) for c in ReplyCode}
 
 
 def _dotted_quad(text: str) -> list[int] | None:

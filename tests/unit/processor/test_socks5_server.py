@@ -597,6 +597,15 @@ def test_encode_reply_is_public() -> None:
     assert encode_reply(ReplyCode.HOST_UNREACHABLE) == refusal(4)
 
 
+@pytest.mark.parametrize("code", list(ReplyCode))
+def test_encode_reply_of_every_code_and_a_bound_address(code: ReplyCode) -> None:
+    # (the three leading bytes come from a table for the usual dotted-quad case)
+    expected = bytes((5, int(code), 0, 1, 10, 0, 0, 7)) + (40000).to_bytes(2, "big")
+    assert encode_reply(code, "10.0.0.7", 40000) == expected
+    assert encode_reply(code, "10.0.0.7", 40000) == expected  # the quad remembered
+    assert encode_reply(code, "::1", 1)[:4] == bytes((5, int(code), 0, 4))
+
+
 # -- misuse and the states after the end -------------------------------------------------
 
 
