@@ -553,7 +553,10 @@ class _Handshake:
         if backend is not None:
             backend.session_opened(session)
         bound = session.back.get_extra_info("sockname")
-        self.proc.accept(*(bound[:2] if bound else ("0.0.0.0", 0)))
+        if bound:  # (not accept(*bound[:2]): a slice and a call through a tuple)
+            self.proc.accept(bound[0], bound[1])
+        else:
+            self.proc.accept("0.0.0.0", 0)
         self._end()
         if self._send(self.proc.data_to_send()):
             # From here on the relay owns both sockets.
