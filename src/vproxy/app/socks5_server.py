@@ -569,5 +569,5 @@ class _Handshake:
 
 def _connect_timeout(server: Server | None) -> float:
     group = server.group if server is not None else None
-    ms = group.health_config.timeout if group is not None else DEFAULT_CONNECT_TIMEOUT_MS
+    ms = group.connect_timeout_ms if group is not None else DEFAULT_CONNECT_TIMEOUT_MS
     return ms / 1000

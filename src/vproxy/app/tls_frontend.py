@@ -124,7 +124,7 @@ class _TlsFront(asyncio.Protocol):
             tried.append(server)
             back = session.reset_backend()
             try:
-                timeout = server.group.health_config.timeout if server.group else 1000
+                timeout = server.group.connect_timeout_ms if server.group else 1000
                 async with asyncio.timeout(timeout / 1000):
                     await session._loop.create_connection(back.itself, server.host, server.port)
             except (OSError, TimeoutError):

@@ -68,7 +68,7 @@ class ProxySettings(Protocol):
 
 def _connect_timeout_ms(server: Server) -> int:
     group = server.group
-    return group.health_config.timeout if group is not None else 1000
+    return group.connect_timeout_ms if group is not None else 1000
 
 
 class Proxy:

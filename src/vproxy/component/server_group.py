@@ -298,6 +298,10 @@ class ServerGroup:
         self.name = name
         self.method = _method(method)
         self.health_config = health_check or HealthCheckConfig()
+        # The health check's timeout is also the connect timeout of every session to
+        # these servers; kept here as a plain int (read per session, where reading it
+        # through the config dataclass was a generic attribute look-up).
+        self.connect_timeout_ms: int = self.health_config.timeout
         self.event_loop_group = event_loop_group
         self._annotations: dict[str, str] = dict(annotations or {})
         self._lock = threading.Lock()
@@ -468,6 +472,7 @@ class ServerGroup:
         """Change the health-check settings; counting restarts for the new ones."""
         with self._lock:
             self.health_config = config
+            self.connect_timeout_ms = config.timeout
             for s in self._servers.values():
                 s.health.reconfigure(config)
 

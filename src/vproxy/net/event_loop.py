@@ -39,6 +39,8 @@ __all__ = [
 ]
 
 _log = logging.getLogger("vproxy.net")
+# (Final: compiled, a module attribute read per call is a generic look-up)
+_get_ident: Final = threading.get_ident
 
 T = TypeVar("T")
 
@@ -530,7 +532,7 @@ class EventLoop:
     @property
     def in_loop_thread(self) -> bool:
         """True when called from this loop's own thread."""
-        return threading.get_ident() == self._ident
+        return _get_ident() == self._ident
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the loop now: pending tasks are cancelled, transports closed."""

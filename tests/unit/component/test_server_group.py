@@ -332,9 +332,12 @@ def test_set_method_accepts_names_and_rejects_others() -> None:
 def test_set_health_config_reaches_every_server() -> None:
     g, (a, b) = make_group([1, 1], healthy=[False, False])
     a.health.feed(True)  # one success towards the default up=2
-    cfg = HealthCheckConfig(up=1, down=1)
+    assert g.connect_timeout_ms == HealthCheckConfig().timeout
+    cfg = HealthCheckConfig(up=1, down=1, timeout=250)
     g.set_health_config(cfg)
     assert g.health_config is cfg
+    assert g.connect_timeout_ms == 250  # sessions' connects follow the check's timeout
+    assert ServerGroup("t", health_check=cfg).connect_timeout_ms == 250
     assert a.health.config is cfg
     assert b.health.config is cfg
     assert a.health.feed(True) is True

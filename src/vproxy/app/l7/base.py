@@ -270,7 +270,7 @@ async def open_connection(
         OSError: Refused, unreachable, or timed out (``TimeoutError``); the failure is
             counted on the server.
     """
-    timeout = server.group.health_config.timeout if server.group is not None else 1000
+    timeout = server.group.connect_timeout_ms if server.group is not None else 1000
     try:
         async with asyncio.timeout(timeout / 1000):
             transport, protocol = await loop.create_connection(factory, server.host, server.port)
