@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from helpers import (
     LoopThread,
     VproxyProcess,
     echo_handler,
+    http_handler,
     id_handler,
     read_ident,
     vproxy_process,
@@ -56,14 +58,41 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def clients_of(pid: int, port: int) -> int:
-    """Established connections to local ``port`` that process ``pid`` holds (accepted)."""
+def socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets process ``pid`` has open."""
     inodes = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
         with contextlib.suppress(OSError):
             link = os.readlink(f"/proc/{pid}/fd/{fd}")
             if link.startswith("socket:["):
                 inodes.add(link[8:-1])
+    return inodes
+
+
+def holders(pids: list[int], port: int, clients: list[socket.socket]) -> dict[int, int]:
+    """For each client connection to local ``port``: the pid that accepted it, by the
+    client's port (waits until every one is accepted)."""
+    wanted = {c.getsockname()[1] for c in clients}
+    found: dict[int, int] = {}
+
+    def all_accepted() -> bool:
+        by_inode = {i: pid for pid in pids for i in socket_inodes(pid)}
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            f = line.split()
+            if int(f[1].split(":")[1], 16) != port:
+                continue
+            client = int(f[2].split(":")[1], 16)
+            if client in wanted and f[9] in by_inode:
+                found[client] = by_inode[f[9]]
+        return set(found) == wanted
+
+    wait_until(all_accepted, 5)
+    return found
+
+
+def clients_of(pid: int, port: int) -> int:
+    """Established connections to local ``port`` that process ``pid`` holds (accepted)."""
+    inodes = socket_inodes(pid)
     n = 0
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         f = line.split()
@@ -659,3 +688,84 @@ def test_sessions_of_every_process_are_summed_and_each_process_is_shown(
         vp.stop()
     for pid in (vp.pid, worker, new_worker):
         assert not alive(pid)
+
+
+def l7_exchange(pids: list[int], port: int, request: bytes) -> tuple[int, bytes]:
+    """One request on a new connection to ``port``: the pid that accepted it, and
+    everything vproxy answered until it closed."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        (pid,) = holders(pids, port, [s]).values()
+        s.sendall(request)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return pid, out
+
+
+def l7_counts(http: int) -> dict[str, float]:
+    """The L7 counters of listener web: responses by code class, and ``refused``."""
+    m = scrape(http)
+    out = {dict(k)["code"]: v for k, v in m["vproxy_listener_http_responses_total"].items()}
+    (out["refused"],) = m["vproxy_listener_http_refused_requests_total"].values()
+    return out
+
+
+def test_l7_counters_sum_over_every_worker(tmp_path: Path, backend_loop: LoopThread) -> None:
+    """60 requests on new connections over both processes: the response counter of
+    the http/1.x listener grows by exactly 60 in class 2xx; 30 malformed requests
+    (two Host fields) by exactly 30 refused requests and 30 responses in 4xx."""
+    a = Backend(backend_loop, http_handler("a"))
+    conf = tmp_path / "start.conf"
+    conf.write_text(
+        "add server-group g timeout 500 period 200 up 1 down 2 method wrr\n"
+        f"add server a to server-group g address 127.0.0.1:{a.port} weight 10\n"
+        "add upstream u\n"
+        "add server-group g to upstream u weight 10\n"
+        "add tcp-lb web address 127.0.0.1:0 upstream u protocol http/1.x\n"
+    )
+    vp = start_full(tmp_path, "load", str(conf), "http-controller", "127.0.0.1:0", "workers", "2")
+    good = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    bad = b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"
+    try:
+        port = vp.port
+        http = int(read_until(vp, r"http-controller listening on 127\.0\.0\.1:(\d+)").group(1))
+        (worker,) = children(vp.pid)
+        pids = [vp.pid, worker]
+
+        def both_serve() -> bool:  # the server is UP in both (the worker follows the edge)
+            answers = [l7_exchange(pids, port, good) for _ in range(10)]
+            return {p for p, _ in answers} == set(pids) and all(
+                out.startswith(b"HTTP/1.1 200 ") for _, out in answers
+            )
+
+        wait_until(both_serve, 15, 0.1)
+        before = l7_counts(http)
+
+        served: Counter[int] = Counter()
+        for _ in range(60):
+            pid, out = l7_exchange(pids, port, good)
+            assert out.startswith(b"HTTP/1.1 200 "), out
+            assert out.endswith(b"a"), out
+            served[pid] += 1
+        assert all(served[p] >= 5 for p in pids), served  # both processes answered some
+        want = {**before, "2xx": before["2xx"] + 60}
+        wait_until(lambda: l7_counts(http) == want, 5, 0.1)
+
+        refused: Counter[int] = Counter()
+        for _ in range(30):
+            pid, out = l7_exchange(pids, port, bad)
+            assert out.startswith(b"HTTP/1.1 400 "), out
+            refused[pid] += 1
+        assert all(refused[p] >= 2 for p in pids), refused
+        want = {**want, "4xx": want["4xx"] + 30, "refused": want["refused"] + 30}
+        wait_until(lambda: l7_counts(http) == want, 5, 0.1)
+
+        # a worker killed: what it counted stays in the sums
+        os.kill(worker, signal.SIGKILL)
+        wait_until(lambda: by_worker(scrape(http)["vproxy_worker_restarts_total"])["1"] == 1, 15)
+        assert l7_counts(http) == want
+        wait_until(lambda: by_worker(scrape(http)["vproxy_worker_up"])["1"] == 1, 15, 0.1)
+        assert l7_counts(http) == want
+    finally:
+        vp.stop()
+    assert not alive(worker)

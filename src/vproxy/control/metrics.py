@@ -45,11 +45,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONTENT_TYPE",
+    "HTTP_CODE_CLASSES",
     "MAX_TRANSITIONS",
     "AppCollector",
     "HealthBook",
     "HealthTransition",
     "WorkerReading",
+    "l7_counters",
     "listener_kind",
     "render_metrics",
     "server_bytes",
@@ -61,6 +63,8 @@ CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 """The Prometheus text exposition format."""
 MAX_TRANSITIONS: Final = 200
 """Health transitions kept (oldest forgotten first)."""
+HTTP_CODE_CLASSES: Final = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
+"""The ``code`` label of the L7 response counter, in the order a listener counts them."""
 
 
 # ------------------------------------------------------------------ health history
@@ -185,6 +189,14 @@ def server_bytes(server: Server) -> tuple[int, int]:
     return from_server, to_server
 
 
+def l7_counters(listener: TcpLB | Socks5Server) -> list[int]:
+    """The L7 responses of ``listener`` by status class (in :data:`HTTP_CODE_CLASSES`
+    order), then its L7 requests refused; zeros for a socks5-server."""
+    if isinstance(listener, Socks5Server):
+        return [0] * (len(HTTP_CODE_CLASSES) + 1)
+    return [*listener.http_responses, listener.l7_refused]
+
+
 def _latency_ms(server: Server) -> float | None:
     client = server._health_client
     return client.last_latency_ms if client is not None else None
@@ -200,26 +212,32 @@ class AppCollector:
     counters are the ones the resources already keep.
     """
 
-    def __init__(self, app: Application) -> None:
-        """Collect from ``app``, plus the process's own metrics (``/proc/self``)."""
+    def __init__(self, app: Application, process: ProcessCollector | None = None) -> None:
+        """Collect from ``app``, plus the process's own metrics (``/proc/self``) through
+        ``process`` (made at the first scrape when None)."""
         self.app = app
         # prometheus_client is imported at the first scrape: a process nobody
         # scrapes does not carry it.
-        self._process: ProcessCollector | None = None
+        self._process = process
 
-    def collect(self) -> Iterator[Metric]:
-        """Yield every metric family (the ``Collector`` protocol)."""
+    def process_collector(self) -> ProcessCollector:
+        """The collector of the ``process_*`` families (``/proc/self``)."""
         if self._process is None:
             from prometheus_client.process_collector import ProcessCollector
 
             self._process = ProcessCollector(registry=None)
+        return self._process
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield every metric family (the ``Collector`` protocol)."""
+        process = self.process_collector()
         with self.app.lock:
             yield from self._listeners()
             yield from self._servers()
             yield from self._loops()
             yield from self._access_log()
             yield from self._processes()
-        yield from self._process.collect()
+        yield from process.collect()
 
     def _processes(self) -> Iterable[Metric]:
         """The per-process families: none for one process (``workers N`` adds them)."""
@@ -275,9 +293,10 @@ class AppCollector:
         for lb in self.app.listeners():
             values = [listener_kind(lb), lb.name, format_address(*lb.address)]
             if not isinstance(lb, Socks5Server) and lb.protocol != "tcp":
-                for i, n in enumerate(list(lb.http_responses)):
-                    responses.add_metric([*values, f"{i}xx" if i else "none"], n)
-                malformed.add_metric(values, lb.l7_refused)
+                *by_class, l7_refused = l7_counters(lb)
+                for code, n in zip(HTTP_CODE_CLASSES, by_class, strict=True):
+                    responses.add_metric([*values, code], n)
+                malformed.add_metric(values, l7_refused)
             accepted.add_metric(values, lb.accepted)
             active.add_metric(values, len(lb.sessions))
             bytes_in.add_metric(values, lb.bytes_from_clients)

@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,8 +46,10 @@ from vproxy.component.server_group import set_edge_observer, set_local_health_ch
 from vproxy.control.command import Action, Command, ConflictError, ResourceType, format_command
 from vproxy.control.command.values import Address
 from vproxy.control.metrics import (
+    HTTP_CODE_CLASSES,
     AppCollector,
     WorkerReading,
+    l7_counters,
     listener_kind,
     server_bytes,
     worker_metrics,
@@ -56,6 +58,7 @@ from vproxy.net.server_sock import format_address, set_reuse_port_default
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
+    from prometheus_client.process_collector import ProcessCollector
 
     from vproxy.app.socks5_server import Socks5Server
     from vproxy.app.tcp_lb import TcpLB
@@ -78,19 +81,27 @@ RESTART_INTERVAL = 1.0
 """At most one start per worker slot per second (a worker that dies at once)."""
 STOP_TIMEOUT = 5.0
 
-# Snapshot columns. Listeners: accepted, bytes in, bytes out, active, denied, refused.
+# Snapshot columns. Listeners: accepted, bytes in, bytes out, active, denied, refused,
+# then the L7 responses by status class (no status, 1xx .. 5xx) and the L7 requests
+# refused (all 0 for a socks5-server).
 # Servers: bytes from the server, bytes toward it, active, connect failures.
 # Event loops: sessions.
-_L_COUNTERS = (0, 1, 2, 4, 5)
-_S_COUNTERS = (0, 1, 3)
 _L_ACTIVE = 3
-_LISTENER_FAMILIES = {
+_L_RESPONSES = 6
+_L_COUNTERS = tuple(i for i in range(_L_RESPONSES + len(HTTP_CODE_CLASSES) + 1) if i != _L_ACTIVE)
+_S_COUNTERS = (0, 1, 3)
+_LISTENER_FAMILIES: dict[str, int | dict[str, int]] = {
     "vproxy_listener_accepted_connections": 0,
     "vproxy_listener_bytes_in": 1,
     "vproxy_listener_bytes_out": 2,
-    "vproxy_listener_active_sessions": 3,
+    "vproxy_listener_active_sessions": _L_ACTIVE,
     "vproxy_listener_denied_connections": 4,
     "vproxy_listener_refused_connections": 5,
+    # one column per value of the "code" label
+    "vproxy_listener_http_responses": {
+        code: _L_RESPONSES + i for i, code in enumerate(HTTP_CODE_CLASSES)
+    },
+    "vproxy_listener_http_refused_requests": _L_RESPONSES + len(HTTP_CODE_CLASSES),
 }
 _SERVER_FAMILIES = {
     "vproxy_server_bytes_in": 0,
@@ -169,6 +180,7 @@ def _snapshot(app: Application) -> dict[str, Any]:
                 len(lb.sessions),
                 lb.denied,
                 lb.refused,
+                *l7_counters(lb),
             ]
             for lb in app.listeners()
         ]
@@ -253,7 +265,12 @@ class _Worker:
     buf: bytearray = field(default_factory=bytearray)
     lock: threading.Lock = field(default_factory=threading.Lock)
     started: float = 0.0
+    # The running process's last snapshot, and the counters of the slot's processes
+    # that died (their last snapshots): both read and written under ``lock``, the
+    # same lock that orders the answers on the channel, so the newest answer is the
+    # one kept and a scrape never sees a process both alive and retired, or neither.
     last_stats: _Stats | None = None
+    retired: _Stats = field(default_factory=_Stats)
     restarts: int = 0  # processes started in this slot after the first
 
 
@@ -272,8 +289,6 @@ class Workers:
         self._executor: Executor | None = None
         self._stopping = threading.Event()
         self._spawn_lock = threading.Lock()
-        self._retired = _Stats()  # counters of workers that died (last snapshot)
-        self._retired_lock = threading.Lock()
         self._supervisor: threading.Thread | None = None
         # health edges of the master's checks, sent in order by their own thread
         self._edges: queue.SimpleQueue[tuple[ServerGroup, Server] | None] = queue.SimpleQueue()
@@ -383,14 +398,18 @@ class Workers:
 
     def _request(self, w: _Worker, msg: dict[str, Any], timeout: float) -> dict[str, Any]:
         with w.lock:
-            if w.sock is None:
-                raise WorkerError("no channel")
-            try:
-                w.sock.settimeout(timeout)
-                w.sock.sendall(json.dumps(msg).encode() + b"\n")
-            except OSError as exc:
-                raise WorkerError(f"{type(exc).__name__}: {exc}") from exc
-            return self._read(w, time.monotonic() + timeout)
+            return self._exchange(w, msg, timeout)
+
+    def _exchange(self, w: _Worker, msg: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Send ``msg`` to ``w`` and read its answer; the caller holds ``w.lock``."""
+        if w.sock is None:
+            raise WorkerError("no channel")
+        try:
+            w.sock.settimeout(timeout)
+            w.sock.sendall(json.dumps(msg).encode() + b"\n")
+        except OSError as exc:
+            raise WorkerError(f"{type(exc).__name__}: {exc}") from exc
+        return self._read(w, time.monotonic() + timeout)
 
     def _apply(self, w: _Worker, line: str) -> str | None:
         """Apply one line in ``w``: None, or why it failed (``w`` is then restarted)."""
@@ -533,25 +552,37 @@ class Workers:
 
     def _poll(self) -> tuple[_Stats, list[WorkerReading]]:
         """Ask every ready worker for its snapshot: their sum (plus the counters of
-        workers that died), and how each worker was found."""
+        workers that died), and how each worker was found.
+
+        Everything is returned, nothing is kept for the caller: two polls at once
+        (two controllers on two control loops) each get their own answers.
+        """
         total = _Stats()
-        with self._retired_lock:
-            total.add(self._retired)
         readings = []
         for w in self._workers:
             restarts = w.restarts
-            if not w.ready:
-                readings.append(WorkerReading(w.index, False, restarts, 0))
-                continue
-            try:
-                stats = _Stats.from_json(self._request(w, {"stats": True}, STATS_TIMEOUT)["stats"])
-            except (WorkerError, KeyError, TypeError, ValueError, IndexError) as exc:
-                self._fail(w, f"gave no statistics: {exc}")
-                readings.append(WorkerReading(w.index, False, restarts, 0))
-                continue
-            w.last_stats = stats
-            total.add(stats)
-            readings.append(WorkerReading(w.index, True, restarts, stats.sessions))
+            failure: Exception | None = None
+            live: _Stats | None = None
+            with w.lock:  # ordered with the other requests on the channel and _retire
+                total.add(w.retired)
+                if w.ready:
+                    try:
+                        answer = self._exchange(w, {"stats": True}, STATS_TIMEOUT)
+                        live = _Stats.from_json(answer["stats"])
+                    except (WorkerError, KeyError, TypeError, ValueError, IndexError) as exc:
+                        failure = exc
+                    else:
+                        w.last_stats = live
+                if live is not None:
+                    total.add(live)
+                elif w.last_stats is not None:
+                    # not answering (killed, not yet reaped): its counters as last seen,
+                    # which _retire will move to w.retired
+                    total.add(w.last_stats, counters_only=True)
+            if failure is not None:
+                self._fail(w, f"gave no statistics: {failure}")
+            sessions = live.sessions if live is not None else 0
+            readings.append(WorkerReading(w.index, live is not None, restarts, sessions))
         return total, readings
 
     def listener_counters(self, listeners: Sequence[TcpLB | Socks5Server]) -> tuple[int, int, int]:
@@ -647,8 +678,7 @@ class Workers:
             w.sock = None
             w.buf.clear()
             if w.last_stats is not None:
-                with self._retired_lock:
-                    self._retired.add(w.last_stats, counters_only=True)
+                w.retired.add(w.last_stats, counters_only=True)
             w.last_stats = None
             self._counts.clear_column(w.index)  # its sessions died with it
 
@@ -748,13 +778,32 @@ class _SumCollector(AppCollector):
     def __init__(self, app: Application, workers: Workers) -> None:
         super().__init__(app)
         self._workers = workers
-        self._extra = _Stats()
-        self._readings: list[WorkerReading] = []
 
     def collect(self) -> Iterator[Metric]:
-        """Ask the workers first (not under the application's lock), then collect."""
-        self._extra, self._readings = self._workers._poll()
-        yield from super().collect()
+        """Ask the workers first (not under the application's lock), then collect.
+
+        Their answers go to a view made for this scrape alone, never to this shared
+        collector: two scrapes at once (controllers on two control loops) each add
+        their own workers' figures.
+        """
+        extra, readings = self._workers._poll()
+        yield from _Scrape(self.app, extra, readings, self.process_collector()).collect()
+
+
+class _Scrape(AppCollector):
+    """One scrape of a :class:`_SumCollector`: the master's figures read now plus
+    what the workers answered for this scrape."""
+
+    def __init__(
+        self,
+        app: Application,
+        extra: _Stats,
+        readings: list[WorkerReading],
+        process: ProcessCollector,
+    ) -> None:
+        super().__init__(app, process)
+        self._extra = extra
+        self._readings = readings
 
     def _listeners(self) -> Iterable[Metric]:
         return _add_samples(super()._listeners(), _LISTENER_FAMILIES, self._extra.listeners)
@@ -771,18 +820,24 @@ class _SumCollector(AppCollector):
 
 
 def _add_samples(
-    families: Iterable[Metric], columns: dict[str, int], extra: dict[tuple[str, str], list[int]]
+    families: Iterable[Metric],
+    columns: Mapping[str, int | Mapping[str, int]],
+    extra: dict[tuple[str, str], list[int]],
 ) -> list[Metric]:
+    """Add to each sample of ``families`` the column of ``extra`` that ``columns``
+    names for its family (by the first two labels), or, for a family mapped to a
+    dict, the column its ``code`` label names."""
     out = list(families)
     for fam in out:
-        col = columns.get(fam.name)
-        if col is None:
+        spec = columns.get(fam.name)
+        if spec is None:
             continue
         samples = []
         for s in fam.samples:
             values = list(s.labels.values())
             row = extra.get((values[0], values[1])) if len(values) >= 2 else None
-            if row is not None and not s.name.endswith("_created"):
+            col = spec if isinstance(spec, int) else spec.get(s.labels.get("code", ""))
+            if row is not None and col is not None and not s.name.endswith("_created"):
                 s = s._replace(value=s.value + row[col])
             samples.append(s)
         fam.samples = samples

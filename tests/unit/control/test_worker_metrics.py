@@ -8,17 +8,23 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client.exposition import generate_latest
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from vproxy.control.application import Application
 from vproxy.control.metrics import AppCollector, WorkerReading, render_metrics, worker_metrics
-from vproxy.control.workers import _add_samples, _Stats, add_status
+from vproxy.control.workers import (
+    _LISTENER_FAMILIES,
+    _add_samples,
+    _Stats,
+    add_status,
+)
 
 # A worker's answer to {"stats": true}, as _snapshot writes it.
 WIRE: dict[str, Any] = {
-    # kind, name, accepted, bytes in, bytes out, active, denied, refused
-    "listeners": [["tcp-lb", "lb", 10, 1000, 2000, 3, 1, 2]],
+    # kind, name, accepted, bytes in, bytes out, active, denied, refused,
+    # L7 responses (no status, 1xx .. 5xx), L7 requests refused
+    "listeners": [["tcp-lb", "lb", 10, 1000, 2000, 3, 1, 2, 1, 0, 50, 0, 4, 2, 4]],
     # group, server, bytes from it, bytes toward it, active, connect failures
     "servers": [["g", "a", 500, 600, 2, 4], ["g", "b", 7, 8, 1, 0]],
     # event-loop-group, event-loop, sessions
@@ -69,7 +75,7 @@ def test_snapshots_add_label_set_by_label_set() -> None:
     total = _Stats()
     total.add(one)
     total.add(_Stats.from_json(WIRE))
-    assert total.listeners[("tcp-lb", "lb")] == [20, 2000, 4000, 6, 2, 4]
+    assert total.listeners[("tcp-lb", "lb")] == [20, 2000, 4000, 6, 2, 4, 2, 0, 100, 0, 8, 4, 8]
     assert total.servers[("g", "a")] == [1000, 1200, 4, 8]
     assert total.loops[("(worker-elg)", "(worker-el)")] == [6]
     assert total.sessions == 6
@@ -78,7 +84,7 @@ def test_snapshots_add_label_set_by_label_set() -> None:
 def test_a_dead_worker_leaves_its_counters_but_not_its_sessions() -> None:
     retired = _Stats()
     retired.add(_Stats.from_json(WIRE), counters_only=True)
-    assert retired.listeners[("tcp-lb", "lb")] == [10, 1000, 2000, 0, 1, 2]
+    assert retired.listeners[("tcp-lb", "lb")] == [10, 1000, 2000, 0, 1, 2, 1, 0, 50, 0, 4, 2, 4]
     assert retired.servers[("g", "a")] == [500, 600, 0, 4]
     assert all(row == [0] for row in retired.loops.values())
     assert retired.sessions == 0
@@ -90,6 +96,22 @@ def test_loop_gauge_adds_the_workers_sessions() -> None:
     fam.add_metric(["mine", "only-here"], 5)
     (out,) = _add_samples([fam], {"vproxy_event_loop_sessions": 0}, _Stats.from_json(WIRE).loops)
     assert [s.value for s in out.samples] == [5, 5]
+
+
+def test_l7_families_add_the_workers_counts_code_by_code() -> None:
+    labels = ["kind", "listener", "address"]
+    responses = CounterMetricFamily("vproxy_listener_http_responses", "", labels=[*labels, "code"])
+    for code, n in (("none", 0), ("1xx", 0), ("2xx", 7), ("3xx", 0), ("4xx", 1), ("5xx", 0)):
+        responses.add_metric(["tcp-lb", "lb", "127.0.0.1:80", code], n)
+    responses.add_metric(["tcp-lb", "mine", "127.0.0.1:81", "2xx"], 5)
+    refused = CounterMetricFamily("vproxy_listener_http_refused_requests", "", labels=labels)
+    refused.add_metric(["tcp-lb", "lb", "127.0.0.1:80"], 1)
+    extra = _Stats.from_json(WIRE).listeners
+    out = _add_samples([responses, refused], _LISTENER_FAMILIES, extra)
+    by_code = {s.labels["code"]: s.value for s in out[0].samples if s.labels["listener"] == "lb"}
+    assert by_code == {"none": 1, "1xx": 0, "2xx": 57, "3xx": 0, "4xx": 5, "5xx": 2}
+    assert [s.value for s in out[0].samples if s.labels["listener"] == "mine"] == [5]
+    assert [s.value for s in out[1].samples] == [5]
 
 
 def _master_status() -> dict[str, Any]:
