@@ -769,3 +769,133 @@ def test_l7_counters_sum_over_every_worker(tmp_path: Path, backend_loop: LoopThr
     finally:
         vp.stop()
     assert not alive(worker)
+
+
+def start_with_console(tmp_path: Path, console: list[str], *words: str) -> VproxyProcess:
+    """A vproxy (``words``) whose console reads the lines ``console`` from a file."""
+    path = tmp_path / "console.txt"
+    path.write_text("".join(line + "\n" for line in console))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return VproxyProcess(
+            "noLoadLast", "noSave", *words,
+            env={"HOME": str(tmp_path)},
+            preexec=lambda: os.dup2(fd, 0),  # stdin: a regular file, read to its end
+        )  # fmt: skip
+    finally:
+        os.close(fd)
+
+
+def test_scrapes_at_once_each_see_their_own_sums(tmp_path: Path, backend_loop: LoopThread) -> None:
+    """Four http-controllers on four control loops, eight threads scraping /metrics
+    at once: with connections held over both processes, every scrape shows the exact
+    count in each summed gauge and each process's own share; then, while the
+    worker's connections are closed one by one, every scrape still agrees with
+    itself (the listener gauge is the sum of the per-process sessions)."""
+    a = Backend(backend_loop, id_handler("a"))
+    conf = tmp_path / "start.conf"
+    conf.write_text(
+        "add event-loop c1 to event-loop-group (control-elg)\n"
+        "add event-loop c2 to event-loop-group (control-elg)\n"
+        "add event-loop c3 to event-loop-group (control-elg)\n"
+        "add server-group g timeout 500 period 200 up 1 down 2 method wrr\n"
+        f"add server a to server-group g address 127.0.0.1:{a.port} weight 10\n"
+        "add upstream u\n"
+        "add server-group g to upstream u weight 10\n"
+        "add tcp-lb lb address 127.0.0.1:0 upstream u\n"
+        # a scrape that takes a while (many samples): scrapes overlap more
+        "add server-group many timeout 500 period 3600000 up 1 down 1 method wrr\n"
+        + "".join(
+            f"add server m{i} to server-group many address 127.0.0.2:{10000 + i} weight 1\n"
+            for i in range(100)
+        )
+    )
+    console = [f"System: add http-controller h{i} address 127.0.0.1:0" for i in (1, 2, 3)]
+    vp = start_with_console(tmp_path, console, "load", str(conf),
+                            "http-controller", "127.0.0.1:0", "workers", "2")  # fmt: skip
+    socks: list[socket.socket] = []
+    try:
+        port = vp.port
+        first = int(read_until(vp, r"http-controller listening on 127\.0\.0\.1:(\d+)").group(1))
+
+        def controllers() -> list[int]:
+            found = status(first)["controllers"]
+            return [int(c["address"].rsplit(":", 1)[1]) for c in found]
+
+        wait_until(lambda: len(controllers()) == 4, 10, 0.1)  # the console added three
+        https = controllers()
+        (worker,) = children(vp.pid)
+        pids = [vp.pid, worker]
+        wait_until(lambda: set(accepted_by(pids, port, 20)[1]) == {"a"}, 10)
+        socks = try_hold(port, 120)
+        assert len(socks) == 120
+        owner = holders(pids, port, socks)
+        held_by = {"0": 0, "1": 0}
+        for pid in owner.values():
+            held_by[str(pids.index(pid))] += 1
+        assert all(n >= 10 for n in held_by.values()), held_by
+
+        def scrapers(check: Any) -> list[str]:
+            """8 threads, 20 scrapes each, two threads per controller: what failed."""
+            errors: list[str] = []
+
+            def run(http: int) -> None:
+                for _ in range(20):
+                    try:
+                        check(scrape(http))
+                    except Exception as exc:  # reported below, with the others
+                        errors.append(f"{type(exc).__name__}: {exc}")
+
+            threads = [threading.Thread(target=run, args=(h,)) for h in https * 2]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+            return errors
+
+        def exact(m: dict[str, dict[tuple[tuple[str, str], ...], float]]) -> None:
+            assert sum(m["vproxy_event_loop_sessions"].values()) == 120
+            (active,) = m["vproxy_listener_active_sessions"].values()
+            assert active == 120
+            assert by_worker(m["vproxy_worker_sessions"]) == held_by
+            assert by_worker(m["vproxy_worker_up"]) == {"0": 1, "1": 1}
+            assert by_worker(m["vproxy_worker_restarts_total"]) == {"0": 0, "1": 0}
+
+        def settled() -> bool:  # every session counted (accepted, relayed) everywhere
+            try:
+                exact(scrape(https[0]))
+            except AssertionError:
+                return False
+            return True
+
+        wait_until(settled, 5, 0.1)
+        assert scrapers(exact) == []
+
+        # the worker's figures change between two scrapes: each still adds up
+        def consistent(m: dict[str, dict[tuple[tuple[str, str], ...], float]]) -> None:
+            (active,) = m["vproxy_listener_active_sessions"].values()
+            mine = by_worker(m["vproxy_worker_sessions"])
+            assert mine["0"] == held_by["0"], mine  # the master's sessions do not change
+            assert active == mine["0"] + mine["1"], (active, mine)
+
+        stop = threading.Event()
+
+        def close_the_workers() -> None:
+            for s in socks:
+                if owner[s.getsockname()[1]] == worker and not stop.wait(0.01):
+                    s.close()
+
+        closer = threading.Thread(target=close_the_workers)
+        closer.start()
+        try:
+            errors = scrapers(consistent)
+        finally:
+            stop.set()
+            closer.join(10)
+        assert errors == []
+    finally:
+        for s in socks:
+            s.close()
+        vp.stop()
+    assert "gave no statistics" not in vp.stderr_text
+    assert not alive(worker)

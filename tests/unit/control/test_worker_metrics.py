@@ -5,7 +5,7 @@ and the per-process ``vproxy_worker_*`` families. No processes, no sockets."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -15,8 +15,10 @@ from vproxy.control.application import Application
 from vproxy.control.metrics import AppCollector, WorkerReading, render_metrics, worker_metrics
 from vproxy.control.workers import (
     _LISTENER_FAMILIES,
+    Workers,
     _add_samples,
     _Stats,
+    _SumCollector,
     add_status,
 )
 
@@ -112,6 +114,56 @@ def test_l7_families_add_the_workers_counts_code_by_code() -> None:
     assert by_code == {"none": 1, "1xx": 0, "2xx": 57, "3xx": 0, "4xx": 5, "5xx": 2}
     assert [s.value for s in out[0].samples if s.labels["listener"] == "mine"] == [5]
     assert [s.value for s in out[1].samples] == [5]
+
+
+class _Answers:
+    """Stands for :class:`Workers`: each poll gets the next answer."""
+
+    def __init__(self, answers: list[tuple[_Stats, list[WorkerReading]]]) -> None:
+        self._answers = iter(answers)
+
+    def _poll(self) -> tuple[_Stats, list[WorkerReading]]:
+        return next(self._answers)
+
+
+def _worker_answer(sessions: int) -> tuple[_Stats, list[WorkerReading]]:
+    loops = [["(worker-elg)", "(worker-el)", sessions]]
+    stats = _Stats.from_json({"listeners": [], "servers": [], "loops": loops})
+    return stats, [WorkerReading(1, True, 0, sessions)]
+
+
+def _sessions(families: list[Metric]) -> tuple[float, float]:
+    """(worker-el's summed sessions, worker 1's sessions) of one scrape."""
+    (loop,) = [
+        s.value
+        for fam in families
+        if fam.name == "vproxy_event_loop_sessions"
+        for s in fam.samples
+        if s.labels["loop"] == "(worker-el)"
+    ]
+    (worker,) = [
+        s.value
+        for fam in families
+        if fam.name == "vproxy_worker_sessions"
+        for s in fam.samples
+        if s.labels["worker"] == "1"
+    ]
+    return loop, worker
+
+
+def test_two_scrapes_at_once_keep_their_own_answers() -> None:
+    app = Application.create_default()
+    try:
+        answers = _Answers([_worker_answer(1), _worker_answer(2)])
+        collector = _SumCollector(app, cast(Workers, answers))
+        first = collector.collect()
+        families = [next(first)]  # the first scrape asked the workers and began
+        second = list(collector.collect())  # a second one runs to its end meanwhile
+        families += list(first)
+        assert _sessions(families) == (1, 1)
+        assert _sessions(second) == (2, 2)
+    finally:
+        app.close()
 
 
 def _master_status() -> dict[str, Any]:
