@@ -134,21 +134,22 @@ def _worker_answer(sessions: int) -> tuple[_Stats, list[WorkerReading]]:
 
 def _sessions(families: list[Metric]) -> tuple[float, float]:
     """(worker-el's summed sessions, worker 1's sessions) of one scrape."""
-    (loop,) = [
+    return (
+        _one(families, "vproxy_event_loop_sessions", "loop", "(worker-el)"),
+        _one(families, "vproxy_worker_sessions", "worker", "1"),
+    )
+
+
+def _one(families: list[Metric], name: str, label: str, value: str) -> float:
+    """The value of the one sample of family ``name`` whose ``label`` is ``value``."""
+    (found,) = [
         s.value
         for fam in families
-        if fam.name == "vproxy_event_loop_sessions"
+        if fam.name == name
         for s in fam.samples
-        if s.labels["loop"] == "(worker-el)"
+        if s.labels[label] == value
     ]
-    (worker,) = [
-        s.value
-        for fam in families
-        if fam.name == "vproxy_worker_sessions"
-        for s in fam.samples
-        if s.labels["worker"] == "1"
-    ]
-    return loop, worker
+    return float(found)
 
 
 def test_two_scrapes_at_once_keep_their_own_answers() -> None:
