@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from helpers import LoopThread
+from vproxy.control.application import Application
 from vproxy.net.event_loop import EventLoopGroup
 
 LOOP_KINDS = ["uvloop", "asyncio"]
@@ -41,3 +42,13 @@ def elg_factory() -> Iterator[Callable[[str, int], EventLoopGroup]]:
     yield make
     for g in made:
         g.close()
+
+
+@pytest.fixture
+def app() -> Iterator[Application]:
+    """A default application (its loop groups), closed at teardown."""
+    a = Application.create_default()
+    try:
+        yield a
+    finally:
+        a.close()

@@ -200,6 +200,38 @@ def read_ident(addr: tuple[str, int], source: str | None = None, timeout: float 
         s.close()
 
 
+def socks5_connect(addr: tuple[str, int], target: tuple[str, int]) -> socket.socket:
+    """A client socket through the socks5 server at ``addr`` to IPv4 ``target``
+    (no authentication, CONNECT succeeded)."""
+    c = socket.create_connection(addr, timeout=5)
+    c.sendall(b"\x05\x01\x00")
+    assert c.recv(2) == b"\x05\x00"
+    c.sendall(b"\x05\x01\x00\x01" + socket.inet_aton(target[0]) + target[1].to_bytes(2, "big"))
+    reply = c.recv(10)
+    assert reply[:2] == b"\x05\x00", reply
+    return c
+
+
+def execute_ok(ex: Any, line: str) -> Any:
+    """Run a command line on executor ``ex`` (from stdio); it must not fail."""
+    from vproxy.control.executor import Origin
+    from vproxy.control.reply import ErrorReply
+
+    r = ex.execute_line(line, Origin.STDIO)
+    assert not isinstance(r, ErrorReply), f"{line}: {r}"
+    return r
+
+
+def config_lines(ex: Any) -> list[str]:
+    """``list config`` of executor ``ex``: the commands that rebuild its state."""
+    from vproxy.control.executor import Origin
+    from vproxy.control.reply import Array, String
+
+    r = ex.execute_line("System: list config", Origin.STDIO)
+    assert isinstance(r, Array)
+    return [item.value for item in r.items if isinstance(item, String)]
+
+
 def fd_count(pid: int | None = None) -> int:
     return len(os.listdir(f"/proc/{pid or os.getpid()}/fd"))
 

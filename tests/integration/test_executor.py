@@ -9,7 +9,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import Backend, LoopThread, id_handler, read_ident, wait_until
+from helpers import (
+    Backend,
+    LoopThread,
+    config_lines,
+    execute_ok,
+    id_handler,
+    read_ident,
+    wait_until,
+)
 from vproxy.control.application import Application
 from vproxy.control.executor import Executor, Origin
 from vproxy.control.reply import Array, ErrorReply, Integer, Reply, Status, String
@@ -44,25 +52,6 @@ SPEC_TAIL = [
 ]
 
 
-@pytest.fixture
-def app() -> Iterator[Application]:
-    a = Application.create_default()
-    yield a
-    a.close()
-
-
-def ok(ex: Executor, line: str) -> Reply:
-    r = ex.execute_line(line, Origin.STDIO)
-    assert not isinstance(r, ErrorReply), f"{line}: {r}"
-    return r
-
-
-def config(ex: Executor) -> list[str]:
-    r = ex.execute_line("System: list config", Origin.STDIO)
-    assert isinstance(r, Array)
-    return [item.value for item in r.items if isinstance(item, String)]
-
-
 def kind(r: Reply) -> str:
     if isinstance(r, Status):
         return r.text
@@ -72,8 +61,8 @@ def kind(r: Reply) -> str:
 def test_spec_examples_in_order_then_traffic(app: Application, backend_loop: LoopThread) -> None:
     ex = Executor(app)
     b = Backend(backend_loop, id_handler("ngx"))
-    ok(ex, "add event-loop-group acceptor")
-    ok(ex, "add event-loop acceptor1 to event-loop-group acceptor")
+    execute_ok(ex, "add event-loop-group acceptor")
+    execute_ok(ex, "add event-loop acceptor1 to event-loop-group acceptor")
     for line, want in SPEC_EXAMPLES:
         line = line.replace("127.0.0.1:8080", f"127.0.0.1:{b.port}")
         line = line.replace("127.0.0.1:18080", "127.0.0.1:0")
@@ -101,15 +90,15 @@ def test_errors_change_nothing(app: Application, backend_loop: LoopThread) -> No
     ex = Executor(app)
     b = Backend(backend_loop, id_handler("x"))
     for line in BASE_STATE:
-        ok(ex, line.replace("PORT", str(b.port)))
-    before = config(ex)
+        execute_ok(ex, line.replace("PORT", str(b.port)))
+    before = config_lines(ex)
     bad = BAD_COMMANDS + _generated_bad_commands()
     assert len(bad) >= 200
     for line in bad:
         r = ex.execute_line(line, Origin.STDIO)
         assert isinstance(r, ErrorReply), f"accepted: {line!r}"
         assert r.message, line
-        assert config(ex) == before, f"state changed by {line!r}"
+        assert config_lines(ex) == before, f"state changed by {line!r}"
 
 
 BASE_STATE = [
@@ -419,14 +408,14 @@ def test_list_config_round_trip(lines: list[str]) -> None:
     try:
         ex_a = Executor(a)
         for line in lines:
-            ok(ex_a, line)
-        saved = config(ex_a)
+            execute_ok(ex_a, line)
+        saved = config_lines(ex_a)
     finally:
         a.close()
     b = Application.create_default()
     try:
         ex_b = Executor(b)
         ex_b.load_lines(enumerate(saved, 1), "A")
-        assert config(ex_b) == saved
+        assert config_lines(ex_b) == saved
     finally:
         b.close()

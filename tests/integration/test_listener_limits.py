@@ -11,7 +11,15 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from helpers import Backend, LoopThread, echo_handler, wait_until
+from helpers import (
+    Backend,
+    LoopThread,
+    config_lines,
+    echo_handler,
+    execute_ok,
+    socks5_connect,
+    wait_until,
+)
 from vproxy import HealthCheckConfig, ServerGroup, TcpLB, Upstream
 from vproxy.app.accept_gate import AcceptGate, SharedCounts
 from vproxy.app.l7.base import L7Limits
@@ -20,7 +28,7 @@ from vproxy.app.tcp_lb import TcpLBError
 from vproxy.control.application import Application
 from vproxy.control.command import parse
 from vproxy.control.executor import Executor, Origin
-from vproxy.control.reply import Array, ErrorReply, String
+from vproxy.control.reply import ErrorReply
 from vproxy.net.event_loop import EventLoopGroup
 
 ElgFactory = Callable[..., EventLoopGroup]
@@ -152,16 +160,6 @@ def test_tcp_lb_burst_never_exceeds_max(
         lb.stop(close_sessions=True)
 
 
-def _socks5_connect(addr: tuple[str, int], target: tuple[str, int]) -> socket.socket:
-    c = socket.create_connection(addr, timeout=5)
-    c.sendall(b"\x05\x01\x00")
-    assert c.recv(2) == b"\x05\x00"
-    c.sendall(b"\x05\x01\x00\x01" + socket.inet_aton(target[0]) + target[1].to_bytes(2, "big"))
-    reply = c.recv(10)
-    assert reply[:2] == b"\x05\x00", reply
-    return c
-
-
 def test_gate_counts_a_session_starting_on_another_loop_once(elg_factory: ElgFactory) -> None:
     """A hand-off that registered its session but has not ended yet: admit() waits
     for it to end and counts the session once (counting it as both live and in
@@ -271,7 +269,7 @@ def test_socks5_refuses_connection_over_max_at_accept(
     clients: list[socket.socket] = []
     try:
         for _ in range(2):
-            c = _socks5_connect(s5.address, target)
+            c = socks5_connect(s5.address, target)
             clients.append(c)
             assert _echo(c)
         extra = socket.create_connection(s5.address, timeout=5)
@@ -282,7 +280,7 @@ def test_socks5_refuses_connection_over_max_at_accept(
         assert all(_echo(c, b"still") for c in clients)
         clients.pop().close()
         wait_until(lambda: len(s5.sessions) == 1)
-        c = _socks5_connect(s5.address, target)
+        c = socks5_connect(s5.address, target)
         clients.append(c)
         assert _echo(c, b"again")
     finally:
@@ -294,24 +292,6 @@ def test_socks5_refuses_connection_over_max_at_accept(
 # -- the parameters as commands -------------------------------------------------------
 
 
-@pytest.fixture
-def app() -> Iterator[Application]:
-    a = Application.create_default()
-    yield a
-    a.close()
-
-
-def _ok(ex: Executor, line: str) -> None:
-    r = ex.execute_line(line, Origin.STDIO)
-    assert not isinstance(r, ErrorReply), f"{line}: {r}"
-
-
-def _config(ex: Executor) -> list[str]:
-    r = ex.execute_line("System: list config", Origin.STDIO)
-    assert isinstance(r, Array)
-    return [i.value for i in r.items if isinstance(i, String)]
-
-
 LIMIT_WORDS = (
     "max-connections 7 handshake-timeout 1500 request-head-timeout 2500 max-head-size 4096 "
     "max-headers 20 max-concurrent-streams 30 max-pipelined 4"
@@ -320,9 +300,9 @@ LIMIT_WORDS = (
 
 def test_limit_params_add_update_detail_and_round_trip(app: Application) -> None:
     ex = Executor(app)
-    _ok(ex, "add upstream u")
-    _ok(ex, f"add tcp-lb lb address 127.0.0.1:0 upstream u protocol http/1.x {LIMIT_WORDS}")
-    _ok(ex, "add socks5-server s5 address 127.0.0.1:0 upstream u max-connections 9")
+    execute_ok(ex, "add upstream u")
+    execute_ok(ex, f"add tcp-lb lb address 127.0.0.1:0 upstream u protocol http/1.x {LIMIT_WORDS}")
+    execute_ok(ex, "add socks5-server s5 address 127.0.0.1:0 upstream u max-connections 9")
     lb = app.tcp_lbs["lb"]
     assert lb.max_connections == 7
     assert lb.handshake_timeout == 1500
@@ -336,14 +316,14 @@ def test_limit_params_add_update_detail_and_round_trip(app: Application) -> None
     assert (d5["max-connections"], d5["handshake-timeout"], d5["refused"]) == (9, 10_000, 0)
 
     before = lb.l7_limits
-    _ok(ex, "update tcp-lb lb max-headers 50 max-connections 8")
+    execute_ok(ex, "update tcp-lb lb max-headers 50 max-connections 8")
     assert lb.l7_limits == L7Limits(2500, 4096, 50, 30, 4)
     assert lb.l7_limits is not before  # replaced, never mutated
     assert lb.max_connections == 8
-    _ok(ex, "update socks5-server s5 handshake-timeout 700")
+    execute_ok(ex, "update socks5-server s5 handshake-timeout 700")
     assert app.socks5_servers["s5"].handshake_timeout == 700
 
-    lines = _config(ex)
+    lines = config_lines(ex)
     lb_line = next(x for x in lines if x.startswith("add tcp-lb"))
     for word in ("max-connections 8", "max-headers 50", "request-head-timeout 2500"):
         assert word in lb_line
@@ -351,7 +331,7 @@ def test_limit_params_add_update_detail_and_round_trip(app: Application) -> None
     try:
         ex2 = Executor(fresh)
         for line in lines:
-            _ok(
+            execute_ok(
                 ex2,
                 line.replace(":" + str(lb.address[1]), ":0").replace(
                     ":" + str(app.socks5_servers["s5"].address[1]), ":0"
@@ -379,14 +359,14 @@ def test_limit_params_add_update_detail_and_round_trip(app: Application) -> None
 )
 def test_bad_limit_changes_nothing(app: Application, words: str, message: str) -> None:
     ex = Executor(app)
-    _ok(ex, "add upstream u")
-    _ok(ex, "add tcp-lb lb address 127.0.0.1:0 upstream u max-connections 5")
-    before = _config(ex)
+    execute_ok(ex, "add upstream u")
+    execute_ok(ex, "add tcp-lb lb address 127.0.0.1:0 upstream u max-connections 5")
+    before = config_lines(ex)
     # A valid change next to the bad one is not applied either.
     r = ex.execute_line(f"update tcp-lb lb timeout 1234 {words}", Origin.STDIO)
     assert isinstance(r, ErrorReply)
     assert message in r.message
-    assert _config(ex) == before
+    assert config_lines(ex) == before
     r = ex.execute_line(f"add tcp-lb lb2 address 127.0.0.1:0 upstream u {words}", Origin.STDIO)
     assert isinstance(r, ErrorReply)
     assert "lb2" not in app.tcp_lbs
@@ -407,11 +387,11 @@ def test_library_api_validates_limits(elg_factory: ElgFactory) -> None:
 def test_refused_counter_in_metrics(app: Application, backend_loop: LoopThread) -> None:
     ex = Executor(app)
     b = Backend(backend_loop, echo_handler)
-    _ok(ex, "add server-group g timeout 500 period 60000 up 1 down 2")
-    _ok(ex, f"add server s to server-group g address 127.0.0.1:{b.port}")
-    _ok(ex, "add upstream u")
-    _ok(ex, "add server-group g to upstream u")
-    _ok(ex, "add tcp-lb lb address 127.0.0.1:0 upstream u max-connections 1")
+    execute_ok(ex, "add server-group g timeout 500 period 60000 up 1 down 2")
+    execute_ok(ex, f"add server s to server-group g address 127.0.0.1:{b.port}")
+    execute_ok(ex, "add upstream u")
+    execute_ok(ex, "add server-group g to upstream u")
+    execute_ok(ex, "add tcp-lb lb address 127.0.0.1:0 upstream u max-connections 1")
     lb = app.tcp_lbs["lb"]
     wait_until(lambda: bool(app.server_groups["g"].healthy_servers))
     with socket.create_connection(lb.address, timeout=5) as c:
@@ -530,7 +510,7 @@ def test_half_closed_socks5_session_closed_by_its_own_timeout(
         half_closed_timeout=500,
     ).start()
     try:
-        with _socks5_connect(s5.address, hb.backend.address) as c:
+        with socks5_connect(s5.address, hb.backend.address) as c:
             got, took = _half_close_and_wait(c)
         assert got == b""
         assert 0.4 < took < 3.0, took

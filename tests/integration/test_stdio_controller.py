@@ -58,15 +58,6 @@ class Pipe:
 
 
 @pytest.fixture
-def app() -> Iterator[Application]:
-    a = Application.create_default()
-    try:
-        yield a
-    finally:
-        a.close()
-
-
-@pytest.fixture
 def pipe() -> Iterator[Pipe]:
     p = Pipe()
     try:
