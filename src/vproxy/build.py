@@ -23,6 +23,7 @@ COMPILED: Final = (
     "vproxy.component.upstream",
     "vproxy.component.proxy",
     "vproxy.app.accept_gate",
+    "vproxy.app.listener",
     "vproxy.app.tcp_lb",
     "vproxy.app.l7.base",
     "vproxy.app.socks5_server",

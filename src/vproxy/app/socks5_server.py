@@ -1,7 +1,8 @@
 """The socks5 server (SPEC §1 "Socks5Server").
 
-Owns: a listener like the tcp-lb's whose clients first speak socks5 (RFC 1928 CONNECT,
-optional RFC 1929 username/password): the handshake is parsed by the sans-IO
+Owns: a listener (:class:`vproxy.app.listener.Listener`, as the tcp-lb) whose
+clients first speak socks5 (RFC 1928 CONNECT, optional RFC 1929
+username/password): the handshake is parsed by the sans-IO
 :mod:`vproxy.processor.socks5`, the target is checked against the policy
 (``deny-non-backend``: only servers of the upstream, matched by address or by the
 hint rule for domain names; ``allow-non-backend``: anything), connected, and then the
@@ -23,23 +24,22 @@ import errno
 import hmac
 import logging
 import socket
-import threading
-from typing import Any, Final, cast
+from typing import Any, Final
 
-from vproxy.app.accept_gate import DEFAULT_MAX_CONNECTIONS, AcceptGate, check_max_connections
-from vproxy.app.access_log import AcceptClock, AccessLog
+from vproxy.app.accept_gate import DEFAULT_MAX_CONNECTIONS
+from vproxy.app.listener import (
+    DEFAULT_BUFFER_SIZE,
+    DEFAULT_HANDSHAKE_TIMEOUT_MS,
+    DEFAULT_TIMEOUT_MS,
+    Listener,
+    ListenerError,
+)
 from vproxy.component.security_group import SecurityGroup
 from vproxy.component.server_group import Server
 from vproxy.component.upstream import Upstream
 from vproxy.net.connection import Session
-from vproxy.net.event_loop import READABLE, EventLoop, EventLoopError, EventLoopGroup
-from vproxy.net.server_sock import (
-    ACCEPTED_NODELAY,
-    ServerSock,
-    bind_listener,
-    format_address,
-    parse_address,
-)
+from vproxy.net.event_loop import READABLE, EventLoop, EventLoopGroup
+from vproxy.net.server_sock import ACCEPTED_NODELAY, format_address
 from vproxy.processor.socks5 import (
     AddressType,
     AuthFailed,
@@ -56,47 +56,16 @@ __all__ = ["DEFAULT_HANDSHAKE_TIMEOUT_MS", "Socks5Server", "Socks5ServerError"]
 _log = logging.getLogger("vproxy.app")
 _ACCEPTED_NODELAY: Final = ACCEPTED_NODELAY  # (a Final is a C static in compiled code)
 
-DEFAULT_BUFFER_SIZE: Final = 16384
-DEFAULT_TIMEOUT_MS: Final = 900_000
-DEFAULT_HANDSHAKE_TIMEOUT_MS: Final = 10_000
 #: bytes kept from a client while its CONNECT is being connected (then it is not read)
 MAX_EARLY_BYTES: Final = 65536
 DEFAULT_CONNECT_TIMEOUT_MS: Final = 3_000
-MAX_HANDSHAKE_TIMEOUT_MS: Final = 3_600_000
 
 
-class Socks5ServerError(ValueError):
+class Socks5ServerError(ListenerError):
     """A socks5-server option was refused."""
 
 
-def _check_buffer(name: str, value: int) -> int:
-    if not isinstance(value, int) or not 256 <= value <= 16 * 1024 * 1024:
-        raise Socks5ServerError(f"{name} must be 256..16777216, got {value!r}")
-    return value
-
-
-def _check_handshake_timeout(value: int) -> int:
-    if not isinstance(value, int) or not 0 < value <= MAX_HANDSHAKE_TIMEOUT_MS:
-        raise Socks5ServerError(
-            f"handshake-timeout must be 1..{MAX_HANDSHAKE_TIMEOUT_MS} ms, got {value!r}"
-        )
-    return value
-
-
-def _check_half_closed(value: int | None) -> int | None:
-    if value is not None and (not isinstance(value, int) or not 0 < value <= 86_400_000):
-        raise Socks5ServerError(f"half-closed-timeout must be 1..86400000 ms, got {value!r}")
-    return value
-
-
-def _check_max_connections(value: int) -> int:
-    try:
-        return check_max_connections(value)
-    except ValueError as exc:
-        raise Socks5ServerError(str(exc)) from None
-
-
-class Socks5Server:
+class Socks5Server(Listener):
     """A socks5 listener relaying CONNECTs to servers of an upstream (or anywhere)."""
 
     def __init__(
@@ -117,73 +86,39 @@ class Socks5Server:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         half_closed_timeout: int | None = None,
     ) -> None:
-        self.name = name
-        self.half_closed_timeout = _check_half_closed(half_closed_timeout)
-        self.max_connections = _check_max_connections(max_connections)
-        self.gate = AcceptGate(f"socks5-server {name}", self._live)
-        self.bind_address = parse_address(address) if isinstance(address, str) else address
-        self.upstream = upstream
-        self.acceptor_elg = acceptor_elg
-        self.worker_elg = worker_elg
-        self.in_buffer_size = _check_buffer("in-buffer-size", in_buffer_size)
-        self.out_buffer_size = _check_buffer("out-buffer-size", out_buffer_size)
-        if not isinstance(timeout, int) or not 0 < timeout <= 86_400_000:
-            raise Socks5ServerError(f"timeout must be 1..86400000 ms, got {timeout!r}")
-        self.timeout = timeout
-        self.security_group = security_group
+        super().__init__(
+            "socks5-server",
+            name,
+            address,
+            upstream,
+            acceptor_elg=acceptor_elg,
+            worker_elg=worker_elg,
+            in_buffer_size=in_buffer_size,
+            out_buffer_size=out_buffer_size,
+            timeout=timeout,
+            security_group=security_group,
+            handshake_timeout=handshake_timeout,
+            max_connections=max_connections,
+            half_closed_timeout=half_closed_timeout,
+        )
         self.allow_non_backend = allow_non_backend
         self.users = dict(users) if users else None
-        self.handshake_timeout = _check_handshake_timeout(handshake_timeout)
-        self.server_sock: ServerSock | None = None
         self.sessions: set[Session] = set()
-        self.denied = 0
         self.failed = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self._stats_lock = threading.Lock()
-        self.closed_bytes_from_client = 0
-        self.closed_bytes_from_server = 0
-        # Access log (off unless set): accept times and targets by client address.
-        self.access_log: AccessLog | None = None
-        self._accept_clock = AcceptClock()
 
-    def __repr__(self) -> str:
-        return f"Socks5Server({self.name!r}, {format_address(*self.address)})"
+    def _error(self, message: str) -> ListenerError:
+        return Socks5ServerError(message)
 
-    @property
-    def address(self) -> tuple[str, int]:
-        """The bound address (with the real port once started on port 0)."""
-        return self.server_sock.address if self.server_sock is not None else self.bind_address
+    def _live(self) -> int:
+        return len(self.sessions)
 
-    @property
-    def accepted(self) -> int:
-        """Connections accepted so far (including those the security group closed)."""
-        return self.server_sock.accepted if self.server_sock is not None else 0
-
-    @property
-    def bytes_from_clients(self) -> int:
-        """Relayed bytes read from clients, ended and live sessions."""
-        live = sum(s.front.bytes_in for s in list(self.sessions))
-        return self.closed_bytes_from_client + live
-
-    @property
-    def bytes_from_servers(self) -> int:
-        """Relayed bytes read from targets, ended and live sessions."""
-        live = sum(s.back.bytes_in for s in list(self.sessions))
-        return self.closed_bytes_from_server + live
+    def _live_sessions(self) -> list[Session]:
+        return list(self.sessions)
 
     def start(self) -> Socks5Server:
         """Bind and start accepting. Raises OSError when the address is in use."""
-        if self.server_sock is not None:
-            raise Socks5ServerError(f"socks5-server {self.name} is already started")
-        sock = bind_listener(*self.bind_address)
-        self.server_sock = ServerSock(self.name, sock, self.acceptor_elg, self._on_accept)
-        try:
-            self.server_sock.start()
-        except BaseException:
-            self.server_sock.close()
-            self.server_sock = None
-            raise
-        _log.info("socks5-server %s listening on %s", self.name, format_address(*self.address))
+        super().start()
         return self
 
     def update(
@@ -194,6 +129,7 @@ class Socks5Server:
         out_buffer_size: int | None = None,
         timeout: int | None = None,
         worker_elg: EventLoopGroup | None = None,
+        acceptor_elg: EventLoopGroup | None = None,
         security_group: SecurityGroup | bool | None = False,
         allow_non_backend: bool | None = None,
         max_connections: int | None = None,
@@ -206,69 +142,29 @@ class Socks5Server:
         A lower ``max_connections`` closes nothing: it refuses new connections
         until the live ones are under it.
         """
-        ib = _check_buffer("in-buffer-size", in_buffer_size) if in_buffer_size else None
-        ob = _check_buffer("out-buffer-size", out_buffer_size) if out_buffer_size else None
-        if timeout is not None and not 0 < timeout <= 86_400_000:
-            raise Socks5ServerError(f"timeout must be 1..86400000 ms, got {timeout!r}")
-        mc = _check_max_connections(max_connections) if max_connections is not None else None
-        hs = _check_handshake_timeout(handshake_timeout) if handshake_timeout is not None else None
-        hc = _check_half_closed(half_closed_timeout)
-        if mc is not None:
-            self.max_connections = mc
-        if hc is not None:
-            self.half_closed_timeout = hc
-        if hs is not None:
-            self.handshake_timeout = hs
-        if upstream is not None:
-            self.upstream = upstream
-        if ib is not None:
-            self.in_buffer_size = ib
-        if ob is not None:
-            self.out_buffer_size = ob
-        if timeout is not None:
-            self.timeout = timeout
-        if worker_elg is not None:
-            self.worker_elg = worker_elg
-        if security_group is not False:
-            self.security_group = cast(SecurityGroup | None, security_group)
+        changes = self._check_changes(
+            in_buffer_size=in_buffer_size,
+            out_buffer_size=out_buffer_size,
+            timeout=timeout,
+            max_connections=max_connections,
+            handshake_timeout=handshake_timeout,
+            half_closed_timeout=half_closed_timeout,
+            acceptor_elg=acceptor_elg,
+        )
+        self._apply_changes(changes, upstream, worker_elg, security_group)
         if allow_non_backend is not None:
             self.allow_non_backend = allow_non_backend
 
-    @property
-    def refused(self) -> int:
-        """Connections closed at accept because ``max_connections`` were live."""
-        return self.gate.refused
-
     def stop(self, close_sessions: bool = False) -> None:
         """Stop accepting; running sessions finish unless ``close_sessions``."""
-        if self.server_sock is not None:
-            self.server_sock.close()
-        self.gate.share(None)  # (workers N) no longer counted with the other processes
+        self._stop_accepting()
         if close_sessions:
             for s in list(self.sessions):
                 loop = s._loop
                 if not loop.is_closed():
                     loop.call_soon_threadsafe(s.abort)
 
-    # -- accept (acceptor thread) -------------------------------------------------------
-    def _live(self) -> int:
-        return len(self.sessions)
-
-    def _on_accept(self, sock: _socket.socket, addr: Any) -> None:
-        secg = self.security_group
-        if secg is not None and not secg.allowed(addr[0], "TCP", self.address[1]):
-            self.denied += 1
-            sock.close()  # before reading a single byte
-            return
-        if not self.gate.admit(sock, self.max_connections):
-            return  # closed: over max-connections, before reading a byte
-        if self.access_log is not None:
-            self._accept_clock.accepted(addr)
-        try:
-            el = self.worker_elg.next()
-        except EventLoopError:
-            sock.close()
-            return
+    def _serve(self, el: EventLoop, sock: _socket.socket, addr: Any) -> None:
         if el.in_loop_thread:
             self._start(el, sock, addr)
         else:
@@ -301,9 +197,7 @@ class Socks5Server:
         if session not in self.sessions:
             return
         self.sessions.discard(session)
-        with self._stats_lock:
-            self.closed_bytes_from_client += session.front.bytes_in
-            self.closed_bytes_from_server += session.back.bytes_in
+        self._count_closed(session.front.bytes_in, session.back.bytes_in)
         server = session.server
         if isinstance(server, Server):
             server.session_closed(session, session.back.bytes_in, session.front.bytes_in)

@@ -23,20 +23,20 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict, TypeVar
 
 from vproxy.app.accept_gate import DEFAULT_MAX_CONNECTIONS
 from vproxy.app.l7 import UnknownProtocol, check_protocol
 from vproxy.app.l7.base import L7End, L7Limits, L7Session
-from vproxy.app.socks5_server import Socks5Server, Socks5ServerError
-from vproxy.app.tcp_lb import (
+from vproxy.app.listener import (
     DEFAULT_BUFFER_SIZE,
     DEFAULT_HANDSHAKE_TIMEOUT_MS,
     DEFAULT_TIMEOUT_MS,
-    AnySession,
-    TcpLB,
-    TcpLBError,
+    Listener,
+    ListenerError,
 )
+from vproxy.app.socks5_server import Socks5Server
+from vproxy.app.tcp_lb import AnySession, TcpLB
 from vproxy.component.cert_key import CertKey, CertKeyError
 from vproxy.component.health_check import HealthCheckConfig
 from vproxy.component.security_group import (
@@ -177,6 +177,45 @@ class ForbiddenError(CommandError):
     """The command may not be run from where it came."""
 
     http_status = 403
+
+
+class _ListenerOptions(TypedDict):
+    """What ``add tcp-lb`` and ``add socks5-server`` both take from their command."""
+
+    acceptor_elg: EventLoopGroup
+    worker_elg: EventLoopGroup
+    in_buffer_size: int
+    out_buffer_size: int
+    timeout: int
+    security_group: SecurityGroup | None
+    max_connections: int
+    handshake_timeout: int
+    half_closed_timeout: int | None
+
+
+class _ListenerChanges(TypedDict):
+    """What ``update tcp-lb`` and ``update socks5-server`` both may change (None: kept)."""
+
+    upstream: Upstream | None
+    acceptor_elg: EventLoopGroup | None
+    worker_elg: EventLoopGroup | None
+    security_group: SecurityGroup | bool | None  # False: kept, None: removed
+    in_buffer_size: int | None
+    out_buffer_size: int | None
+    timeout: int | None
+    max_connections: int | None
+    handshake_timeout: int | None
+    half_closed_timeout: int | None
+
+
+_L = TypeVar("_L", bound=Listener)
+_L_co = TypeVar("_L_co", bound=Listener, covariant=True)
+
+
+class _MakeListener(Protocol[_L_co]):
+    def __call__(
+        self, name: str, addr: tuple[str, int], ups: Upstream, options: _ListenerOptions
+    ) -> _L_co: ...
 
 
 def _addr(a: tuple[str, int] | Address) -> str:
@@ -578,7 +617,7 @@ class Executor:
 
     # -- tcp-lb -------------------------------------------------------------------------
     def _lb_refs(
-        self, cmd: Command, lb: TcpLB | None
+        self, cmd: Command, lb: Listener | None
     ) -> tuple[Upstream | None, EventLoopGroup | None, EventLoopGroup | None]:
         proto = cmd.params.get("protocol")
         if proto is not None:
@@ -616,65 +655,83 @@ class Executor:
             return False
         return self._secg(_str(cmd, "security-group", ""))
 
-    def _add_lb(self, cmd: Command) -> Reply:
-        name = self._name(cmd)
-        if name in self.app.tcp_lbs:
-            raise ConflictError(f"tcp-lb {name} already exists")
+    def _add_listener(self, cmd: Command, table: dict[str, _L], make: _MakeListener[_L]) -> Reply:
+        """``add tcp-lb`` and ``add socks5-server``: ``make`` builds the listener."""
+        name, kind = self._name(cmd), cmd.type.value
+        if name in table:
+            raise ConflictError(f"{kind} {name} already exists")
         ups, aelg, welg = self._lb_refs(cmd, None)
         if ups is None or aelg is None or welg is None:
-            raise CommandError("add tcp-lb needs upstream")
+            raise CommandError(f"add {kind} needs upstream")
         secg = self._secg_param(cmd)
         addr = cmd.params["address"]
         assert isinstance(addr, Address)
+        options: _ListenerOptions = {
+            "acceptor_elg": aelg,
+            "worker_elg": welg,
+            "in_buffer_size": _int(cmd, "in-buffer-size", DEFAULT_BUFFER_SIZE),
+            "out_buffer_size": _int(cmd, "out-buffer-size", DEFAULT_BUFFER_SIZE),
+            "timeout": _int(cmd, "timeout", DEFAULT_TIMEOUT_MS),
+            "security_group": secg if isinstance(secg, SecurityGroup) else None,
+            "max_connections": _int(cmd, "max-connections", DEFAULT_MAX_CONNECTIONS),
+            "handshake_timeout": _int(cmd, "handshake-timeout", DEFAULT_HANDSHAKE_TIMEOUT_MS),
+            "half_closed_timeout": _opt_int(cmd, "half-closed-timeout"),
+        }
         try:
-            lb = TcpLB(
-                name,
-                (addr.host, addr.port),
-                ups,
-                acceptor_elg=aelg,
-                worker_elg=welg,
-                in_buffer_size=_int(cmd, "in-buffer-size", DEFAULT_BUFFER_SIZE),
-                out_buffer_size=_int(cmd, "out-buffer-size", DEFAULT_BUFFER_SIZE),
-                timeout=_int(cmd, "timeout", DEFAULT_TIMEOUT_MS),
-                protocol=_str(cmd, "protocol", "tcp"),
-                security_group=secg if isinstance(secg, SecurityGroup) else None,
-                cert_keys=self._cert_keys_param(cmd) or (),
-                max_connections=_int(cmd, "max-connections", DEFAULT_MAX_CONNECTIONS),
-                handshake_timeout=_int(cmd, "handshake-timeout", DEFAULT_HANDSHAKE_TIMEOUT_MS),
-                half_closed_timeout=_opt_int(cmd, "half-closed-timeout"),
-                l7_limits=_l7_limits(cmd, L7Limits()),
-            )
-        except TcpLBError as exc:
+            listener = make(name, (addr.host, addr.port), ups, options)
+        except ListenerError as exc:
             raise CommandError(str(exc)) from exc
-        lb.access_log = self.app.access_log
+        listener.access_log = self.app.access_log
         try:
-            lb.start()
+            listener.start()
         except OSError as exc:
             raise ConflictError(f"cannot listen on {_addr(addr)}: {exc.strerror or exc}") from exc
-        self.app.tcp_lbs[name] = lb
+        table[name] = listener
         return OK
+
+    def _listener_changes(self, cmd: Command, listener: Listener) -> _ListenerChanges:
+        """What ``update tcp-lb`` and ``update socks5-server`` both may change."""
+        ups, aelg, welg = self._lb_refs(cmd, listener)
+        return {
+            "upstream": ups,
+            "acceptor_elg": aelg,
+            "worker_elg": welg,
+            "security_group": self._secg_param(cmd),
+            "in_buffer_size": _opt_int(cmd, "in-buffer-size"),
+            "out_buffer_size": _opt_int(cmd, "out-buffer-size"),
+            "timeout": _opt_int(cmd, "timeout"),
+            "max_connections": _opt_int(cmd, "max-connections"),
+            "handshake_timeout": _opt_int(cmd, "handshake-timeout"),
+            "half_closed_timeout": _opt_int(cmd, "half-closed-timeout"),
+        }
+
+    def _add_lb(self, cmd: Command) -> Reply:
+        def make(
+            name: str, addr: tuple[str, int], ups: Upstream, options: _ListenerOptions
+        ) -> TcpLB:
+            return TcpLB(
+                name,
+                addr,
+                ups,
+                protocol=_str(cmd, "protocol", "tcp"),
+                cert_keys=self._cert_keys_param(cmd) or (),
+                l7_limits=_l7_limits(cmd, L7Limits()),
+                **options,
+            )
+
+        return self._add_listener(cmd, self.app.tcp_lbs, make)
 
     def _update_lb(self, cmd: Command) -> Reply:
         lb = self._lb(self._name(cmd))
-        ups, aelg, welg = self._lb_refs(cmd, lb)
-        secg = self._secg_param(cmd)
+        changes = self._listener_changes(cmd, lb)
         try:
             lb.update(
                 cert_keys=self._cert_keys_param(cmd),
-                security_group=secg,
-                upstream=ups,
-                acceptor_elg=aelg,
-                worker_elg=welg,
-                in_buffer_size=_opt_int(cmd, "in-buffer-size"),
-                out_buffer_size=_opt_int(cmd, "out-buffer-size"),
-                timeout=_opt_int(cmd, "timeout"),
                 protocol=_opt_str(cmd, "protocol"),
-                max_connections=_opt_int(cmd, "max-connections"),
-                handshake_timeout=_opt_int(cmd, "handshake-timeout"),
-                half_closed_timeout=_opt_int(cmd, "half-closed-timeout"),
                 l7_limits=_l7_limits(cmd, lb.l7_limits),
+                **changes,
             )
-        except (TcpLBError, EventLoopError) as exc:
+        except (ListenerError, EventLoopError) as exc:
             raise CommandError(str(exc)) from exc
         return OK
 
@@ -687,66 +744,26 @@ class Executor:
 
     # -- socks5-server -------------------------------------------------------------------
     def _add_s5(self, cmd: Command) -> Reply:
-        name = self._name(cmd)
-        if name in self.app.socks5_servers:
-            raise ConflictError(f"socks5-server {name} already exists")
-        ups, aelg, welg = self._lb_refs(cmd, None)
-        if ups is None or aelg is None or welg is None:
-            raise CommandError("add socks5-server needs upstream")
-        secg = self._secg_param(cmd)
-        addr = cmd.params["address"]
-        assert isinstance(addr, Address)
-        try:
-            s5 = Socks5Server(
-                name,
-                (addr.host, addr.port),
-                ups,
-                acceptor_elg=aelg,
-                worker_elg=welg,
-                in_buffer_size=_int(cmd, "in-buffer-size", DEFAULT_BUFFER_SIZE),
-                out_buffer_size=_int(cmd, "out-buffer-size", DEFAULT_BUFFER_SIZE),
-                timeout=_int(cmd, "timeout", DEFAULT_TIMEOUT_MS),
-                security_group=secg if isinstance(secg, SecurityGroup) else None,
-                allow_non_backend="allow-non-backend" in cmd.flags,
-                max_connections=_int(cmd, "max-connections", DEFAULT_MAX_CONNECTIONS),
-                handshake_timeout=_int(cmd, "handshake-timeout", DEFAULT_HANDSHAKE_TIMEOUT_MS),
-                half_closed_timeout=_opt_int(cmd, "half-closed-timeout"),
+        def make(
+            name: str, addr: tuple[str, int], ups: Upstream, options: _ListenerOptions
+        ) -> Socks5Server:
+            return Socks5Server(
+                name, addr, ups, allow_non_backend="allow-non-backend" in cmd.flags, **options
             )
-        except Socks5ServerError as exc:
-            raise CommandError(str(exc)) from exc
-        s5.access_log = self.app.access_log
-        try:
-            s5.start()
-        except OSError as exc:
-            raise ConflictError(f"cannot listen on {_addr(addr)}: {exc.strerror or exc}") from exc
-        self.app.socks5_servers[name] = s5
-        return OK
+
+        return self._add_listener(cmd, self.app.socks5_servers, make)
 
     def _update_s5(self, cmd: Command) -> Reply:
         s5 = self._s5(self._name(cmd))
-        ups, aelg, welg = self._lb_refs(cmd, s5)  # type: ignore[arg-type]
-        if aelg is not None and aelg is not s5.acceptor_elg:
-            raise UnsupportedError("the acceptor-elg of a socks5-server cannot change")
-        secg = self._secg_param(cmd)
+        changes = self._listener_changes(cmd, s5)
         allow: bool | None = None
         if "allow-non-backend" in cmd.flags:
             allow = True
         elif "deny-non-backend" in cmd.flags:
             allow = False
         try:
-            s5.update(
-                upstream=ups,
-                worker_elg=welg,
-                in_buffer_size=_opt_int(cmd, "in-buffer-size"),
-                out_buffer_size=_opt_int(cmd, "out-buffer-size"),
-                timeout=_opt_int(cmd, "timeout"),
-                security_group=secg,
-                allow_non_backend=allow,
-                max_connections=_opt_int(cmd, "max-connections"),
-                handshake_timeout=_opt_int(cmd, "handshake-timeout"),
-                half_closed_timeout=_opt_int(cmd, "half-closed-timeout"),
-            )
-        except Socks5ServerError as exc:
+            s5.update(allow_non_backend=allow, **changes)
+        except (ListenerError, EventLoopError) as exc:
             raise CommandError(str(exc)) from exc
         return OK
 
