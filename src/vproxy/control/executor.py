@@ -218,6 +218,17 @@ class _MakeListener(Protocol[_L_co]):
     ) -> _L_co: ...
 
 
+_T = TypeVar("_T")
+
+
+def _find(table: dict[str, _T], kind: str, name: str) -> _T:
+    """``table[name]``, else "KIND NAME not found"."""
+    found = table.get(name)
+    if found is None:
+        raise NotFoundError(f"{kind} {name} not found")
+    return found
+
+
 def _addr(a: tuple[str, int] | Address) -> str:
     if isinstance(a, Address):
         return format_address(a.host, a.port)
@@ -377,10 +388,7 @@ class Executor:
 
     # -- lookups ----------------------------------------------------------------------
     def _elg(self, name: str) -> EventLoopGroup:
-        g = self.app.event_loop_groups.get(name)
-        if g is None:
-            raise NotFoundError(f"event-loop-group {name} not found")
-        return g
+        return _find(self.app.event_loop_groups, "event-loop-group", name)
 
     def _el(self, name: str, group: str) -> EventLoop:
         g = self._elg(group)
@@ -392,16 +400,10 @@ class Executor:
             ) from None
 
     def _ups(self, name: str) -> Upstream:
-        u = self.app.upstreams.get(name)
-        if u is None:
-            raise NotFoundError(f"upstream {name} not found")
-        return u
+        return _find(self.app.upstreams, "upstream", name)
 
     def _sg(self, name: str) -> ServerGroup:
-        g = self.app.server_groups.get(name)
-        if g is None:
-            raise NotFoundError(f"server-group {name} not found")
-        return g
+        return _find(self.app.server_groups, "server-group", name)
 
     def _svr(self, name: str, group: str) -> Server:
         g = self._sg(group)
@@ -411,28 +413,16 @@ class Executor:
             raise NotFoundError(f"server {name} not found in server-group {group}") from None
 
     def _lb(self, name: str) -> TcpLB:
-        lb = self.app.tcp_lbs.get(name)
-        if lb is None:
-            raise NotFoundError(f"tcp-lb {name} not found")
-        return lb
+        return _find(self.app.tcp_lbs, "tcp-lb", name)
 
     def _s5(self, name: str) -> Socks5Server:
-        s5 = self.app.socks5_servers.get(name)
-        if s5 is None:
-            raise NotFoundError(f"socks5-server {name} not found")
-        return s5
+        return _find(self.app.socks5_servers, "socks5-server", name)
 
     def _secg(self, name: str) -> SecurityGroup:
-        g = self.app.security_groups.get(name)
-        if g is None:
-            raise NotFoundError(f"security-group {name} not found")
-        return g
+        return _find(self.app.security_groups, "security-group", name)
 
     def _ck(self, name: str) -> CertKey:
-        ck = self.app.cert_keys.get(name)
-        if ck is None:
-            raise NotFoundError(f"cert-key {name} not found")
-        return ck
+        return _find(self.app.cert_keys, "cert-key", name)
 
     def _listener(self, t: ResourceType, name: str) -> TcpLB | Socks5Server:
         if t is ResourceType.SOCKS5_SERVER:
