@@ -63,6 +63,7 @@ from vproxy.control.command.grammar import (
     Preposition,
 )
 from vproxy.control.executor import Origin
+from vproxy.control.listening import ListeningController
 from vproxy.control.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from vproxy.control.openapi import (
     API_PREFIX,
@@ -77,7 +78,6 @@ from vproxy.control.openapi import (
 )
 from vproxy.control.reply import Array, ErrorReply, JsonValue, Reply, String, to_json
 from vproxy.net.event_loop import EventLoop
-from vproxy.net.server_sock import bind_listener
 
 __all__ = [
     "MAX_BODY",
@@ -119,7 +119,6 @@ _UI_HEADERS: Final = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
-_START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 10.0
 _SHUTDOWN_GRACE = 2.0
 _DETAIL = "detail"
@@ -524,7 +523,7 @@ def _error(status: int, message: str, headers: Mapping[str, str] | None = None) 
     return _json_response(status, {"code": status, "message": message}, headers)
 
 
-class HttpController:
+class HttpController(ListeningController):
     """A REST + JSON controller on one address.
 
     Requests run one at a time on the controller's event loop, like RESP commands;
@@ -548,114 +547,56 @@ class HttpController:
             el: The event loop that serves the listener and every client.
             token: The bearer token clients must send; ``None`` or ``""`` for none.
         """
-        self.name = name
+        super().__init__("http-controller", name, address, el)
         self.executor = executor
-        self.el = el
         self._token = token.encode("utf-8", "surrogateescape") if token else None
-        self._requested = address
-        self._bound: tuple[str, int] | None = None
-        self._sock: socket.socket | None = None
-        self._server: asyncio.AbstractServer | None = None
         self._runner: web.AppRunner | None = None
-        self._starting: asyncio.Task[None] | None = None
         self._cleanup: asyncio.Task[None] | None = None
         self._openapi = json.dumps(
             openapi_document(bearer=self._token is not None), separators=(",", ":")
         ).encode("ascii")
         self._ui = _load_ui()
 
-    def __repr__(self) -> str:
-        return f"HttpController({self.name!r}, {self.address!r})"
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """The bound ``(host, port)`` once started, else the one asked for."""
-        return self._bound or self._requested
-
     # -- life cycle ---------------------------------------------------------------
-    def start(self) -> None:
-        """Bind and start serving.
-
-        The socket is bound in the calling thread, so a bind error is raised here even
-        when called from the loop's own thread; serving then begins on the loop's next
-        turn (connections wait in the backlog meanwhile).
-
-        Raises:
-            OSError: The address cannot be bound.
-            RuntimeError: The controller was already started.
-        """
-        if self._sock is not None:
-            raise RuntimeError(f"http-controller {self.name} is already started")
-        host, port = self._requested
-        sock = bind_listener(host, port, reuse_port=False)
-        self._sock = sock
-        sockname = sock.getsockname()
-        self._bound = (str(sockname[0]), int(sockname[1]))
-
-        async def _serve() -> None:
-            runner = web.AppRunner(
-                self._application(), access_log=None, shutdown_timeout=_SHUTDOWN_GRACE
-            )
-            await runner.setup()
-            factory = runner.server
-            if factory is None:  # setup() always sets it
-                raise RuntimeError("aiohttp runner has no server")
-            server = await asyncio.get_running_loop().create_server(factory, sock=sock)
-            if self._sock is not sock:  # stopped before it began
-                server.close()
-                await runner.cleanup()
-                return
-            self._server, self._runner = server, runner
-
-        try:
-            if self.el.in_loop_thread:
-                self._starting = self.el.loop.create_task(_serve())
-            else:
-                self.el.run_coroutine(_serve()).result(_START_TIMEOUT)
-        except BaseException:
-            self._sock = None
-            sock.close()
-            raise
-        _log.info("http-controller %s listening on %s:%d", self.name, *self._bound)
-
-    def stop(self) -> None:
-        """Stop listening and close every client connection; safe to call twice.
-
-        From another thread this waits until the connections are closed; from the
-        loop's own thread the listener closes at once and connections shortly after.
-        """
-        sock, self._sock = self._sock, None
-        if sock is None:
+    async def _serve(self, sock: socket.socket) -> None:
+        runner = web.AppRunner(
+            self._application(), access_log=None, shutdown_timeout=_SHUTDOWN_GRACE
+        )
+        await runner.setup()
+        factory = runner.server
+        if factory is None:  # setup() always sets it
+            raise RuntimeError("aiohttp runner has no server")
+        server = await asyncio.get_running_loop().create_server(factory, sock=sock)
+        if self._sock is not sock:  # stopped before it began
+            server.close()
+            await runner.cleanup()
             return
-        server, self._server = self._server, None
-        runner, self._runner = self._runner, None
-        starting, self._starting = self._starting, None
-        _log.info("http-controller %s stopped", self.name)
+        self._server, self._runner = server, runner
 
-        def _close() -> None:
-            if starting is not None:
-                starting.cancel()
-            if server is not None:
-                server.close()
-            sock.close()  # a no-op once the server owns and closed it
+    def _run_stop(self, close: Callable[[], None]) -> None:
+        # The aiohttp runner's clean-up closes the client connections (waiting up to
+        # _SHUTDOWN_GRACE for requests in flight). From another thread this waits for
+        # it; from the loop's own thread the listener closes at once and connections
+        # shortly after.
+        runner, self._runner = self._runner, None
 
         async def _shutdown() -> None:
-            _close()
+            close()
             if runner is not None:
                 await runner.cleanup()
 
         if not self.el.alive:
-            _close()  # (a dead loop took its transports with it)
+            close()  # (a dead loop took its transports with it)
             return
         if self.el.in_loop_thread:
-            _close()
+            close()
             if runner is not None:
                 self._cleanup = self.el.loop.create_task(runner.cleanup())
             return
         try:
             self.el.run_coroutine(_shutdown()).result(_STOP_TIMEOUT)
         except (RuntimeError, TimeoutError):
-            _close()  # the loop stopped meanwhile
+            close()  # the loop stopped meanwhile
 
     # -- the aiohttp application --------------------------------------------------------
     def _application(self) -> web.Application:

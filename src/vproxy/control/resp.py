@@ -25,9 +25,9 @@ from collections.abc import Sequence
 from typing import Any, Protocol, cast
 
 from vproxy.control.executor import Origin
+from vproxy.control.listening import ListeningController
 from vproxy.control.reply import OK, ErrorReply, Integer, Nil, Reply, Status, String, to_resp
 from vproxy.net.event_loop import EventLoop
-from vproxy.net.server_sock import bind_listener
 from vproxy.processor.resp import Request, RespParser, RespProtocolError
 
 __all__ = [
@@ -56,8 +56,6 @@ OUTPUT_LOW_WATER = 16 * 1024
 """...and go on once the client has read the backlog down to this."""
 HARD_OUTPUT_LIMIT = 32 * 1024 * 1024
 """A reply that would leave more than this unsent closes the connection instead."""
-
-_START_TIMEOUT = 10.0
 
 
 class RespExecutor(Protocol):
@@ -375,7 +373,7 @@ def _client(args: tuple[bytes, ...]) -> Reply:
     return ErrorReply(f"unknown subcommand '{shown}': vproxy accepts only SETNAME, GETNAME, ID")
 
 
-class RespController:
+class RespController(ListeningController):
     """A RESP server on one event loop, serving the command language.
 
     ``start()`` and ``stop()`` may be called from any thread, including the loop's own
@@ -400,94 +398,28 @@ class RespController:
             executor: Runs the commands.
             el: The event loop that serves the listener and every client.
         """
-        self.name = name
+        super().__init__("resp-controller", name, address, el)
         self._password = password or None
         self.executor = executor
-        self.el = el
-        self._requested = address
-        self._bound: tuple[str, int] | None = None
-        self._sock: socket.socket | None = None
-        self._server: asyncio.AbstractServer | None = None
-        self._starting: asyncio.Task[None] | None = None
         self._sessions: set[RespSession] = set()
-
-    def __repr__(self) -> str:
-        return f"RespController({self.name!r}, {self.address!r})"
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """The bound ``(host, port)`` once started, else the one asked for."""
-        return self._bound or self._requested
 
     @property
     def session_count(self) -> int:
         """Clients connected now."""
         return len(self._sessions)
 
-    def start(self) -> None:
-        """Bind and start serving.
-
-        The socket is bound in the calling thread, so a bind error is raised here even
-        when called from the loop's own thread (e.g. by a command that a client of
-        another RESP controller sent); serving then begins on the loop's next turn.
-
-        Raises:
-            OSError: The address cannot be bound.
-            RuntimeError: The controller was already started.
-        """
-        if self._sock is not None:
-            raise RuntimeError(f"resp-controller {self.name} is already started")
-        host, port = self._requested
-        sock = bind_listener(host, port, reuse_port=False)
-        self._sock = sock
-        sockname = sock.getsockname()
-        self._bound = (str(sockname[0]), int(sockname[1]))
+    async def _serve(self, sock: socket.socket) -> None:
         password = self._password
 
         def factory() -> RespSession:
             return RespSession(self.executor, password, self._sessions)
 
-        async def _serve() -> None:
-            loop = asyncio.get_running_loop()
-            server = await loop.create_server(factory, sock=sock)
-            if self._sock is not sock:  # stopped before it began
-                server.close()
-                return
-            self._server = server
-
-        try:
-            if self.el.in_loop_thread:
-                self._starting = self.el.loop.create_task(_serve())
-            else:
-                self.el.run_coroutine(_serve()).result(_START_TIMEOUT)
-        except BaseException:
-            self._sock = None
-            sock.close()
-            raise
-        _log.info("resp-controller %s listening on %s:%d", self.name, *self._bound)
-
-    def stop(self) -> None:
-        """Stop listening and close every client connection; safe to call twice."""
-        sock, self._sock = self._sock, None
-        if sock is None:
+        server = await asyncio.get_running_loop().create_server(factory, sock=sock)
+        if self._sock is not sock:  # stopped before it began
+            server.close()
             return
-        server, self._server = self._server, None
-        starting, self._starting = self._starting, None
-        _log.info("resp-controller %s stopped", self.name)
+        self._server = server
 
-        def _close() -> None:
-            if starting is not None:
-                starting.cancel()
-            if server is not None:
-                server.close()
-            sock.close()  # a no-op once the server owns and closed it
-            for session in list(self._sessions):
-                session.close()
-
-        if self.el.in_loop_thread or not self.el.alive:
-            _close()  # (a dead loop took its transports with it)
-            return
-        try:
-            self.el.call(_close)
-        except RuntimeError:
-            _close()  # the loop stopped meanwhile
+    def _stopped(self) -> None:
+        for session in list(self._sessions):
+            session.close()
