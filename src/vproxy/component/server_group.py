@@ -24,8 +24,6 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from mypy_extensions import mypyc_attr
-
 from vproxy.component.health_check import HealthCheckClient, HealthCheckConfig, HealthState
 
 if TYPE_CHECKING:
@@ -62,17 +60,17 @@ class Method(enum.Enum):
     SOURCE = "source"
 
 
-@mypyc_attr(native_class=False)  # weakly referenced (control/metrics.py): not compiled
 class Server:
     """One backend endpoint of a server group.
 
     ``sessions`` holds the live sessions using the server (set operations are atomic
     under the GIL, so worker threads may add and discard without a lock); closed
-    sessions fold their byte counts into ``closed_bytes_in/out``.
+    sessions fold their byte counts into ``closed_bytes_in/out``. ``state_since`` and
+    ``drained_from`` are the control plane's notes (the health book's): when the
+    server last changed state (or was added), the weight it had before a drain.
     """
 
     __slots__ = (
-        "__weakref__",
         "_hash_key",
         "_health_client",
         "_stats_lock",
@@ -80,12 +78,14 @@ class Server:
         "closed_bytes_out",
         "connect_failures",
         "current_weight",
+        "drained_from",
         "group",
         "health",
         "host",
         "name",
         "port",
         "sessions",
+        "state_since",
         "weight",
     )
 
@@ -112,6 +112,8 @@ class Server:
         self._stats_lock = threading.Lock()
         self._health_client: HealthCheckClient | None = None
         self._hash_key = f"{name}\x00{self.host}:{port}".encode()
+        self.state_since: float | None = None  # epoch seconds (the health book's)
+        self.drained_from: int | None = None  # weight before a drain (the health book's)
 
     def __repr__(self) -> str:
         state = "UP" if self.healthy else "DOWN"

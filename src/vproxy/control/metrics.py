@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -103,16 +102,15 @@ class HealthBook:
     """Recent health transitions and a few notes per server, all bounded.
 
     Thread-safe: edges arrive on health-check loops, notes from the executor and
-    reads from controllers. Per-server notes are keyed weakly by the server object,
-    so removed servers are forgotten with them.
+    reads from controllers. Per-server notes are kept on the server object
+    (``Server.state_since``, ``Server.drained_from``), so removed servers are
+    forgotten with them.
     """
 
     def __init__(self, capacity: int = MAX_TRANSITIONS) -> None:
         """Create an empty book keeping the last ``capacity`` transitions."""
         self._lock = threading.Lock()
         self._ring: deque[HealthTransition] = deque(maxlen=capacity)
-        self._since: weakref.WeakKeyDictionary[Server, float] = weakref.WeakKeyDictionary()
-        self._drained_from: weakref.WeakKeyDictionary[Server, int] = weakref.WeakKeyDictionary()
 
     # -- what the executor tells it -------------------------------------------------------
     def watch(self, group: ServerGroup) -> None:
@@ -127,15 +125,16 @@ class HealthBook:
         """A server was added (it starts DOWN): its state dates from now."""
         with self._lock:
             # (its first check may already have reported an edge)
-            self._since.setdefault(server, time.time())
+            if server.state_since is None:
+                server.state_since = time.time()
 
     def weight_changed(self, server: Server, old: int, new: int) -> None:
         """Remember the weight a server had before it was drained (set to 0)."""
         with self._lock:
             if new == 0 and old > 0:
-                self._drained_from[server] = old
+                server.drained_from = old
             elif new > 0:
-                self._drained_from.pop(server, None)
+                server.drained_from = None
 
     def _on_edge(self, server: Server, up: bool) -> None:
         group = server.group
@@ -145,7 +144,7 @@ class HealthBook:
         )
         with self._lock:
             self._ring.append(entry)
-            self._since[server] = now
+            server.state_since = now
 
     # -- reading ---------------------------------------------------------------------------
     def transitions(self) -> list[HealthTransition]:
@@ -156,12 +155,12 @@ class HealthBook:
     def since(self, server: Server) -> float | None:
         """When ``server`` last changed state (or was added), epoch seconds."""
         with self._lock:
-            return self._since.get(server)
+            return server.state_since
 
     def drained_from(self, server: Server) -> int | None:
         """The weight ``server`` had before it was set to 0, if known."""
         with self._lock:
-            return self._drained_from.get(server)
+            return server.drained_from
 
 
 # ------------------------------------------------------------------ shared readings
