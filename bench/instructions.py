@@ -17,7 +17,9 @@ with instrumentation off until it serves; a warm-up of 200 requests runs, then
 counting is switched on (`callgrind_control -i on`), N requests run, and the dump's
 total divided by N is printed. The backend is a small asyncio HTTP/1.1 server in its
 own process (not counted); the client is this script, sequential, one request in
-flight. In the close and socks5 modes the request says `Connection: close` and the
+flight. The vproxy process runs with `PYTHONHASHSEED=0` (unless set): with a
+random seed each run probes its dicts and sets differently, and the count moves by up
+to 3%. In the close and socks5 modes the request says `Connection: close` and the
 backend closes after its answer, as bench/run.py's nginx does under `wrk -H
 'Connection: close'` and `s5load`: the backend's FIN comes first. Everything is on
 127.0.0.1 with free ports; every process is stopped by pid.
@@ -198,6 +200,9 @@ def measure(mode: str, n: int, protocol: str | None, tmp: Path, nginx: bool = Fa
             if protocol:
                 argv += ["protocol", protocol]
         env = dict(os.environ, PYTHONPATH=str(REPO / "src"), HOME=str(tmp))
+        # A fixed string-hash seed: dict and set probing (and so the count) would
+        # otherwise change with each run's random seed, by up to 3% for socks5.
+        env.setdefault("PYTHONHASHSEED", "0")
         with process(
             argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         ) as vp:
