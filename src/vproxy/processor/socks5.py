@@ -506,7 +506,9 @@ class Socks5ServerConnection:
         self._shortcut = True
         self._state = State.GREETING
         self._buf = bytearray()
-        self._out = bytearray()
+        # Queued replies: a few bytes, so bytes (concatenated) rather than a
+        # bytearray, whose bytes() copy and clear() cost more than these joins.
+        self._out = b""
         self._early_bytes = 0
         self._error: RemoteProtocolError | None = None
         self._username: bytes | None = None
@@ -532,8 +534,8 @@ class Socks5ServerConnection:
         Returns:
             The bytes to write, possibly empty.
         """
-        out = bytes(self._out)
-        self._out.clear()
+        out = self._out
+        self._out = b""
         return out
 
     def receive_data(self, data: bytes) -> list[Event]:
