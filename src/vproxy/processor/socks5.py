@@ -596,6 +596,12 @@ class Socks5ServerConnection:
                 cannot be encoded.
         """
         reply = encode_reply(ReplyCode.SUCCEEDED, bound_host, bound_port)
+        if self._shortcut and self._state is State.AWAIT_DECISION:
+            # The table's one ACCEPT move, without the look-up: its key hashes two
+            # enums, each through Enum.__hash__, a Python function.
+            self._out += reply
+            self._state = State.DONE
+            return
         self._apply(_Input.ACCEPT, reply, [])
 
     def reject(self, code: ReplyCode | int = ReplyCode.GENERAL_FAILURE) -> None:

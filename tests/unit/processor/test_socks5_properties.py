@@ -248,10 +248,17 @@ _usual = st.builds(
     seed=st.integers(0, 2**32),
     max_buffer=st.sampled_from([0, 5, 4096]),
     auth=st.booleans(),
+    decision=st.sampled_from(
+        [None, ("127.0.0.1", 4321), ("::1", 80), ("a.example", 1), ("0.0.0.0", 0), "reject"]
+    ),
 )
-def test_fast_path_matches_the_table(data: bytes, seed: int, max_buffer: int, auth: bool) -> None:
+def test_fast_path_matches_the_table(
+    data: bytes, seed: int, max_buffer: int, auth: bool, decision: object
+) -> None:
     """The usual handshake's shortcut gives what the transition table gives: events,
-    bytes to send, state and errors, however the bytes are cut."""
+    bytes to send, state and errors, however the bytes are cut; and so does the
+    caller's decision after it (accept with a bound address, or reject), including
+    at the wrong time (LocalProtocolError)."""
 
     def outcome(shortcut: bool) -> tuple[object, ...]:
         conn = Socks5ServerConnection(auth=check_auth if auth else None, max_buffer=max_buffer)
@@ -265,7 +272,16 @@ def test_fast_path_matches_the_table(data: bytes, seed: int, max_buffer: int, au
                 error = (type(exc).__name__, exc.reply_code)
                 break
             events += [("PE", e.reply_code) if isinstance(e, ProtocolError) else e for e in got]
-        return events, conn.data_to_send(), conn.state, error
+        sent = conn.data_to_send()
+        misuse = None
+        try:
+            if decision == "reject":
+                conn.reject(ReplyCode.CONNECTION_REFUSED)
+            elif isinstance(decision, tuple):
+                conn.accept(*decision)
+        except LocalProtocolError as exc:
+            misuse = str(exc)
+        return events, sent, conn.data_to_send(), conn.state, error, misuse
 
     assert outcome(True) == outcome(False)
 
