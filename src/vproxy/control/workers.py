@@ -39,7 +39,7 @@ import traceback
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from vproxy.app.accept_gate import SharedCounts
 from vproxy.component.server_group import set_edge_observer, set_local_health_checks
@@ -535,17 +535,6 @@ class Workers:
                     if w.ready:
                         self._change(w, msg, f"health {msg['health']}")
 
-    def _replay_health(self, w: _Worker, app: Application) -> bool:
-        """Send ``w`` the UP flags (a server starts DOWN there as anywhere); False when
-        it failed (``w`` is then restarted). Call under ``app.lock``."""
-        for group in app.server_groups.values():
-            for server in group.servers:
-                if server.healthy:
-                    msg = _health_message(group, server)
-                    if self._change(w, msg, f"health {msg['health']}") is not None:
-                        return False
-        return True
-
     def _stats(self) -> _Stats:
         """The workers' counters, summed (plus those of workers that died)."""
         return self._poll()[0]
@@ -712,11 +701,15 @@ class Workers:
             return
         with executor.app.lock:  # no change slips between the replay and the log
             lines = executor.config_lines()
-            for line in lines:
-                if self._stopping.is_set() or self._apply(w, line) is not None:
+            for step in replay_plan(lines, _health_messages(executor.app)):
+                if self._stopping.is_set():
                     return
-            if not self._replay_health(w, executor.app):
-                return
+                if isinstance(step, str):
+                    failed = self._apply(w, step)
+                else:
+                    failed = self._change(w, step, f"health {step['health']}")
+                if failed is not None:
+                    return
             for key, (_, row) in self._rows.items():
                 if not self._share_row(w, key, row):
                     return
@@ -856,6 +849,40 @@ def _current(app: Application, group: ServerGroup, server: Server) -> bool:
 
 def _health_message(group: ServerGroup, server: Server) -> dict[str, Any]:
     return {"health": [group.name, server.name, server.healthy]}
+
+
+def _health_messages(app: Application) -> list[dict[str, Any]]:
+    """The UP flags to give a restarted worker (a server starts DOWN there as
+    anywhere). Call under ``app.lock``."""
+    return [
+        _health_message(group, server)
+        for group in app.server_groups.values()
+        for server in group.servers
+        if server.healthy
+    ]
+
+
+#: the configuration lines that start accepting (SO_REUSEPORT: the kernel sends the
+#: new process its share of new connections from then on)
+_LISTENER_LINES: Final = ("add tcp-lb ", "add socks5-server ")
+
+
+def replay_plan(lines: list[str], health: list[dict[str, Any]]) -> list[str | dict[str, Any]]:
+    """The order in which a restarted worker gets the configuration and the health flags.
+
+    The flags go right before the first line that starts a listener: the servers exist
+    by then (``config_lines`` adds groups and servers first), and a connection the new
+    process accepts finds the servers that are UP as UP, not every server DOWN (it
+    would be closed at once for want of a backend).
+    """
+    plan: list[str | dict[str, Any]] = []
+    flags: list[str | dict[str, Any]] = list(health)
+    for line in lines:
+        if flags and line.startswith(_LISTENER_LINES):
+            plan += flags
+            flags = []
+        plan.append(line)
+    return plan + flags
 
 
 def live_answer(executor: Executor, key: str, line: object) -> dict[str, Any]:
