@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -230,3 +231,29 @@ def test_health_book_is_bounded_and_forgets_removed_groups() -> None:
     assert book.drained_from(server) == 7
     book.weight_changed(server, 0, 3)
     assert book.drained_from(server) is None
+
+
+def test_health_book_notes_when_a_server_changed_state() -> None:
+    book = HealthBook()
+    group = ServerGroup("g")  # no event-loop group: no real checks
+    book.watch(group)
+    server = group.add("s", ("127.0.0.1", 1))
+    assert book.since(server) is None
+    before = time.time()
+    book.server_added(server)
+    added = book.since(server)
+    assert added is not None
+    assert before <= added <= time.time()
+    time.sleep(0.01)
+    book.server_added(server)  # (an edge may come first: an add does not move it)
+    assert book.since(server) == added
+    group.set_healthy(server, True)
+    edge = book.since(server)
+    assert edge is not None
+    assert edge > added
+    # A server added again under the same name is a new object: nothing carried over.
+    group.remove("s")
+    again = group.add("s", ("127.0.0.1", 1))
+    assert book.since(again) is None
+    assert book.drained_from(again) is None
+    book.unwatch(group)
