@@ -43,6 +43,8 @@ from h2.events import (
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes, Settings
 
+from helpers import release_transports
+
 PATTERN = b"0123456789" * 6554  # 65540 bytes
 LIVE: set[H2BackendProtocol] = set()
 
@@ -304,6 +306,7 @@ class ThreadBackend:
                 if proto.transport is not None and proto.loop is self.loop:
                     proto.transport.abort()
             await asyncio.sleep(0.01)
+            await release_transports()
 
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(_stop(), self.loop).result(5)

@@ -62,17 +62,35 @@ class LoopThread:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            # A transport's close() finishes in a callback of the next loop turns:
-            # stopping the loop before it runs leaves the socket open, reported as an
-            # "unclosed transport" by whichever later test the GC runs in.
-            for _ in range(3):
-                await asyncio.sleep(0)
+            # Whatever is still open (a connection whose handler task was cancelled
+            # before its first step, a close() waiting on a write buffer the peer will
+            # never drain) is aborted here. A transport's close finishes in a callback
+            # of a later loop turn: stopping the loop before it runs leaves the socket
+            # open, reported as an "unclosed transport" by whichever later test the GC
+            # runs in -- so wait until every socket is really released.
+            await release_transports()
 
         with contextlib.suppress(Exception):
             self.run(_shutdown())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         self.loop.close()
+
+
+async def release_transports(turns: int = 200) -> None:
+    """Abort every socket transport of the running loop that still holds its socket,
+    and wait until each has let it go (its connection_lost callback ran).
+
+    A selector loop keeps a weak map fd -> transport of every transport it made.
+    """
+    live = getattr(asyncio.get_running_loop(), "_transports", None)
+    for _ in range(turns):
+        still = [t for t in list((live or {}).values()) if getattr(t, "_sock", None) is not None]
+        if not still:
+            return
+        for t in still:
+            t.abort()
+        await asyncio.sleep(0)
 
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]
