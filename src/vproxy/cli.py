@@ -213,20 +213,29 @@ def _install_signals(on_signal: Callable[[int], None]) -> None:
         signal.signal(sig, handler)
 
 
-def _wait_for_signal(on_hup: Callable[[], None] | None = None) -> int:
-    """Wait for SIGINT/SIGTERM (and SIGHUP, unless ``on_hup`` handles it)."""
-    stop = threading.Event()
+class _StopSignals:
+    """SIGINT and SIGTERM (and SIGHUP, unless ``on_hup`` handles it) ask to stop.
 
-    def on_signal(signum: int) -> None:
-        if signum == signal.SIGHUP and on_hup is not None:
-            on_hup()
+    Made before anything listens: a signal that comes once the listeners answer, or
+    during the start-up, stops the process cleanly (exit 0) instead of killing it.
+    """
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.on_hup: Callable[[], None] | None = None
+        _install_signals(self._on_signal)
+
+    def _on_signal(self, signum: int) -> None:
+        if signum == signal.SIGHUP and self.on_hup is not None:
+            self.on_hup()
         else:
-            stop.set()
+            self.stop.set()
 
-    _install_signals(on_signal)
-    while not stop.wait(3600):
-        pass
-    return 0
+    def wait(self) -> int:
+        """Until a signal asks to stop (at once if one already did)."""
+        while not self.stop.wait(3600):
+            pass
+        return 0
 
 
 def _fork_workers(count: int, access_log: str | None) -> Workers | None:
@@ -264,6 +273,7 @@ def run_simple(args: SimpleArgs) -> int:
 
 
 def _run_simple(args: SimpleArgs, workers: Workers | None) -> int:
+    signals = _StopSignals()
     try:
         app, _ = build_simple(args, workers)
     except CommandError as exc:
@@ -290,7 +300,8 @@ def _run_simple(args: SimpleArgs, workers: Workers | None) -> int:
         if workers is not None:
             workers.send_signal(signal.SIGHUP)
 
-    rc = _wait_for_signal(on_hup)
+    signals.on_hup = on_hup
+    rc = signals.wait()
     if workers is not None:
         workers.stop()
     app.close()
@@ -520,6 +531,7 @@ def run_hello(once: bool) -> int:
     """Start two demo backends, a tcp-lb over them and a client; show they work."""
     from vproxy.app.demo import DemoBackends
 
+    signals = None if once else _StopSignals()
     elg = EventLoopGroup("hello", loops=1)
     backends = DemoBackends(elg.next(), count=2)
     print(f"vproxy hello: demo backends on {', '.join(backends.addresses_text)}")
@@ -548,9 +560,9 @@ def run_hello(once: bool) -> int:
         print(f"vproxy hello: client request -> answered by {who}")
     ok = len(seen) == len(backends.addresses)
     print(f"vproxy hello: {'OK' if ok else 'FAILED'}: {len(seen)} backends answered, {seen}")
-    if ok and not once:
+    if ok and signals is not None:
         print(f"vproxy hello: try `curl http://{lb_text}/`; Ctrl-C stops", flush=True)
-        _wait_for_signal()
+        signals.wait()
     lb.stop(close_sessions=True)
     lb.acceptor_elg.close()
     lb.worker_elg.close()
