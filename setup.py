@@ -20,7 +20,7 @@ import os
 import sys
 from typing import Any
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 
@@ -49,6 +49,19 @@ class OptionalBuildExt(build_ext):
             print(f"vproxy: compiling failed ({exc}); installing pure Python", file=sys.stderr)
 
 
+def c_helpers() -> list[Any]:
+    """The extensions written in C (vproxy.build.C_HELPERS; ``src/<module path>.c``)."""
+    spec = importlib.util.spec_from_file_location("_vproxy_build", "src/vproxy/build.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return [
+        Extension(name, ["src/" + name.replace(".", "/") + ".c"], extra_compile_args=["-O2"])
+        for name in module.C_HELPERS
+    ]
+
+
 def ext_modules() -> list[Any]:
     if os.environ.get("VPROXY_PURE_PYTHON"):
         return []
@@ -57,7 +70,7 @@ def ext_modules() -> list[Any]:
     except ImportError:
         print("vproxy: mypyc not available; installing pure Python", file=sys.stderr)
         return []
-    return list(mypycify(compiled_sources(), opt_level="3", debug_level="0"))
+    return list(mypycify(compiled_sources(), opt_level="3", debug_level="0")) + c_helpers()
 
 
 setup(ext_modules=ext_modules(), cmdclass={"build_ext": OptionalBuildExt})

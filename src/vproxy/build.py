@@ -11,7 +11,7 @@ import importlib
 from importlib.machinery import EXTENSION_SUFFIXES
 from typing import Final
 
-__all__ = ["COMPILED", "build_kind", "compiled_modules"]
+__all__ = ["COMPILED", "C_HELPERS", "build_kind", "compiled_modules"]
 
 #: The modules setup.py compiles, all on the per-request and per-session path. This
 #: file is read by setup.py before the package is installed: standard library only.
@@ -35,12 +35,21 @@ COMPILED: Final = (
     "vproxy.processor.hpack",
 )
 
+#: Extensions written in C (``src/<module path>.c``), built with the compiled modules;
+#: the code that uses one falls back to Python's own calls when it is missing.
+C_HELPERS: Final = ("vproxy.net._relay",)
+
 
 def compiled_modules() -> list[str]:
-    """The modules of :data:`COMPILED` that were imported from a C extension."""
+    """The modules of :data:`COMPILED` and :data:`C_HELPERS` that were imported from a
+    C extension."""
     out = []
-    for name in COMPILED:
-        path = getattr(importlib.import_module(name), "__file__", None) or ""
+    for name in COMPILED + C_HELPERS:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # a C helper that was not built
+            continue
+        path = getattr(module, "__file__", None) or ""
         if path.endswith(tuple(EXTENSION_SUFFIXES)):
             out.append(name)
     return out
@@ -49,6 +58,6 @@ def compiled_modules() -> list[str]:
 def build_kind() -> str:
     """``"compiled"``, ``"pure Python"``, or ``"partly compiled"`` (a stale build)."""
     n = len(compiled_modules())
-    if n == len(COMPILED):
+    if n == len(COMPILED) + len(C_HELPERS):
         return "compiled"
     return "pure Python" if n == 0 else "partly compiled"

@@ -9,17 +9,21 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import os
+import re
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from helpers import fd_count, manual_tcp_lb, vproxy_process, wait_until
+from helpers import ROOT, fd_count, manual_tcp_lb, vproxy_process, wait_until
 from vproxy import ServerGroup, TcpLB
-from vproxy.net import splice
+from vproxy.net import connection, splice
 from vproxy.net.connection import MAX_CUTS, MIN_WINDOW, PROMOTE_AFTER_READS, Session
 from vproxy.net.event_loop import EventLoopGroup
 
@@ -253,15 +257,17 @@ def test_long_lived_sessions_end_cleanly(loop_kind: str, elg_factory: ElgFactory
 
 def test_promoted_sockets_read_through_fileio(loop_kind: str, elg_factory: ElgFactory) -> None:
     """A long-lived session reads with ``FileIO.readinto`` (cheaper than
-    ``recv_into``): bytes still flow, a wake-up with nothing to read (``None``)
-    changes nothing, and a reset ends the session."""
+    ``recv_into``) when the C relay step is not there: bytes still flow, a wake-up with
+    nothing to read (``None``; -1 from the C step) changes nothing, and a reset ends
+    the session."""
     backend = ThreadBackend(_echo)
     with relay(elg_factory, backend) as (lb, _), socket.create_connection(lb.address, 10) as c:
         _round_trips(c, PROMOTE_AFTER_READS + 5)
         (sess,) = lb.sessions
         assert isinstance(sess, Session)
         sides = (sess.front, sess.back)
-        assert all(isinstance(getattr(x._recv_into, "__self__", None), io.FileIO) for x in sides)
+        fileio = [isinstance(getattr(x._recv_into, "__self__", None), io.FileIO) for x in sides]
+        assert fileio == [connection._relay is None] * 2
         # as if epoll had said readable and another reader had taken the bytes
         assert sess.el.call(lambda: [x._on_readable() for x in sides])
         assert not sess.closed
@@ -359,3 +365,36 @@ def test_fallbacks_relay_byte_exact(env: dict[str, str]) -> None:
         backend.close()
     assert got_down == (size, hashlib.sha256(sent_down).hexdigest())
     assert got_up == [(size, hashlib.sha256(sent_up).hexdigest())]
+
+
+@pytest.mark.skipif(connection._relay is None, reason="this run is on the fallback already")
+def test_the_fallback_relay_passes_this_file() -> None:
+    """This file again with the C relay step turned off (``VPROXY_C_RELAY=0``):
+    ``recv_into``/``FileIO.readinto`` and ``os.write``, as where it was not built."""
+    env = dict(os.environ, VPROXY_C_RELAY="0")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:benchmark",
+            "-p",
+            "no:xdist",
+            __file__,
+            "-k",
+            "not the_fallback_relay",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    passed = re.search(r"(\d+) passed", out.stdout)
+    assert passed is not None, out.stdout[-2000:]
+    assert int(passed.group(1)) >= 8, out.stdout[-2000:]

@@ -22,7 +22,7 @@ def test_the_test_command_tests_the_compiled_form() -> None:
     if os.environ.get("VPROXY_PURE_PYTHON"):  # scripts/test.sh's pure-Python run
         assert build.build_kind() == "pure Python"
         return
-    missing = sorted(set(build.COMPILED) - set(build.compiled_modules()))
+    missing = sorted(set(build.COMPILED + build.C_HELPERS) - set(build.compiled_modules()))
     assert not missing, (
         f"not compiled: {missing}: re-run `pip install -e .` (needs a C compiler and "
         "Python's headers), or set VPROXY_PURE_PYTHON=1 to test pure Python"
@@ -34,6 +34,12 @@ def test_the_test_command_tests_the_compiled_form() -> None:
         module = importlib.import_module(name)
         assert module.__file__ is not None
         if source_of(module).stat().st_mtime > os.stat(module.__file__).st_mtime:
+            stale.append(name)
+    for name in build.C_HELPERS:
+        module = importlib.import_module(name)
+        assert module.__file__ is not None
+        source = ROOT / "src" / (name.replace(".", "/") + ".c")
+        if source.stat().st_mtime > os.stat(module.__file__).st_mtime:
             stale.append(name)
     assert not stale, f"edited since compiled: {stale}: re-run `pip install -e .`"
 

@@ -107,6 +107,21 @@ _FIN_ONLY: Final[int] = _RDHUP | (select.EPOLLERR if _RDHUP else 0)
 _WRITE_EVENTS: Final = _WRITABLE | _ERRORS
 
 
+def _c_relay() -> Callable[[int, int, memoryview], int] | None:
+    """The read-and-write of one relay step in C (``vproxy.net._relay``), when it was
+    built and not turned off with ``VPROXY_C_RELAY=0``; else ``recv_into`` and
+    ``os.write`` do it."""
+    if os.environ.get("VPROXY_C_RELAY", "1") == "0":
+        return None
+    try:
+        from vproxy.net._relay import relay
+    except ImportError:
+        return None
+    return relay
+
+
+_relay: Final = _c_relay()
+
 #: Most lengths a window remembers its slices for (``Window``).
 MAX_CUTS: Final = 64
 
@@ -291,34 +306,59 @@ class Connection(asyncio.Protocol):
     # _on_readable runs once per chunk relayed: keep it short.
     def _on_readable(self, events: int = 0) -> None:
         view, cuts = self._window
-        try:
-            n = self._recv_into(view)
-        except _RETRY:
-            return
-        except OSError as exc:
-            self.session._fail(exc)
-            return
-        if not n:
-            if n is None:  # (FileIO.readinto: nothing to read after all)
+        relay = _relay
+        if relay is not None and self._peer_fd >= 0:
+            # the read and the write in one call (vproxy.net._relay)
+            try:
+                n = relay(self.fd, self._peer_fd, view)
+            except OSError as exc:
+                self.session._fail(exc)
                 return
-            self._on_eof()
-            return
-        self.bytes_in += n
-        self._reads_left -= 1
-        if not self._reads_left:
-            self._promote()
-        part = cuts.get(n)  # view[:n], remembered (_cut, inlined)
-        if part is None:
-            part = view[:n]
-            if len(cuts) < MAX_CUTS:
-                cuts[n] = part
-        try:
-            sent = _write(self._peer_fd, part)  # os.write: cheaper than socket.send
-        except _RETRY:
-            sent = 0
-        except OSError as exc:
-            self.session._fail(exc)
-            return
+            if n > 0:
+                sent = n
+            elif n == 0:
+                self._on_eof()
+                return
+            elif n == -1:  # nothing to read after all
+                return
+            else:  # a short write
+                n = -n - 2
+                sent = n >> 32
+                n &= 0xFFFFFFFF
+            self.bytes_in += n
+            self._reads_left -= 1
+            if not self._reads_left:
+                self._promote()
+        else:
+            try:
+                got = self._recv_into(view)
+            except _RETRY:
+                return
+            except OSError as exc:
+                self.session._fail(exc)
+                return
+            if not got:
+                if got is None:  # (FileIO.readinto: nothing to read after all)
+                    return
+                self._on_eof()
+                return
+            n = got
+            self.bytes_in += n
+            self._reads_left -= 1
+            if not self._reads_left:
+                self._promote()
+            part = cuts.get(n)  # view[:n], remembered (_cut, inlined)
+            if part is None:
+                part = view[:n]
+                if len(cuts) < MAX_CUTS:
+                    cuts[n] = part
+            try:
+                sent = _write(self._peer_fd, part)  # os.write: cheaper than socket.send
+            except _RETRY:
+                sent = 0
+            except OSError as exc:
+                self.session._fail(exc)
+                return
         if sent != n:
             self.backlog = memoryview(view[sent:n].tobytes())
             self._hold()
@@ -337,7 +377,7 @@ class Connection(asyncio.Protocol):
         once would not pay off on a short session)."""
         if self._mask and not self.closed:
             self.session._watcher.promote(self.fd, self._mask, self._handler())
-        if not self.closed:
+        if not self.closed and _relay is None:
             self._recv_into = io.FileIO(self.fd, "r", closefd=False).readinto
         peer = self.peer
         if peer is not None and peer._reads_left > 0:

@@ -1,0 +1,3 @@
+"""vproxy.net._relay (_relay.c): one relay step, a read and a write, in one call."""
+
+def relay(src_fd: int, dst_fd: int, window: memoryview, /) -> int: ...
