@@ -24,7 +24,7 @@ import pytest
 from helpers import ROOT, fd_count, manual_tcp_lb, vproxy_process, wait_until
 from vproxy import ServerGroup, TcpLB
 from vproxy.net import connection, splice
-from vproxy.net.connection import MAX_CUTS, MIN_WINDOW, PROMOTE_AFTER_READS, Session
+from vproxy.net.connection import BULK_PIPE, MAX_CUTS, MIN_WINDOW, PROMOTE_AFTER_READS, Session
 from vproxy.net.event_loop import EventLoopGroup
 
 ElgFactory = Callable[..., EventLoopGroup]
@@ -185,11 +185,12 @@ def test_backpressure_holds_at_most_one_window(loop_kind: str, elg_factory: ElgF
             digest.update(block[:k])
             sent += k
             idle_since = time.monotonic()
-        # Socket buffers on the way hold a few MiB; the proxy itself one window.
+        # Socket buffers on the way hold a few MiB; the proxy itself one window, or
+        # one grown pipe (a splice that took a whole pipe grows it to BULK_PIPE).
         assert sent < 64 * MiB, f"{sent} bytes accepted: nothing pushed back"
         (session,) = lb.sessions
         held = session.el.call(lambda: session.front.piped + len(session.front.backlog or b""))
-        assert held <= max(lb.in_buffer_size, MIN_WINDOW)
+        assert held <= max(lb.in_buffer_size, BULK_PIPE)
         release.set()
         c.setblocking(True)
         c.shutdown(socket.SHUT_WR)
@@ -197,6 +198,46 @@ def test_backpressure_holds_at_most_one_window(loop_kind: str, elg_factory: ElgF
         c.close()
         wait_until(lambda: received, 10)
         assert received[0] == (sent, digest.hexdigest())
+
+
+def test_a_fast_stream_grows_its_pipe(loop_kind: str, elg_factory: ElgFactory) -> None:
+    """A splice that takes a whole pipe at once (the client is faster than the
+    backend) grows the direction's pipe to BULK_PIPE; the bytes arrive intact."""
+    data = _pattern(32 * MiB, 5)
+    go, done = threading.Event(), threading.Event()
+    received: list[str] = []
+
+    def handler(conn: socket.socket) -> None:
+        go.wait(30)  # the socket buffers on the way fill meanwhile
+        h, left = hashlib.sha256(), len(data)
+        while left and (chunk := conn.recv(min(left, MiB))):
+            h.update(chunk)
+            left -= len(chunk)
+        received.append(h.hexdigest())
+        done.wait(30)
+
+    backend = ThreadBackend(handler)
+    with relay(elg_factory, backend) as (lb, _):
+        with socket.create_connection(lb.address, timeout=30) as c:
+            t = threading.Thread(target=c.sendall, args=(data,))
+            t.start()
+            wait_until(lambda: lb.sessions and next(iter(lb.sessions)).front.bytes_in > MiB)
+            (session,) = lb.sessions
+            time.sleep(0.2)
+            go.set()
+            t.join(30)
+            wait_until(lambda: received, 30)
+
+            def pipe_size() -> int:
+                pipe = session.front.pipe
+                return pipe.size if pipe is not None else 0
+
+            size = session.el.call(pipe_size)  # the session is still open
+            done.set()
+            assert c.recv(1) == b""
+        assert received == [hashlib.sha256(data).hexdigest()]
+        assert size == (BULK_PIPE if splice.SPLICE_AVAILABLE else 0)
+    assert not backend.errors
 
 
 def _echo(conn: socket.socket) -> None:

@@ -47,12 +47,24 @@ else:  # pragma: no cover - not Linux
 class Pipe:
     """A non-blocking pipe: ``w`` takes bytes from a socket, ``r`` gives them to another."""
 
-    __slots__ = ("r", "size", "w")
+    __slots__ = ("grown", "r", "size", "w")
 
     def __init__(self, r: int, w: int, size: int) -> None:
         self.r = r
         self.w = w
         self.size = size
+        self.grown = False
+
+    def grow(self, size: int) -> None:
+        """Try once to hold ``size`` bytes (it may be refused: per-user pipe limits,
+        ``pipe-max-size``); the pipe keeps what it has then."""
+        self.grown = True
+        if size <= self.size or self.w < 0:
+            return
+        try:
+            self.size = fcntl.fcntl(self.w, _F_SETPIPE_SZ, size)
+        except OSError:
+            pass
 
     def close(self) -> None:
         """Close both ends (what is still in the pipe is dropped)."""
