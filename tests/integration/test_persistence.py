@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -68,10 +69,13 @@ def test_kill_9_during_saves_never_leaves_a_bad_file(tmp_path: Path) -> None:
             time.sleep(rng.uniform(0, 0.05))
         finally:
             p.kill()  # kill -9 at a random moment, maybe mid-save
-            p.wait(10)
-            for f in (p.stdin, p.stdout, p.stderr):
-                if f is not None:
-                    f.close()
+            try:
+                p.wait(10)
+            finally:
+                for f in (p.stdin, p.stdout, p.stderr):
+                    if f is not None:
+                        with contextlib.suppress(OSError):  # (stdin: a broken pipe)
+                            f.close()
         assert last.exists()
         nums = upstream_numbers(last)
         assert nums == list(range(len(nums))), "the saved file is not one consistent state"
