@@ -163,6 +163,14 @@ def test_live_sessions_count_while_they_run(instance: Instance) -> None:
         for c in clients:
             c.sendall(b"hello")
             assert c.recv(5) == b"hello"
+        # A relay step counts its bytes right after writing them: the client may read
+        # them a moment before the counters show them.
+        wait_until(
+            lambda: all(
+                s["bytes_in"] == 5 and s["bytes_out"] == 5
+                for s in json.loads(get(instance.api, "/api/v1/status")[2])["sessions"]
+            )
+        )
         m = scrape(instance.api)
         assert one(m["vproxy_listener_active_sessions"], listener="lb0") == 3
         assert one(m["vproxy_listener_bytes_in_total"], listener="lb0") == 15
