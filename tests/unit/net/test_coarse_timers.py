@@ -58,6 +58,10 @@ def test_an_owner_holds_deadlines_in_several_buckets() -> None:
         timers = CoarseTimers(loop)
         fired: list[tuple[str, int]] = []
         s = Owner("s", fired)
+        # Start right after a tick boundary (of now + 0.02): the adds below, within
+        # microseconds, then land in the buckets they mean to, not in the next ones.
+        tick = CoarseTimers.TICK
+        await asyncio.sleep(tick - (loop.time() + 0.02) % tick + 0.002)
         k1 = timers.add(0.02, s)
         k2 = timers.add(0.02 + 3 * CoarseTimers.TICK, s)
         k3 = timers.add(0.02 + 6 * CoarseTimers.TICK, s)
