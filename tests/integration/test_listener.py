@@ -125,3 +125,4 @@ def test_update_acceptor_elg_moves_accepting(
     # The listening socket stayed the same: the port did not change.
     with socket.create_connection(listener.address, timeout=5):
         pass
+    wait_until(lambda: not listener.sessions)  # ended before the backend stops

@@ -134,6 +134,8 @@ def test_tcp_lb_refuses_connection_over_max_at_accept(
         for c in clients:
             c.close()
         lb.stop(close_sessions=True)
+        # sessions end on their loops: let them, before the backend stops
+        wait_until(lambda: not lb.sessions)
 
 
 def test_tcp_lb_burst_never_exceeds_max(
