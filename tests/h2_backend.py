@@ -43,7 +43,7 @@ from h2.events import (
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes, Settings
 
-from helpers import release_transports
+from helpers import release_transports, stop_serving
 
 PATTERN = b"0123456789" * 6554  # 65540 bytes
 LIVE: set[H2BackendProtocol] = set()
@@ -301,7 +301,7 @@ class ThreadBackend:
 
     def close(self) -> None:
         async def _stop() -> None:
-            self.server.close()
+            await stop_serving(self.server)
             for proto in list(LIVE):
                 if proto.transport is not None and proto.loop is self.loop:
                     proto.transport.abort()

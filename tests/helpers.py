@@ -77,6 +77,26 @@ class LoopThread:
         self.loop.close()
 
 
+async def stop_serving(server: asyncio.AbstractServer, turns: int = 5) -> None:
+    """Close ``server`` without leaking a connection it accepted just before.
+
+    Python 3.11's ``Server.close()`` lets the accepts already made go on in tasks, and
+    a transport made after the close fails in its ``__init__`` (``Server._attach``
+    asserts the server is open): the exception is swallowed and the socket is left
+    open, found later by the GC as an "unclosed transport". So: stop accepting first,
+    let the accepted connections reach their handlers (which close them once
+    stopped), then close.
+    """
+    loop = asyncio.get_running_loop()
+    for sock in getattr(server, "sockets", ()):
+        loop.remove_reader(sock.fileno())
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    server.close()
+    for _ in range(turns):
+        await asyncio.sleep(0)
+
+
 async def release_transports(turns: int = 200) -> None:
     """Abort every socket transport of the running loop that still holds its socket,
     and wait until each has let it go (its connection_lost callback ran).
@@ -149,9 +169,7 @@ class Backend:
     def stop(self) -> None:
         async def _stop(server: asyncio.AbstractServer | None) -> None:
             assert server is not None
-            server.close()
-            for _ in range(3):  # handlers of just-accepted connections register first
-                await asyncio.sleep(0)
+            await stop_serving(server)
             for w in list(self._writers):
                 w.transport.abort()
             await server.wait_closed()
