@@ -24,15 +24,20 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 
-def compiled_sources() -> list[str]:
-    """The sources of vproxy.build.COMPILED (read from the file: the package's
-    dependencies are not installed while it is built)."""
+def _build_lists() -> Any:
+    """vproxy/build.py, read from the file: the package's dependencies are not
+    installed while it is built."""
     spec = importlib.util.spec_from_file_location("_vproxy_build", "src/vproxy/build.py")
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return ["src/" + name.replace(".", "/") + ".py" for name in module.COMPILED]
+    return module
+
+
+def compiled_sources() -> list[str]:
+    """The sources of vproxy.build.COMPILED."""
+    return ["src/" + name.replace(".", "/") + ".py" for name in _build_lists().COMPILED]
 
 
 class OptionalBuildExt(build_ext):
@@ -51,14 +56,9 @@ class OptionalBuildExt(build_ext):
 
 def c_helpers() -> list[Any]:
     """The extensions written in C (vproxy.build.C_HELPERS; ``src/<module path>.c``)."""
-    spec = importlib.util.spec_from_file_location("_vproxy_build", "src/vproxy/build.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     return [
         Extension(name, ["src/" + name.replace(".", "/") + ".c"], extra_compile_args=["-O2"])
-        for name in module.C_HELPERS
+        for name in _build_lists().C_HELPERS
     ]
 
 
