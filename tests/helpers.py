@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import re
 import socket
@@ -32,6 +33,48 @@ def wait_until(pred: Callable[[], object], timeout: float = 10.0, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s: {pred}")
         time.sleep(interval)
+
+
+def assert_stop_leaves_no_client_connected(
+    start: Callable[[], tuple[Any, tuple[str, int]]],
+    stop: Callable[[Any], None],
+    rounds: int = 8,
+    clients: int = 20,
+) -> None:
+    """Clients that connect in the instant of a stop are all closed by it (EOF or
+    reset within 5 s), none left connected to a socket only the GC would close.
+
+    ``start()`` starts a listener and returns it with its address; ``stop(it)`` stops
+    it. Each round connects ``clients`` non-blocking sockets and stops at once, so the
+    stop reaches the loop while it accepts them. The GC is off meanwhile: a socket
+    left open must not be closed by a collection before it is seen.
+    """
+    gc.disable()
+    try:
+        for _ in range(rounds):
+            listener, address = start()
+            socks: list[socket.socket] = []
+            try:
+                for _ in range(clients):
+                    s = socket.socket()
+                    s.setblocking(False)
+                    s.connect_ex(address)
+                    socks.append(s)
+                stop(listener)
+                for s in socks:
+                    s.settimeout(5)
+                    try:
+                        got = s.recv(1)
+                    except ConnectionError:
+                        continue  # refused or reset: closed too
+                    except TimeoutError:
+                        raise AssertionError("a client was left connected after the stop") from None
+                    assert got == b"", f"a client got {got!r} from a stopped listener"
+            finally:
+                for s in socks:
+                    s.close()
+    finally:
+        gc.enable()
 
 
 class LoopThread:

@@ -21,7 +21,13 @@ from openapi_spec_validator import validate as validate_spec
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
-from helpers import Backend, LoopThread, echo_handler, wait_until
+from helpers import (
+    Backend,
+    LoopThread,
+    assert_stop_leaves_no_client_connected,
+    echo_handler,
+    wait_until,
+)
 from vproxy.control.application import Application
 from vproxy.control.command import parse
 from vproxy.control.executor import Executor, Origin
@@ -682,6 +688,20 @@ def test_stop_closes_the_listener_and_is_idempotent(loop_kind: str) -> None:
         controller.stop()
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(address, timeout=5).close()
+    finally:
+        app.close()
+
+
+def test_stop_while_clients_connect_leaves_none_open(loop_kind: str) -> None:
+    app = Application.create_default()
+    try:
+
+        def start() -> tuple[HttpController, tuple[str, int]]:
+            c = HttpController("race", ("127.0.0.1", 0), Executor(app), app.control_el)
+            c.start()
+            return c, c.address
+
+        assert_stop_leaves_no_client_connected(start, lambda c: c.stop())
     finally:
         app.close()
 

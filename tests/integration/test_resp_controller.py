@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from helpers import wait_until
+from helpers import assert_stop_leaves_no_client_connected, wait_until
 from vproxy.control.application import Application
 from vproxy.control.executor import Executor, Origin
 from vproxy.control.reply import OK, Array, String
@@ -316,3 +316,12 @@ def test_start_and_stop_from_the_loop_thread(app: Application, executor: Executo
         cl.close()
     with pytest.raises(ConnectionRefusedError):
         Client(c.address)
+
+
+def test_stop_while_clients_connect_leaves_none_open(app: Application, executor: Executor) -> None:
+    def start() -> tuple[RespController, tuple[str, int]]:
+        c = RespController("race", ("127.0.0.1", 0), None, executor, app.control_el)
+        c.start()
+        return c, c.address
+
+    assert_stop_leaves_no_client_connected(start, lambda c: c.stop())

@@ -566,12 +566,10 @@ class HttpController(ListeningController):
         factory = runner.server
         if factory is None:  # setup() always sets it
             raise RuntimeError("aiohttp runner has no server")
-        server = await asyncio.get_running_loop().create_server(factory, sock=sock)
-        if self._sock is not sock:  # stopped before it began
-            server.close()
+        if not self._listen(sock, factory):  # stopped before it began
             await runner.cleanup()
             return
-        self._server, self._runner = server, runner
+        self._runner = runner
 
     def _run_stop(self, close: Callable[[], None]) -> None:
         # The aiohttp runner's clean-up closes the client connections (waiting up to

@@ -1,24 +1,39 @@
 """What the RESP and HTTP controllers share: one listening socket served on one loop.
 
 Owns: binding in the calling thread (so a bind error is raised to the caller, from
-any thread, the loop's own included), starting to serve on the controller's event
-loop, the bound address, and stopping: the listener, a start still in progress and
-the socket are closed on the loop, from any thread, safe to call twice.
+any thread, the loop's own included), accepting on the controller's event loop, the
+bound address, and stopping: the listener, a start still in progress, the
+connections accepted but not yet handed to their protocol, and the socket are closed
+on the loop, from any thread, safe to call twice.
 
-Must not: know the protocol. Each controller makes its server (:meth:`_serve`) and
-says what else stopping closes (:meth:`_stopped`, :meth:`_run_stop`).
+It accepts by itself (a reader on the listening socket, then
+``connect_accepted_socket``) rather than with ``loop.create_server``: closing an
+asyncio or uvloop ``Server`` in the instant it accepts could leave an accepted socket
+open with no transport (in Python 3.11, a transport made after ``Server.close()``
+fails in its ``__init__`` and the error is swallowed), the client connected to
+nothing until the garbage collector found it. Here a stop cancels what is in flight
+and closes each socket itself.
+
+Must not: know the protocol. Each controller makes its protocol factory and starts
+accepting (:meth:`_serve`, :meth:`_listen`) and says what else stopping closes
+(:meth:`_stopped`, :meth:`_run_stop`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import functools
 import logging
 import socket
 from collections.abc import Callable
 from typing import Final
 
 from vproxy.net.event_loop import EventLoop
-from vproxy.net.server_sock import bind_listener
+from vproxy.net.server_sock import ACCEPT_BATCH, BACKOFF_ERRNOS, BACKOFF_SECONDS, bind_listener
+
+#: makes the protocol of one accepted connection
+ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
 __all__ = ["START_TIMEOUT", "ListeningController"]
 
@@ -38,7 +53,8 @@ class ListeningController:
         self._requested = address
         self._bound: tuple[str, int] | None = None
         self._sock: socket.socket | None = None
-        self._server: asyncio.AbstractServer | None = None
+        self._factory: ProtocolFactory | None = None  # set while accepting
+        self._handing: set[asyncio.Task[object]] = set()  # accepted, protocol not yet made
         self._starting: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -84,24 +100,79 @@ class ListeningController:
         sock, self._sock = self._sock, None
         if sock is None:
             return
-        server, self._server = self._server, None
         starting, self._starting = self._starting, None
         _log.info("%s %s stopped", self.kind, self.name)
 
         def close() -> None:
             if starting is not None:
                 starting.cancel()
-            if server is not None:
-                server.close()
-            sock.close()  # a no-op once the server owns and closed it
+            if self._factory is not None:
+                self._factory = None
+                loop = self.el.loop
+                if not loop.is_closed():
+                    loop.remove_reader(sock.fileno())
+            for task in list(self._handing):
+                task.cancel()  # its done-callback closes the socket if nothing else will
+            sock.close()
             self._stopped()
 
         self._run_stop(close)
 
+    def _listen(self, sock: socket.socket, factory: ProtocolFactory) -> bool:
+        """On the loop: start accepting on ``sock``, each connection served by a protocol
+        from ``factory``; False (and nothing done) if ``stop()`` came first."""
+        if self._sock is not sock:
+            return False
+        self._factory = factory
+        self.el.loop.add_reader(sock.fileno(), self._accept_ready, sock)
+        return True
+
+    def _accept_ready(self, sock: socket.socket) -> None:
+        loop = self.el.loop
+        for _ in range(ACCEPT_BATCH):
+            factory = self._factory
+            if factory is None or self._sock is not sock:
+                return  # stopped by a connection of this batch
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in BACKOFF_ERRNOS:
+                    _log.warning(
+                        "%s %s: accept: %s; pausing accepts for %.0f ms",
+                        self.kind,
+                        self.name,
+                        exc.strerror,
+                        BACKOFF_SECONDS * 1000,
+                    )
+                    loop.remove_reader(sock.fileno())
+                    loop.call_later(BACKOFF_SECONDS, self._resume, sock)
+                elif exc.errno not in (errno.ECONNABORTED, errno.EPROTO):
+                    _log.error("%s %s: accept failed: %s", self.kind, self.name, exc)
+                return
+            conn.setblocking(False)
+            task: asyncio.Task[object] = loop.create_task(
+                loop.connect_accepted_socket(factory, conn)
+            )
+            self._handing.add(task)
+            task.add_done_callback(functools.partial(self._handed, conn))
+
+    def _handed(self, conn: socket.socket, task: asyncio.Task[object]) -> None:
+        self._handing.discard(task)
+        if task.cancelled() or task.exception() is not None:
+            # Stopped before the protocol was made, or making the transport failed: the
+            # transport (if any) closed its socket; this closes it if none was made.
+            conn.close()
+
+    def _resume(self, sock: socket.socket) -> None:
+        if self._factory is not None and self._sock is sock:
+            self.el.loop.add_reader(sock.fileno(), self._accept_ready, sock)
+
     # -- what each controller provides ------------------------------------------------------
     async def _serve(self, sock: socket.socket) -> None:
-        """On the loop: serve ``sock`` (set ``_server``), unless ``stop()`` came first
-        (``_sock`` is no longer ``sock``): then close what was made and return."""
+        """On the loop: make the protocol factory and :meth:`_listen`; if ``stop()``
+        came first (``_listen`` says False), close what was made and return."""
         raise NotImplementedError
 
     def _stopped(self) -> None:

@@ -414,11 +414,7 @@ class RespController(ListeningController):
         def factory() -> RespSession:
             return RespSession(self.executor, password, self._sessions)
 
-        server = await asyncio.get_running_loop().create_server(factory, sock=sock)
-        if self._sock is not sock:  # stopped before it began
-            server.close()
-            return
-        self._server = server
+        self._listen(sock, factory)  # (False: stopped before it began, nothing to close)
 
     def _stopped(self) -> None:
         for session in list(self._sessions):

@@ -24,6 +24,9 @@ from vproxy.net.event_loop import EventLoop, EventLoopError, EventLoopGroup
 
 __all__ = [
     "ACCEPTED_NODELAY",
+    "ACCEPT_BATCH",
+    "BACKOFF_ERRNOS",
+    "BACKOFF_SECONDS",
     "ServerSock",
     "accept_queue_length",
     "bind_listener",
@@ -34,7 +37,8 @@ __all__ = [
 
 _log = logging.getLogger("vproxy.net")
 
-_BACKOFF_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: accept() errors that pause accepting for BACKOFF_SECONDS (out of fds or memory)
+BACKOFF_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 ACCEPT_BATCH: Final = 64
 BACKOFF_SECONDS: Final = 0.1
 DEFAULT_BACKLOG: Final = 4096
@@ -201,7 +205,7 @@ class ServerSock:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                if exc.errno in _BACKOFF_ERRNOS:
+                if exc.errno in BACKOFF_ERRNOS:
                     self._backoff(exc)
                     return
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
