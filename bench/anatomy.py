@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Where a keep-alive request's CPU goes: vproxy tcp-lb vs HAProxy vs no proxy.
+"""Where an L4 request's CPU goes: vproxy tcp-lb vs HAProxy vs no proxy.
 
 bench/run.py says how fast each proxy is; this script says why, for the L4
-keep-alive row (``wrk -t1 -c64`` through one worker, nginx backend). Per request
+keep-alive row (``wrk -t1 -c64`` through one worker, nginx backend) or, with
+``--close``, the ``Connection: close`` row (a connection per request). Per request
 and per target, from one run each:
 
 - req/s, and the proxy's CPU split into user and system time (/proc/PID/stat);
@@ -16,6 +17,7 @@ and per target, from one run each:
 
     python3 bench/anatomy.py                        # 3 rounds x 4 s, counters only
     python3 bench/anatomy.py --strace --perf        # and the system calls and the profile
+    python3 bench/anatomy.py --close --strace       # a connection per request
 
 The rounds are interleaved and the median is printed. Everything listens on
 127.0.0.1 with free ports; every process is started in its own session and stopped
@@ -60,9 +62,13 @@ def tcp_out_segments() -> int:
     return int(values[head.index("OutSegs")])
 
 
+#: extra wrk arguments (``--close`` adds ``-H "Connection: close"``)
+WRK_ARGS: list[str] = []
+
+
 def wrk(port: int, seconds: int) -> int:
     out = subprocess.run(
-        ["wrk", "-t1", "-c64", f"-d{seconds}s", f"http://{bench.HOST}:{port}/"],
+        ["wrk", "-t1", "-c64", f"-d{seconds}s", *WRK_ARGS, f"http://{bench.HOST}:{port}/"],
         capture_output=True,
         text=True,
         timeout=seconds + 30,
@@ -148,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=int, default=4)
+    p.add_argument("--close", action="store_true", help="Connection: close, not keep-alive")
     p.add_argument("--strace", action="store_true", help="count system calls (needs strace)")
     p.add_argument("--perf", action="store_true", help="profile the proxies (needs perf)")
     a = p.parse_args(argv)
@@ -155,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which(tool) is None:
             print(f"{tool} is needed (bench/run.py installs the others)", file=sys.stderr)
             return 1
+    if a.close:
+        WRK_ARGS[:] = ["-H", "Connection: close"]
     tmp = Path(tempfile.mkdtemp(prefix="vproxy-anatomy-"))
     pm = bench.ProcessManager(tmp)
     try:

@@ -257,6 +257,47 @@ def _round_trips(c: socket.socket, n: int) -> None:
         assert got == msg
 
 
+def _tcp_info_u32(sock: socket.socket, offset: int) -> int:
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 144)
+    return int.from_bytes(info[offset : offset + 4], "little")
+
+
+def test_last_bytes_leave_with_the_fin(loop_kind: str, elg_factory: ElgFactory) -> None:
+    """A backend's answer and its FIN in one segment reach the client in one segment
+    too: the relay writes bytes that precede a FIN with ``MSG_MORE``, and the shutdown
+    right after sends them with the FIN."""
+    asked, go = threading.Event(), threading.Event()
+
+    def handler(conn: socket.socket) -> None:
+        if conn.recv(1) != b"Q":
+            return  # a health check
+        asked.set()
+        go.wait(10)
+        conn.send(b"the answer", socket.MSG_MORE)
+        conn.shutdown(socket.SHUT_WR)  # the answer and the FIN in one segment
+        while conn.recv(100):
+            pass
+
+    backend = ThreadBackend(handler)
+    with relay(elg_factory, backend) as (lb, _):
+        for _ in range(3):
+            asked.clear()
+            go.clear()
+            with socket.create_connection(lb.address, timeout=10) as c:
+                c.sendall(b"Q")
+                assert asked.wait(10)
+                wait_until(lambda c=c: _tcp_info_u32(c, 24) == 0)  # tcpi_unacked: "Q" is acked
+                before = _tcp_info_u32(c, 140)  # tcpi_segs_in
+                go.set()
+                got = b""
+                while chunk := c.recv(100):
+                    got += chunk
+                assert got == b"the answer"
+                assert _tcp_info_u32(c, 140) - before == 1
+            wait_until(lambda: not lb.sessions)
+    assert not backend.errors
+
+
 def test_remembered_slices_carry_each_read(loop_kind: str, elg_factory: ElgFactory) -> None:
     """Messages of more lengths than a window remembers slices for, each length with
     new bytes each time: every echo is the message just sent."""

@@ -1,9 +1,11 @@
 /*
  * vproxy.net._relay: one relay step of a socket-mode connection in one call.
  *
- * relay(src_fd, dst_fd, window) reads what src_fd has into the writable buffer
- * `window` and writes it to dst_fd, releasing the interpreter lock once for both
- * system calls. Python's own calls (recv_into, then os.write) release and retake it
+ * relay(src_fd, dst_fd, window[, flags]) reads what src_fd has into the writable
+ * buffer `window` and writes it to dst_fd, releasing the interpreter lock once for
+ * both system calls. With flags (send(2) flags, e.g. MSG_MORE when the source's FIN
+ * has arrived and a shutdown of dst_fd follows: the bytes then leave with the FIN
+ * in one segment) the write is a send(2). Python's own calls (recv_into, then os.write) release and retake it
  * around each, and parse their arguments each time: about a third of the user-space
  * work of a keep-alive request (docs/performance.md).
  *
@@ -24,6 +26,7 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 static int
@@ -44,19 +47,31 @@ fd_arg(PyObject *arg, const char *what, int *out)
 static PyObject *
 relay(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    int src, dst;
+    int src, dst, flags = 0;
     Py_buffer view;
     ssize_t n, sent = 0;
     int read_errno = 0, write_errno = 0;
 
     (void)module;
-    if (nargs != 3) {
+    if (nargs != 3 && nargs != 4) {
         PyErr_Format(PyExc_TypeError,
-                     "relay(src_fd, dst_fd, window) takes 3 arguments (%zd given)", nargs);
+                     "relay(src_fd, dst_fd, window[, flags]) takes 3 or 4 arguments (%zd given)",
+                     nargs);
         return NULL;
     }
     if (fd_arg(args[0], "src_fd", &src) < 0 || fd_arg(args[1], "dst_fd", &dst) < 0) {
         return NULL;
+    }
+    if (nargs == 4) {
+        long f = PyLong_AsLong(args[3]);
+        if (f == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (f < 0 || f > 0x7fffffffL) {
+            PyErr_Format(PyExc_ValueError, "relay: bad send flags %ld", f);
+            return NULL;
+        }
+        flags = (int)f;
     }
     if (PyObject_GetBuffer(args[2], &view, PyBUF_WRITABLE) < 0) {
         return NULL;
@@ -77,7 +92,7 @@ relay(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     else if (n > 0) {
         ssize_t w;
         do {
-            w = write(dst, view.buf, (size_t)n);
+            w = flags ? send(dst, view.buf, (size_t)n, flags) : write(dst, view.buf, (size_t)n);
         } while (w < 0 && errno == EINTR);
         if (w >= 0) {
             sent = w;
@@ -108,7 +123,8 @@ relay(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 static PyMethodDef relay_methods[] = {
     {"relay", (PyCFunction)(void (*)(void))relay, METH_FASTCALL,
-     "relay(src_fd, dst_fd, window) -> int: read src_fd into window, write it to dst_fd."},
+     "relay(src_fd, dst_fd, window[, flags]) -> int: read src_fd into window, write it to "
+     "dst_fd (send(2) with flags when given)."},
     {NULL, NULL, 0, NULL},
 };
 

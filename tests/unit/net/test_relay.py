@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -110,6 +111,46 @@ def test_partial_write_is_counted() -> None:
             s.close()
 
 
+def segments_in(sock: socket.socket) -> int:
+    """TCP segments ``sock`` has received (``tcpi_segs_in``)."""
+    return int.from_bytes(
+        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 144)[140:144], "little"
+    )
+
+
+@pytest.mark.parametrize("more", [True, False], ids=["msg-more", "plain"])
+def test_with_msg_more_the_bytes_wait_for_the_fin(more: bool) -> None:
+    """With ``MSG_MORE`` the step's bytes wait in the kernel for the shutdown that
+    follows and arrive with the FIN in one segment; without, in two."""
+    client, src = socket.socketpair()
+    with socket.create_server(("127.0.0.1", 0)) as lsock:
+        dst = socket.create_connection(lsock.getsockname())
+        server, _ = lsock.accept()
+    try:
+        for s in (dst, server):
+            s.setblocking(False)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        time.sleep(0.05)  # the handshake's last ACK is in
+        before = segments_in(server)
+        client.sendall(b"response")
+        flags = (socket.MSG_MORE,) if more else ()
+        assert relay(src.fileno(), dst.fileno(), memoryview(bytearray(64)), *flags) == 8
+        if more:
+            with pytest.raises(BlockingIOError):
+                server.recv(100)  # held for the FIN
+        dst.shutdown(socket.SHUT_WR)
+        server.setblocking(True)
+        server.settimeout(5)
+        got = b""
+        while chunk := server.recv(100):
+            got += chunk
+        assert got == b"response"
+        assert segments_in(server) - before == (1 if more else 2)
+    finally:
+        for s in (client, src, dst, server):
+            s.close()
+
+
 def test_errors_raise_oserror_with_the_errno(pairs: tuple[socket.socket, ...]) -> None:
     client, src, dst, server = pairs
     window = memoryview(bytearray(64))
@@ -129,7 +170,10 @@ def test_errors_raise_oserror_with_the_errno(pairs: tuple[socket.socket, ...]) -
 @pytest.mark.parametrize(
     ("args", "error", "message"),
     [
-        ((1, 2), TypeError, "takes 3 arguments (2 given)"),
+        ((1, 2), TypeError, "takes 3 or 4 arguments (2 given)"),
+        ((1, 2, memoryview(bytearray(1)), 0, 0), TypeError, "takes 3 or 4 arguments (5 given)"),
+        ((1, 2, memoryview(bytearray(1)), -1), ValueError, "bad send flags -1"),
+        ((1, 2, memoryview(bytearray(1)), "x"), TypeError, "integer"),
         ((-1, 2, memoryview(bytearray(1))), ValueError, "src_fd must be a file descriptor"),
         ((1, 1 << 40, memoryview(bytearray(1))), ValueError, "dst_fd must be a file descriptor"),
         (("1", 2, memoryview(bytearray(1))), TypeError, "integer"),
