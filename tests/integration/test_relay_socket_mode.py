@@ -360,6 +360,37 @@ def test_promoted_sockets_read_through_fileio(loop_kind: str, elg_factory: ElgFa
     assert not backend.errors
 
 
+@pytest.mark.parametrize("reader", ["short", "promoted"])
+def test_a_reset_is_passed_on_as_a_reset(
+    loop_kind: str, elg_factory: ElgFactory, reader: str
+) -> None:
+    """A backend that resets mid-answer makes the client see a reset, not a clean
+    end: a truncated stream must not pass for a complete one. What came before the
+    reset arrives first."""
+    rounds = 3 if reader == "short" else PROMOTE_AFTER_READS + 5
+
+    def handler(conn: socket.socket) -> None:
+        if conn.recv(1) != b"Q":
+            return  # a health check
+        for _ in range(rounds):
+            conn.sendall(b"part")
+            if conn.recv(1) != b"n":
+                return
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()  # a reset, no FIN
+
+    backend = ThreadBackend(handler)
+    with relay(elg_factory, backend) as (lb, _), socket.create_connection(lb.address, 10) as c:
+        c.sendall(b"Q")
+        for _ in range(rounds):
+            assert c.recv(4) == b"part"
+            c.sendall(b"n")
+        with pytest.raises(ConnectionResetError):
+            c.recv(100)
+        wait_until(lambda: not lb.sessions, 10)
+    assert not backend.errors
+
+
 def test_force_close_and_forced_retire_release_everything(
     loop_kind: str, elg_factory: ElgFactory
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import struct
@@ -242,6 +243,35 @@ def test_request_payload_and_fin_before_the_reply(world: World) -> None:
             assert data.endswith(b"v4"), data
     wait_until(lambda: not world.s5.sessions)
     assert world.s5.bytes_from_clients == 2 * len(hello)
+
+
+def test_a_target_reset_reaches_the_client_as_a_reset(
+    backend_loop: LoopThread, elg_factory: ElgFactory
+) -> None:
+    """A target that resets after part of its answer: the client gets the part, then
+    a reset (not a clean end that would pass a cut stream for a whole one)."""
+
+    async def part_then_reset(r, w):  # type: ignore[no-untyped-def]
+        await r.readexactly(1)
+        w.write(b"part")
+        await w.drain()
+        await asyncio.sleep(0.05)
+        sock = w.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        w.transport.abort()
+
+    target = Backend(backend_loop, part_then_reset)
+    w = World(backend_loop, elg_factory, allow_non_backend=True)
+    try:
+        with raw(w.port) as s:
+            s.sendall(b"\x05\x01\x00" + req(1, 1, v4("127.0.0.1"), target.port) + b"Q")
+            assert recv_exact(s, 12)[:4] == b"\x05\x00\x05\x00"
+            assert recv_exact(s, 4) == b"part"
+            with pytest.raises(ConnectionResetError):
+                s.recv(100)
+        wait_until(lambda: not w.s5.sessions)
+    finally:
+        w.s5.stop(close_sessions=True)
 
 
 def test_bytes_sent_while_the_connect_is_pending(world: World) -> None:

@@ -45,6 +45,7 @@ import logging
 import os
 import select
 import socket
+import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -97,6 +98,9 @@ _TCP_NODELAY: Final = socket.TCP_NODELAY
 _SOL_SOCKET: Final = socket.SOL_SOCKET
 _SO_ERROR: Final = socket.SO_ERROR
 _SHUT_WR: Final = socket.SHUT_WR
+# SO_LINGER on with 0 s: close() sends a reset and drops what is unsent (a broken side's
+# peer is reset, so that a stream cut short does not pass for a complete one).
+_LINGER_RESET: Final = struct.pack("ii", 1, 0)
 _EINPROGRESS: Final = errno.EINPROGRESS
 _write: Final = os.write
 _RETRY: Final = (BlockingIOError, InterruptedError)
@@ -628,6 +632,18 @@ class Connection(asyncio.Protocol):
         elif self.sock is not None and not self.closed:
             self.sock.shutdown(_SHUT_WR)
 
+    def _reset_on_close(self) -> None:
+        """Make this side's close a reset (``SO_LINGER`` 0), in either mode."""
+        sock: Any = self.sock
+        if sock is None and self._transport is not None and not self.lost:
+            sock = self._transport.get_extra_info("socket")
+        if sock is None or self.closed:
+            return
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        except OSError:
+            pass  # already gone: nothing to reset
+
     def _close(self, abort: bool) -> None:
         t = self._transport
         self.writable = False
@@ -1043,7 +1059,11 @@ class Session:
             src._start_reading()
 
     def _fail(self, exc: OSError) -> None:
+        """A side broke (a reset, a broken pipe, ...): reset both, so that the other
+        end does not take the cut for a clean end, and neither lingers."""
         _log.debug("session %s: %s", self.id, exc)
+        self.front._reset_on_close()
+        self.back._reset_on_close()
         self.abort()
 
     # transport mode
@@ -1065,6 +1085,8 @@ class Session:
         assert peer is not None
         # A clean close flushes what is buffered toward the peer; a broken side
         # passes the reset on.
+        if exc is not None:
+            peer._reset_on_close()
         peer._close(abort=exc is not None)
         if peer.lost or peer._transport is None:
             self._finish()
