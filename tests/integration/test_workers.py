@@ -37,6 +37,7 @@ from helpers import (
     vproxy_process,
     wait_until,
 )
+from vproxy.control.workers import requests_migrate
 
 PASSWORD = "s3cret"
 
@@ -270,6 +271,9 @@ def test_simple_workers_share_the_port_and_a_killed_worker_comes_back(
         assert set(idents) == {"a", "b"}
     assert "worker 1 restarted" in vp.stderr_text
     assert "was killed by signal 9" in vp.stderr_text
+    # what happened to the connections queued for it, as the kernel is set
+    said = "connections queued for it, if any, were reset" in vp.stderr_text
+    assert said is (requests_migrate() is False)
     for pid in (vp.pid, worker, new_worker):
         assert not alive(pid)
 

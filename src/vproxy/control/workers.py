@@ -67,7 +67,14 @@ if TYPE_CHECKING:
     from vproxy.control.executor import Executor
     from vproxy.control.reply import JsonValue
 
-__all__ = ["MAX_WORKERS", "Workers", "canonical_line", "spawned_worker_main"]
+__all__ = [
+    "MAX_WORKERS",
+    "MIGRATE_REQ_PATH",
+    "Workers",
+    "canonical_line",
+    "requests_migrate",
+    "spawned_worker_main",
+]
 
 _log = logging.getLogger("vproxy.control")
 
@@ -78,6 +85,10 @@ STATS_TIMEOUT = 2.0
 HELLO_TIMEOUT = 30.0
 """Seconds a (re)started worker has to import and build its application."""
 RESTART_INTERVAL = 1.0
+MIGRATE_REQ_PATH: Final = "/proc/sys/net/ipv4/tcp_migrate_req"
+"""The kernel setting (Linux 5.14+, per network namespace) that hands the connections
+queued on a closed listener to another listener of its ``SO_REUSEPORT`` group instead
+of resetting them."""
 """At most one start per worker slot per second (a worker that dies at once)."""
 STOP_TIMEOUT = 5.0
 
@@ -653,7 +664,15 @@ class Workers:
                 pid, status = w.pid, 0
             if pid == 0:
                 return
-            _log.warning("worker %d (pid %d) %s; restarting it", w.index, w.pid, _exit_text(status))
+            lost = ""
+            if requests_migrate() is False:
+                lost = (
+                    "; connections queued for it, if any, were reset"
+                    " (net.ipv4.tcp_migrate_req=1 hands them to the other processes)"
+                )
+            _log.warning(
+                "worker %d (pid %d) %s%s; restarting it", w.index, w.pid, _exit_text(status), lost
+            )
             self._retire(w)
         if time.monotonic() >= w.started + RESTART_INTERVAL:
             self._restart(w)
@@ -934,6 +953,17 @@ def _overlap(a: str, b: str) -> bool:
     if (":" in a) != (":" in b):
         return False  # IPv6 listeners are v6-only
     return a == b or a in ("0.0.0.0", "::") or b in ("0.0.0.0", "::")
+
+
+def requests_migrate(path: str = MIGRATE_REQ_PATH) -> bool | None:
+    """Whether the kernel hands a dead worker's queued connections to the other
+    processes (:data:`MIGRATE_REQ_PATH` is not 0); None when it cannot tell (no such
+    setting: an older kernel, or no ``/proc``)."""
+    try:
+        with open(path) as f:
+            return int(f.read().strip() or "0") != 0
+    except (OSError, ValueError):
+        return None
 
 
 def _exit_text(status: int) -> str:
