@@ -652,6 +652,13 @@ def test_sessions_of_every_process_are_summed_and_each_process_is_shown(
             assert by_worker(m["vproxy_worker_up"]) == {"0": 1, "1": 1}
             (active,) = m["vproxy_listener_active_sessions"].values()
             assert active == n
+            # how the kernel spread the connections: each process's own count, at
+            # least what it holds now, and together the listener's count
+            accepted = by_worker(m["vproxy_worker_accepted_total"])
+            assert all(accepted[k] >= held_by[k] > 0 for k in held_by), (accepted, held_by)
+            (total,) = m["vproxy_listener_accepted_connections_total"].values()
+            if pids[1] == worker:  # (a killed worker's count left its slot with it)
+                assert sum(accepted.values()) == total
             st = status(http)
             assert st["sessions_total"] == n
             (lb,) = st["listeners"]

@@ -388,12 +388,16 @@ class WorkerReading:
         up: Whether it is running and answered this scrape.
         restarts: How many times a new process was started in this slot.
         sessions: Its live sessions, over all its listeners (0 when not up).
+        accepted: Connections the process in this slot accepted, over all its
+            listeners (as last seen when it does not answer; a new process in the
+            slot starts again from 0).
     """
 
     worker: int
     up: bool
     restarts: int
     sessions: int
+    accepted: int = 0
 
 
 def worker_metrics(readings: Iterable[WorkerReading]) -> list[Metric]:
@@ -404,7 +408,8 @@ def worker_metrics(readings: Iterable[WorkerReading]) -> list[Metric]:
 
     Returns:
         ``vproxy_worker_up``, ``vproxy_worker_restarts`` (a counter: ``_total`` in
-        the exposition) and ``vproxy_worker_sessions``, labelled ``worker``.
+        the exposition), ``vproxy_worker_sessions`` and ``vproxy_worker_accepted``
+        (a counter: how the kernel spread the connections), labelled ``worker``.
     """
     from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
 
@@ -424,12 +429,19 @@ def worker_metrics(readings: Iterable[WorkerReading]) -> list[Metric]:
         "Sessions running in the process now, over all its listeners.",
         labels=labels,
     )
+    accepted = CounterMetricFamily(
+        "vproxy_worker_accepted",
+        "Connections accepted by the process in this slot, over all its listeners "
+        "(a restarted process starts again from 0).",
+        labels=labels,
+    )
     for r in readings:
         values = [str(r.worker)]
         up.add_metric(values, 1 if r.up else 0)
         restarts.add_metric(values, r.restarts)
         sessions.add_metric(values, r.sessions)
-    return [up, restarts, sessions]
+        accepted.add_metric(values, r.accepted)
+    return [up, restarts, sessions, accepted]
 
 
 def render_metrics(collector: AppCollector) -> bytes:

@@ -97,6 +97,7 @@ STOP_TIMEOUT = 5.0
 # refused (all 0 for a socks5-server).
 # Servers: bytes from the server, bytes toward it, active, connect failures.
 # Event loops: sessions.
+_L_ACCEPTED = 0
 _L_ACTIVE = 3
 _L_RESPONSES = 6
 _L_COUNTERS = tuple(i for i in range(_L_RESPONSES + len(HTTP_CODE_CLASSES) + 1) if i != _L_ACTIVE)
@@ -162,6 +163,11 @@ class _Stats:
     def sessions(self) -> int:
         """Live sessions over all the listeners."""
         return sum(row[_L_ACTIVE] for row in self.listeners.values())
+
+    @property
+    def accepted(self) -> int:
+        """Connections accepted over all the listeners."""
+        return sum(row[_L_ACCEPTED] for row in self.listeners.values())
 
     def add(self, other: _Stats, counters_only: bool = False) -> None:
         """Add ``other`` label set by label set; with ``counters_only`` (a process
@@ -582,7 +588,9 @@ class Workers:
             if failure is not None:
                 self._fail(w, f"gave no statistics: {failure}")
             sessions = live.sessions if live is not None else 0
-            readings.append(WorkerReading(w.index, live is not None, restarts, sessions))
+            seen = live if live is not None else w.last_stats
+            accepted = seen.accepted if seen is not None else 0
+            readings.append(WorkerReading(w.index, live is not None, restarts, sessions, accepted))
         return total, readings
 
     def listener_counters(self, listeners: Sequence[TcpLB | Socks5Server]) -> tuple[int, int, int]:
@@ -827,8 +835,10 @@ class _Scrape(AppCollector):
         return _add_samples(super()._loops(), _LOOP_FAMILIES, self._extra.loops)
 
     def _processes(self) -> Iterable[Metric]:
-        mine = sum(len(lb.sessions) for lb in self.app.listeners())
-        return worker_metrics([WorkerReading(0, True, 0, mine), *self._readings])
+        listeners = list(self.app.listeners())
+        mine = sum(len(lb.sessions) for lb in listeners)
+        accepted = sum(lb.accepted for lb in listeners)
+        return worker_metrics([WorkerReading(0, True, 0, mine, accepted), *self._readings])
 
 
 def _add_samples(

@@ -43,13 +43,14 @@ class _Families:
 
 
 def test_worker_families_have_one_sample_per_process() -> None:
-    readings = [WorkerReading(0, True, 0, 7), WorkerReading(1, False, 2, 0)]
+    readings = [WorkerReading(0, True, 0, 7, 40), WorkerReading(1, False, 2, 0, 33)]
     text = generate_latest(_Families(worker_metrics(readings))).decode()
     lines = text.splitlines()
     for family, kind in (
         ("vproxy_worker_up", "gauge"),
         ("vproxy_worker_restarts_total", "counter"),
         ("vproxy_worker_sessions", "gauge"),
+        ("vproxy_worker_accepted_total", "counter"),
     ):
         assert f"# TYPE {family} {kind}" in lines
         assert any(line.startswith(f"# HELP {family} ") for line in lines)
@@ -61,6 +62,8 @@ def test_worker_families_have_one_sample_per_process() -> None:
         'vproxy_worker_restarts_total{worker="1"} 2.0',
         'vproxy_worker_sessions{worker="0"} 7.0',
         'vproxy_worker_sessions{worker="1"} 0.0',
+        'vproxy_worker_accepted_total{worker="0"} 40.0',
+        'vproxy_worker_accepted_total{worker="1"} 33.0',
     ]
 
 
