@@ -54,6 +54,7 @@ from vproxy.control.metrics import (
     server_bytes,
     worker_metrics,
 )
+from vproxy.net import reuseport
 from vproxy.net.server_sock import format_address, set_reuse_port_default
 
 if TYPE_CHECKING:
@@ -673,7 +674,7 @@ class Workers:
             if pid == 0:
                 return
             lost = ""
-            if requests_migrate() is False:
+            if requests_migrate() is False and not reuseport.migrating():
                 lost = (
                     "; connections queued for it, if any, were reset"
                     " (net.ipv4.tcp_migrate_req=1 hands them to the other processes)"

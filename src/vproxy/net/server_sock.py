@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, Final, cast
 
+from vproxy.net import reuseport
 from vproxy.net.event_loop import EventLoop, EventLoopError, EventLoopGroup
 
 __all__ = [
@@ -115,13 +116,16 @@ def bind_listener(
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if _reuse_port_default if reuse_port is None else reuse_port:
+        shared = _reuse_port_default if reuse_port is None else reuse_port
+        if shared:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, port))
         sock.listen(backlog)
+        if shared:  # a socket of the group that closes hands its queue to the others
+            reuseport.attach(sock)
         sock.setblocking(False)
     except BaseException:
         sock.close()
