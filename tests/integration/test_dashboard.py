@@ -8,9 +8,12 @@ REST API, and closes a live connection. Screenshots land in the test's tmp_path.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import os
 import shutil
+import signal
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from helpers import Backend, LoopThread, echo_handler, wait_until
+from helpers import Backend, LoopThread, VproxyProcess, echo_handler, wait_until
 from vproxy.control.application import Application
 from vproxy.control.command import parse
 from vproxy.control.executor import Executor, Origin
@@ -147,6 +150,7 @@ def test_dashboard_live(instance: Instance, page: Any, tmp_path: Path) -> None:
         expect(listeners).to_contain_text("http-controller")
         expect(page.locator("#sessions tbody tr")).to_have_count(1)
         expect(page.locator("#loops tbody")).to_contain_text("(worker-el)")
+        expect(page.locator("#processes-box")).to_be_hidden()  # one process: no table
         page.wait_for_timeout(1500)  # a second poll: rates are shown
         page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
 
@@ -211,3 +215,52 @@ def test_static_files_are_self_contained(instance: Instance) -> None:
         assert resp.getheader("Location") == "/ui/"
     finally:
         conn.close()
+
+
+def test_dashboard_shows_each_process_with_workers(tmp_path: Path) -> None:
+    """``workers 2``: the page lists the master and the worker, each UP with its
+    sessions and accepted connections; a worker killed comes back counted as
+    restarted, without a reload."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (scripts/test.sh installs it)")
+    expect = playwright_sync.expect
+    vp = VproxyProcess(
+        "noLoadLast", "noSave", "noStdIOController", "http-controller", "127.0.0.1:0",
+        "workers", "2", env={"HOME": str(tmp_path)},
+    )  # fmt: skip
+    try:
+        port = vp.port  # the http-controller's: the only thing listening
+        assert port
+        (worker,) = children(vp.pid)
+        with playwright_sync.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                page.set_default_timeout(10_000)
+                errors: list[str] = []
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.goto(f"http://127.0.0.1:{port}/ui/")
+                rows = page.locator("#processes tbody tr")
+                expect(page.locator("#processes-box")).to_be_visible()
+                expect(rows).to_have_count(2)
+                expect(rows.nth(0)).to_contain_text("0 (master)")
+                expect(rows.nth(1).locator(".badge")).to_have_text("UP")
+                page.screenshot(path=str(tmp_path / "dashboard-workers.png"), full_page=True)
+                os.kill(worker, signal.SIGKILL)
+                # restarted: the Restarts cell of worker 1 says 1, and it is UP again
+                expect(rows.nth(1).locator("td").nth(2)).to_have_text("1", timeout=15_000)
+                expect(rows.nth(1).locator(".badge")).to_have_text("UP", timeout=15_000)
+                assert errors == [], errors
+            finally:
+                browser.close()
+    finally:
+        vp.stop()
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid``."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            out += [int(x) for x in task.joinpath("children").read_text().split()]
+    return out

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -38,6 +39,7 @@ from helpers import (
     vproxy_process,
     wait_until,
 )
+from vproxy.control.openapi import openapi_document
 from vproxy.control.workers import requests_migrate
 from vproxy.net import reuseport
 from vproxy.net.server_sock import bind_listener
@@ -677,6 +679,13 @@ def scrape(http: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     return out
 
 
+def validate_status(st: Any) -> None:
+    """``/api/v1/status`` as the OpenAPI document describes it."""
+    schema = openapi_document(bearer=False)["components"]["schemas"]["Status"]
+    assert isinstance(schema, dict)
+    jsonschema.validate(st, schema)
+
+
 def by_worker(samples: dict[tuple[tuple[str, str], ...], float]) -> dict[str, float]:
     return {dict(labels)["worker"]: v for labels, v in samples.items()}
 
@@ -722,7 +731,11 @@ def test_sessions_of_every_process_are_summed_and_each_process_is_shown(
             if pids[1] == worker:  # (a killed worker's count left its slot with it)
                 assert sum(accepted.values()) == total
             st = status(http)
+            validate_status(st)
             assert st["sessions_total"] == n
+            procs = {str(p["worker"]): p for p in st["processes"]}
+            assert {k: p["sessions"] for k, p in procs.items()} == held_by
+            assert all(p["up"] and p["accepted"] >= held_by[k] for k, p in procs.items()), procs
             (lb,) = st["listeners"]
             assert lb["sessions"] == n
             assert sum(el["sessions"] for el in st["event_loops"]) == n

@@ -563,6 +563,23 @@ def _components(bearer: bool) -> dict[str, JsonValue]:
                 "access_log": {"type": ["object", "null"]},
                 "sessions": {"type": "array", "items": {"type": "object"}},
                 "sessions_total": {"type": "integer", "minimum": 0},
+                "processes": {
+                    "description": "only with workers N: each process by itself, the "
+                    "master first (worker 0); accepted counts the process now in the slot",
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["worker", "up", "restarts", "sessions", "accepted"],
+                        "properties": {
+                            "worker": {"type": "integer", "minimum": 0},
+                            "up": {"type": "boolean"},
+                            "restarts": {"type": "integer", "minimum": 0},
+                            "sessions": {"type": "integer", "minimum": 0},
+                            "accepted": {"type": "integer", "minimum": 0},
+                        },
+                        "additionalProperties": False,
+                    },
+                },
             },
             "additionalProperties": False,
         },

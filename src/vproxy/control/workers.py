@@ -615,8 +615,27 @@ class Workers:
         return {key: row[0] for key, row in self._stats().loops.items()}
 
     def sum_status(self, snap: dict[str, JsonValue]) -> None:
-        """Add the workers' figures to the master's status JSON (see :func:`add_status`)."""
-        add_status(snap, self._stats())
+        """Add the workers' figures to the master's status JSON (see :func:`add_status`),
+        and ``processes``: each process by itself (the master first, as worker 0)."""
+        stats, readings = self._poll()
+        own = snap.get("sessions_total")
+        listeners = snap.get("listeners")
+        accepted = 0
+        for lb in listeners if isinstance(listeners, list) else []:
+            n = lb.get("accepted") if isinstance(lb, dict) else None
+            accepted += n if isinstance(n, int) else 0
+        add_status(snap, stats)
+        master = WorkerReading(0, True, 0, own if isinstance(own, int) else 0, accepted)
+        snap["processes"] = [
+            {
+                "worker": r.worker,
+                "up": r.up,
+                "restarts": r.restarts,
+                "sessions": r.sessions,
+                "accepted": r.accepted,
+            }
+            for r in (master, *readings)
+        ]
 
     def collector(self, app: Application) -> AppCollector:
         """A metrics collector over ``app`` that adds the workers' counters and

@@ -198,6 +198,7 @@
     renderUpstreams(snap);
     renderTransitions(snap);
     renderLoops(snap);
+    renderProcesses(snap);
     renderSessions(snap);
     setText($("updated"), "updated " + fmtTime(snap.time));
   }
@@ -409,6 +410,31 @@
         ? `Access log: ${log.destination} — ${fmtInt(log.written)} lines written, ${fmtInt(log.dropped)} dropped`
         : "Access log: off",
     );
+  }
+
+  // With workers N only: each process (worker 0 is the master), one row each.
+  function renderProcesses(snap) {
+    const items = snap.processes || [];
+    sync(
+      $("processes").tBodies[0],
+      items,
+      (p) => String(p.worker),
+      () => {
+        const tr = row(5, [2, 3, 4]);
+        tr.cells[1].append(h("span", { class: "badge" }));
+        return tr;
+      },
+      (tr, p) => {
+        setText(tr.cells[0], p.worker === 0 ? "0 (master)" : String(p.worker));
+        const badge = tr.cells[1].firstChild;
+        setText(badge, p.up ? "UP" : "DOWN");
+        setClass(badge, "badge " + (p.up ? "up" : "down"));
+        setText(tr.cells[2], fmtInt(p.restarts));
+        setText(tr.cells[3], fmtInt(p.sessions));
+        setText(tr.cells[4], fmtInt(p.accepted));
+      },
+    );
+    $("processes-box").hidden = items.length === 0;
   }
 
   function renderSessions(snap) {
