@@ -11,8 +11,9 @@ default), or when the group has a BPF program of the
 Owns: that program. Two instructions, ``return SK_PASS`` without choosing a socket,
 so the kernel's own hash still picks the socket for every new connection (the
 program changes nothing there) and, for a migration, another socket of the group.
-It is loaded once per process with the ``bpf(2)`` system call and attached to each
-``SO_REUSEPORT`` listener with ``SO_ATTACH_REUSEPORT_EBPF``. Loading needs
+It is loaded with the ``bpf(2)`` system call for each ``SO_REUSEPORT`` listener,
+attached with ``SO_ATTACH_REUSEPORT_EBPF`` (the group holds it from then on) and its
+descriptor closed: no descriptor stays open for it. Loading needs
 ``CAP_BPF`` (or root) and a kernel that knows the attach type; without them nothing
 is attached, once said at debug level, and the sysctl is the operator's remedy.
 ``VPROXY_REUSEPORT_MIGRATE=0`` in the environment turns it off (no BPF program is
@@ -45,7 +46,7 @@ _SK_PASS: Final = 1
 #: r0 = SK_PASS; exit
 _PROGRAM: Final = struct.pack("<BBhi", 0xB7, 0, 0, _SK_PASS) + struct.pack("<BBhi", 0x95, 0, 0, 0)
 
-_prog_fd: int | None = None  # loaded (kept open for the process's life)
+_attached = False  # a program was attached in this process
 # why it cannot be loaded here (then never tried again)
 _failed: str | None = (
     "turned off (VPROXY_REUSEPORT_MIGRATE=0)"
@@ -89,29 +90,31 @@ def attach(sock: socket.socket) -> bool:
     """Make ``sock``'s ``SO_REUSEPORT`` group migrate the queued connections of a
     socket that closes. True if the program is attached; False (nothing changed) where
     it cannot be loaded or attached."""
-    global _prog_fd, _failed
+    global _attached, _failed
     if _failed is not None:
         return False
-    if _prog_fd is None:
-        try:
-            _prog_fd = _load()
-        except OSError as exc:
-            _failed = exc.strerror or str(exc)
-            _log.debug(
-                "no SO_REUSEPORT migration program (%s): connections queued for a "
-                "listener that closes are reset unless net.ipv4.tcp_migrate_req is 1",
-                _failed,
-            )
-            return False
     try:
-        sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_REUSEPORT_EBPF, _prog_fd)
+        fd = _load()
+    except OSError as exc:
+        _failed = exc.strerror or str(exc)
+        _log.debug(
+            "no SO_REUSEPORT migration program (%s): connections queued for a "
+            "listener that closes are reset unless net.ipv4.tcp_migrate_req is 1",
+            _failed,
+        )
+        return False
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_REUSEPORT_EBPF, fd)
     except OSError as exc:
         _log.debug("SO_ATTACH_REUSEPORT_EBPF on %s: %s", sock.getsockname(), exc)
         return False
+    finally:
+        os.close(fd)
+    _attached = True
     return True
 
 
 def migrating() -> bool:
-    """Whether this process loaded the program (its ``SO_REUSEPORT`` listeners carry
-    it)."""
-    return _prog_fd is not None
+    """Whether this process attached the program (its ``SO_REUSEPORT`` listeners
+    carry it)."""
+    return _attached

@@ -40,7 +40,9 @@ def accept_all(sock: socket.socket) -> int:
 
 def test_the_program_loads_and_is_attached(group: list[socket.socket]) -> None:
     assert reuseport.migrating()
-    assert reuseport.attach(group[0])  # again: the same program, attached again
+    before = len(os.listdir("/proc/self/fd"))
+    assert reuseport.attach(group[0])  # again: a new program replaces the group's
+    assert len(os.listdir("/proc/self/fd")) == before  # and no descriptor stays open
 
 
 def test_a_closing_listener_hands_its_queue_to_the_other(group: list[socket.socket]) -> None:
