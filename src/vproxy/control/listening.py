@@ -160,9 +160,12 @@ class ListeningController:
 
     def _handed(self, conn: socket.socket, task: asyncio.Task[object]) -> None:
         self._handing.discard(task)
-        if task.cancelled() or task.exception() is not None:
-            # Stopped before the protocol was made, or making the transport failed: the
-            # transport (if any) closed its socket; this closes it if none was made.
+        if task.cancelled():
+            conn.close()  # stopped before its transport was made (or it closed its own)
+        elif (exc := task.exception()) is not None:
+            # making the transport or the protocol failed: the transport, if any, closed
+            # the socket; this closes it if none was made
+            _log.debug("%s %s: an accepted connection failed: %r", self.kind, self.name, exc)
             conn.close()
 
     def _resume(self, sock: socket.socket) -> None:
