@@ -35,6 +35,26 @@ def wait_until(pred: Callable[[], object], timeout: float = 10.0, interval: floa
         time.sleep(interval)
 
 
+#: ``struct tcp_info`` offsets (linux/tcp.h) of the u32 fields the tests read
+TCPI_UNACKED = 24
+TCPI_SEGS_IN = 140
+
+
+def tcp_info_u32(sock: socket.socket, offset: int) -> int:
+    """One u32 field of ``sock``'s ``TCP_INFO`` (see the ``TCPI_*`` offsets)."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 144)
+    return int.from_bytes(info[offset : offset + 4], "little")
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (any of its threads may have started them)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            out += [int(p) for p in (task / "children").read_text().split()]
+    return sorted(out)
+
+
 def assert_stop_leaves_no_client_connected(
     start: Callable[[], tuple[Any, tuple[str, int]]],
     stop: Callable[[Any], None],

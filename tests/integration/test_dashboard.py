@@ -8,7 +8,6 @@ REST API, and closes a live connection. Screenshots land in the test's tmp_path.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import os
@@ -22,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from helpers import Backend, LoopThread, VproxyProcess, echo_handler, wait_until
+from helpers import Backend, LoopThread, VproxyProcess, children, echo_handler, wait_until
 from vproxy.control.application import Application
 from vproxy.control.command import parse
 from vproxy.control.executor import Executor, Origin
@@ -255,12 +254,3 @@ def test_dashboard_shows_each_process_with_workers(tmp_path: Path) -> None:
                 browser.close()
     finally:
         vp.stop()
-
-
-def children(pid: int) -> list[int]:
-    """The child processes of ``pid``."""
-    out = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            out += [int(x) for x in task.joinpath("children").read_text().split()]
-    return out

@@ -21,7 +21,16 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from helpers import ROOT, fd_count, manual_tcp_lb, vproxy_process, wait_until
+from helpers import (
+    ROOT,
+    TCPI_SEGS_IN,
+    TCPI_UNACKED,
+    fd_count,
+    manual_tcp_lb,
+    tcp_info_u32,
+    vproxy_process,
+    wait_until,
+)
 from vproxy import ServerGroup, TcpLB
 from vproxy.net import connection, splice
 from vproxy.net.connection import BULK_PIPE, MAX_CUTS, MIN_WINDOW, PROMOTE_AFTER_READS, Session
@@ -257,11 +266,6 @@ def _round_trips(c: socket.socket, n: int) -> None:
         assert got == msg
 
 
-def _tcp_info_u32(sock: socket.socket, offset: int) -> int:
-    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 144)
-    return int.from_bytes(info[offset : offset + 4], "little")
-
-
 def test_last_bytes_leave_with_the_fin(loop_kind: str, elg_factory: ElgFactory) -> None:
     """A backend's answer and its FIN in one segment reach the client in one segment
     too: the relay writes bytes that precede a FIN with ``MSG_MORE``, and the shutdown
@@ -286,14 +290,14 @@ def test_last_bytes_leave_with_the_fin(loop_kind: str, elg_factory: ElgFactory) 
             with socket.create_connection(lb.address, timeout=10) as c:
                 c.sendall(b"Q")
                 assert asked.wait(10)
-                wait_until(lambda c=c: _tcp_info_u32(c, 24) == 0)  # tcpi_unacked: "Q" is acked
-                before = _tcp_info_u32(c, 140)  # tcpi_segs_in
+                wait_until(lambda c=c: tcp_info_u32(c, TCPI_UNACKED) == 0)  # "Q" is acked
+                before = tcp_info_u32(c, TCPI_SEGS_IN)
                 go.set()
                 got = b""
                 while chunk := c.recv(100):
                     got += chunk
                 assert got == b"the answer"
-                assert _tcp_info_u32(c, 140) - before == 1
+                assert tcp_info_u32(c, TCPI_SEGS_IN) - before == 1
             wait_until(lambda: not lb.sessions)
     assert not backend.errors
 

@@ -32,6 +32,7 @@ from helpers import (
     Backend,
     LoopThread,
     VproxyProcess,
+    children,
     echo_handler,
     http_handler,
     id_handler,
@@ -45,15 +46,6 @@ from vproxy.net import reuseport
 from vproxy.net.server_sock import bind_listener
 
 PASSWORD = "s3cret"
-
-
-def children(pid: int) -> list[int]:
-    """The child processes of ``pid`` (any of its threads may have started them)."""
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            out += [int(p) for p in (task / "children").read_text().split()]
-    return sorted(out)
 
 
 def alive(pid: int) -> bool:
@@ -99,12 +91,12 @@ def holders(pids: list[int], port: int, clients: list[socket.socket]) -> dict[in
 def clients_of(pid: int, port: int) -> int:
     """Established connections to local ``port`` that process ``pid`` holds (accepted)."""
     inodes = socket_inodes(pid)
-    n = 0
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        f = line.split()
+    held: set[str] = set()  # by inode: a read of /proc/net/tcp while other sockets come
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:  # and go can list
+        f = line.split()  # one twice
         if f[3] == "01" and int(f[1].split(":")[1], 16) == port and f[9] in inodes:
-            n += 1
-    return n
+            held.add(f[9])
+    return len(held)
 
 
 @contextlib.contextmanager

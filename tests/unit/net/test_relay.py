@@ -18,6 +18,7 @@ import pytest
 if os.environ.get("VPROXY_PURE_PYTHON"):
     pytest.skip("the pure-Python install has no C helpers", allow_module_level=True)
 
+from helpers import TCPI_SEGS_IN, tcp_info_u32
 from vproxy.net import connection
 from vproxy.net._relay import relay
 
@@ -111,13 +112,6 @@ def test_partial_write_is_counted() -> None:
             s.close()
 
 
-def segments_in(sock: socket.socket) -> int:
-    """TCP segments ``sock`` has received (``tcpi_segs_in``)."""
-    return int.from_bytes(
-        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 144)[140:144], "little"
-    )
-
-
 @pytest.mark.parametrize("more", [True, False], ids=["msg-more", "plain"])
 def test_with_msg_more_the_bytes_wait_for_the_fin(more: bool) -> None:
     """With ``MSG_MORE`` the step's bytes wait in the kernel for the shutdown that
@@ -131,7 +125,7 @@ def test_with_msg_more_the_bytes_wait_for_the_fin(more: bool) -> None:
             s.setblocking(False)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         time.sleep(0.05)  # the handshake's last ACK is in
-        before = segments_in(server)
+        before = tcp_info_u32(server, TCPI_SEGS_IN)
         client.sendall(b"response")
         flags = (socket.MSG_MORE,) if more else ()
         assert relay(src.fileno(), dst.fileno(), memoryview(bytearray(64)), *flags) == 8
@@ -145,7 +139,7 @@ def test_with_msg_more_the_bytes_wait_for_the_fin(more: bool) -> None:
         while chunk := server.recv(100):
             got += chunk
         assert got == b"response"
-        assert segments_in(server) - before == (1 if more else 2)
+        assert tcp_info_u32(server, TCPI_SEGS_IN) - before == (1 if more else 2)
     finally:
         for s in (client, src, dst, server):
             s.close()
